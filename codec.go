@@ -1,0 +1,140 @@
+package aside
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"reflect"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Codec turns values into bytes and back. It must be safe for concurrent use.
+// The default is msgpack; plug in another with [WithCodec].
+type Codec interface {
+	Marshal(v any) ([]byte, error)
+	Unmarshal(data []byte, v any) error
+}
+
+type msgpackCodec struct{}
+
+func (msgpackCodec) Marshal(v any) ([]byte, error)      { return msgpack.Marshal(v) }
+func (msgpackCodec) Unmarshal(data []byte, v any) error { return msgpack.Unmarshal(data, v) }
+
+// The envelope is the one byte string stored per entry:
+//
+//	[0]    format (envelopeV1)
+//	[1]    flags (flagS2, flagNegative)
+//	[2:6]  type fingerprint of T, little endian
+//	uvarint created-at, fresh-until (Unix ms), load duration (µs)
+//	uvarint tag count, then 16 bytes per tag token
+//	payload (codec bytes, s2-compressed when flagS2)
+const (
+	envelopeV1   byte = 0xA1
+	flagS2       byte = 1 << 0
+	flagNegative byte = 1 << 1
+	knownFlags        = flagS2 | flagNegative
+	tagTokenLen       = 16
+	// maxDecodedBytes bounds decompression so a planted entry cannot make a
+	// reader allocate without limit.
+	maxDecodedBytes = 64 << 20
+)
+
+var errCorrupt = errors.New("aside: corrupt entry")
+
+// envelope is the decoded header of one entry; payload aliases the input.
+type envelope struct {
+	flags      byte
+	typeID     uint32
+	createdMs  int64
+	freshMs    int64
+	loadMicros int64
+	tags       [][tagTokenLen]byte
+	payload    []byte
+}
+
+func (e *envelope) negative() bool { return e.flags&flagNegative != 0 }
+
+// typeFingerprint identifies T in every envelope, so that an entry written by
+// a cache of another type under the same name is a decode miss, never a value
+// silently decoded into the wrong shape. Renaming T has the effect of a
+// version bump.
+func typeFingerprint[T any]() uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(reflect.TypeFor[T]().String()))
+	return h.Sum32()
+}
+
+// encodeEnvelope builds the stored bytes. payload is compressed with s2 when
+// it is at least compressAbove bytes (0: never) and compression saves space.
+func encodeEnvelope(e envelope, compressAbove int) []byte {
+	payload := e.payload
+	flags := e.flags
+	if compressAbove > 0 && len(payload) >= compressAbove {
+		if c := s2.Encode(nil, payload); len(c) < len(payload) {
+			payload, flags = c, flags|flagS2
+		}
+	}
+	out := make([]byte, 0, 6+3*binary.MaxVarintLen64+1+len(e.tags)*tagTokenLen+len(payload))
+	out = append(out, envelopeV1, flags)
+	out = binary.LittleEndian.AppendUint32(out, e.typeID)
+	out = binary.AppendUvarint(out, uint64(max(e.createdMs, 0)))
+	out = binary.AppendUvarint(out, uint64(max(e.freshMs, 0)))
+	out = binary.AppendUvarint(out, uint64(max(e.loadMicros, 0)))
+	out = binary.AppendUvarint(out, uint64(len(e.tags)))
+	for _, t := range e.tags {
+		out = append(out, t[:]...)
+	}
+	return append(out, payload...)
+}
+
+// decodeEnvelope parses b without panicking on any input. The returned
+// payload is decompressed, or aliases b.
+func decodeEnvelope(b []byte) (envelope, error) {
+	var e envelope
+	if len(b) < 6 {
+		return e, fmt.Errorf("%w: %d bytes", errCorrupt, len(b))
+	}
+	if b[0] != envelopeV1 {
+		return e, fmt.Errorf("%w: unknown format 0x%02x", errCorrupt, b[0])
+	}
+	e.flags = b[1]
+	if e.flags&^knownFlags != 0 {
+		return e, fmt.Errorf("%w: unknown flags 0x%02x", errCorrupt, e.flags)
+	}
+	e.typeID = binary.LittleEndian.Uint32(b[2:6])
+	rest := b[6:]
+	var fields [4]uint64
+	for i := range fields {
+		v, n := binary.Uvarint(rest)
+		if n <= 0 || v > 1<<62 {
+			return e, fmt.Errorf("%w: bad header", errCorrupt)
+		}
+		fields[i], rest = v, rest[n:]
+	}
+	e.createdMs, e.freshMs, e.loadMicros = int64(fields[0]), int64(fields[1]), int64(fields[2])
+	ntags := fields[3]
+	if ntags > uint64(len(rest)/tagTokenLen) {
+		return e, fmt.Errorf("%w: truncated tags", errCorrupt)
+	}
+	if ntags > 0 {
+		e.tags = make([][tagTokenLen]byte, ntags)
+		for i := range e.tags {
+			copy(e.tags[i][:], rest[:tagTokenLen])
+			rest = rest[tagTokenLen:]
+		}
+	}
+	e.payload = rest
+	if e.flags&flagS2 != 0 {
+		n, err := s2.DecodedLen(rest)
+		if err != nil || n > maxDecodedBytes {
+			return e, fmt.Errorf("%w: bad compressed payload", errCorrupt)
+		}
+		if e.payload, err = s2.Decode(nil, rest); err != nil {
+			return e, fmt.Errorf("%w: bad compressed payload", errCorrupt)
+		}
+	}
+	return e, nil
+}

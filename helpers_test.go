@@ -1,0 +1,202 @@
+package aside_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/asidecache/aside"
+)
+
+// realAddr is the address of the real Redis that the behaviour suite runs
+// on: ASIDE_REDIS_ADDR, or a redis-server that TestMain started on a free
+// port. Empty when neither is available.
+var realAddr string
+
+func TestMain(m *testing.M) {
+	var srv *redisProc
+	realAddr = os.Getenv("ASIDE_REDIS_ADDR")
+	if realAddr == "" {
+		if p, err := startRedis(0); err == nil {
+			srv, realAddr = p, p.addr
+		} else {
+			fmt.Fprintln(os.Stderr, "aside tests: no real Redis:", err)
+		}
+	}
+	code := m.Run()
+	if srv != nil {
+		srv.stop()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// requireReal skips a test that needs a real Redis — or fails it under CI,
+// where a skipped real-Redis suite must not pass unnoticed.
+func requireReal(t testing.TB) {
+	t.Helper()
+	if realAddr != "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("real Redis required under CI: install redis-server or set ASIDE_REDIS_ADDR")
+	}
+	t.Skip("no real Redis: install redis-server or set ASIDE_REDIS_ADDR")
+}
+
+// backend is one Redis the behaviour suite runs on.
+type backend struct {
+	name string
+	addr string
+	mini *miniredis.Miniredis // nil for a real Redis
+}
+
+// forEachBackend runs fn as a subtest on miniredis and on the real Redis.
+func forEachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
+	t.Run("miniredis", func(t *testing.T) {
+		srv := miniredis.RunT(t)
+		fn(t, &backend{name: "miniredis", addr: srv.Addr(), mini: srv})
+	})
+	t.Run("redis", func(t *testing.T) {
+		requireReal(t)
+		fn(t, &backend{name: "redis", addr: realAddr})
+	})
+}
+
+// client returns a new client closed at the end of the test. Timeouts are
+// set explicitly, as aside requires.
+func (b *backend) client(t testing.TB) *redis.Client {
+	return newClient(t, b.addr)
+}
+
+func newClient(t testing.TB, addr string) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{
+		Addr:                  addr,
+		DisableIdentity:       true,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1,
+		DialTimeout:           200 * time.Millisecond,
+		ReadTimeout:           time.Second,
+		WriteTimeout:          time.Second,
+	})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+var (
+	runID   = randomHex(4)
+	nextNS  atomic.Int64
+	bgCtx   = context.Background()
+	waitFor = 5 * time.Second // bound on every wait in a concurrency test
+)
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// uniquePrefix isolates a test's keys on a shared Redis; tests never FLUSHDB.
+func uniquePrefix() string { return "t" + runID + "-" + strconv.FormatInt(nextNS.Add(1), 10) }
+
+// newStore returns a Store with a prefix of its own on b.
+func (b *backend) newStore(t testing.TB, opts ...aside.StoreOption) (*aside.Store, *redis.Client) {
+	t.Helper()
+	rdb := b.client(t)
+	store, err := aside.NewStore(rdb, append([]aside.StoreOption{aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(time.Second)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, rdb
+}
+
+func newCache[T any](t testing.TB, store *aside.Store, opts ...aside.Option) *aside.Cache[T] {
+	t.Helper()
+	c, err := aside.New[T](store, "items", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// redisProc is a redis-server started by the tests on a loopback port, so
+// that they can kill and restart it. Only processes started here are ever
+// stopped, by PID.
+type redisProc struct {
+	cmd  *exec.Cmd
+	addr string
+	port int
+	dir  string
+}
+
+func startRedis(port int, extra ...string) (*redisProc, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, err
+	}
+	if port == 0 {
+		if port, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := os.MkdirTemp("", "aside-redis-")
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--protected-mode", "no"}, extra...)
+	cmd := exec.Command(bin, args...)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &redisProc{cmd: cmd, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), port: port, dir: dir}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", p.addr, 100*time.Millisecond)
+		if err == nil {
+			_ = c.Close()
+			return p, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.stop()
+	return nil, fmt.Errorf("redis-server on %s did not start", p.addr)
+}
+
+// kill stops the server abruptly, as a crash would.
+func (p *redisProc) kill() {
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+}
+
+func (p *redisProc) stop() {
+	p.kill()
+	_ = os.RemoveAll(p.dir)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

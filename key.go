@@ -1,0 +1,139 @@
+package aside
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Bounds on key lengths. A part longer than maxPartLen is replaced by a hash
+// inside [Key]; an escaped key longer than maxKeyLen is hashed when the Redis
+// key is built, so personalised keys (filter sets, interest lists) stay short.
+const (
+	maxPartLen = 64
+	maxKeyLen  = 200
+	// hashMarker starts a hashed part or key. It is always escaped in user
+	// input, so a literal part can never look like a hash.
+	hashMarker = '#'
+)
+
+// Key joins parts into one cache key, unambiguously: Key("a:b") and
+// Key("a", "b") differ, and no part can change another's meaning. Parts longer
+// than 64 bytes are replaced by a 128-bit SHA-256 prefix. Use it whenever a key
+// is built from more than one value or from user input:
+//
+//	products.Get(ctx, aside.Key(id, locale), load)
+func Key(parts ...string) string {
+	var b strings.Builder
+	for i, p := range parts {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		if len(p) > maxPartLen {
+			writeHash(&b, p)
+			continue
+		}
+		escapeInto(&b, p, true)
+	}
+	return b.String()
+}
+
+// needsEscape reports whether c cannot appear literally in the part of a Redis
+// key that holds user input: hash-tag braces (they would move the Cluster
+// slot), glob metacharacters (SCAN/KEYS patterns), the escape and hash
+// markers themselves, and whitespace or control bytes. The separator ':' is
+// escaped as well inside [Key] parts.
+func needsEscape(c byte, inPart bool) bool {
+	switch c {
+	case '%', '{', '}', '*', '?', '[', ']', '\\', hashMarker:
+		return true
+	case ':':
+		return inPart
+	}
+	return c <= ' ' || c == 0x7f
+}
+
+func escapeInto(b *strings.Builder, s string, inPart bool) {
+	const hexDigits = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if needsEscape(c, inPart) {
+			b.WriteByte('%')
+			b.WriteByte(hexDigits[c>>4])
+			b.WriteByte(hexDigits[c&0xf])
+			continue
+		}
+		b.WriteByte(c)
+	}
+}
+
+func writeHash(b *strings.Builder, s string) {
+	sum := sha256.Sum256([]byte(s))
+	b.WriteByte(hashMarker)
+	b.WriteString(hex.EncodeToString(sum[:16]))
+}
+
+func isPlain(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if needsEscape(s[i], false) {
+			return false
+		}
+	}
+	return true
+}
+
+// keyspace builds every Redis key string of one cache; no other code does.
+type keyspace struct {
+	entryPrefix string // "prefix:name:vN:{"
+}
+
+func newKeyspace(prefix, name string, version int) keyspace {
+	return keyspace{entryPrefix: prefix + ":" + name + ":v" + strconv.Itoa(version) + ":{"}
+}
+
+// entry returns the Redis key of one cache entry. The escaped user key is the
+// hash tag, so the entry and everything stored beside it share one slot, and
+// no user input can choose the slot of another key.
+func (k keyspace) entry(key string) string {
+	if len(key) <= maxKeyLen && isPlain(key) {
+		return k.entryPrefix + key + "}"
+	}
+	var b strings.Builder
+	b.Grow(len(k.entryPrefix) + len(key) + 16)
+	b.WriteString(k.entryPrefix)
+	var esc strings.Builder
+	escapeInto(&esc, key, false)
+	if esc.Len() > maxKeyLen {
+		writeHash(&b, key)
+	} else {
+		b.WriteString(esc.String())
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// pattern returns a SCAN pattern matching every entry of the cache. The
+// prefix, name and version are validated to hold no glob metacharacters.
+func (k keyspace) pattern() string { return k.entryPrefix + "*" }
+
+// validName checks a prefix, cache or profile name: 1–64 bytes of letters,
+// digits, '_', '-' and '.', so that names cannot inject separators, hash tags
+// or glob patterns into keys.
+func validName(kind, s string) error {
+	if s == "" {
+		return fmt.Errorf("aside: empty %s", kind)
+	}
+	if len(s) > 64 {
+		return fmt.Errorf("aside: %s longer than 64 bytes", kind)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.'
+		if !ok {
+			return fmt.Errorf("aside: %s %q: byte %q not allowed (use letters, digits, '_', '-', '.')", kind, s, c)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,90 @@
+package aside
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Stats is a snapshot of one cache's counters since it was created.
+type Stats struct {
+	Hits          uint64        // reads answered by a Redis entry
+	Misses        uint64        // reads that found no usable entry (absent or undecodable)
+	Loads         uint64        // loader calls that returned a value
+	LoadErrors    uint64        // loader calls that failed, panicked or timed out
+	LoadTime      time.Duration // total time spent in loader calls
+	RedisErrors   uint64        // Redis calls that failed (each was served by the loader)
+	DecodeErrors  uint64        // entries in Redis that did not decode; each counted as a miss and overwritten
+	EncodeErrors  uint64        // loaded values the codec could not encode, returned but not stored
+	OversizeSkips uint64        // values larger than the profile's MaxEntryBytes, returned but not stored
+	Degraded      uint64        // reads that skipped Redis because the breaker was open
+	BytesWritten  uint64        // envelope bytes written to Redis
+}
+
+type counters struct {
+	hits, misses, loads, loadErrors, loadNanos atomic.Uint64
+	redisErrors, decodeErrors, encodeErrors    atomic.Uint64
+	oversize, skipped                          atomic.Uint64
+	bytesWritten                               atomic.Uint64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		Hits:          c.hits.Load(),
+		Misses:        c.misses.Load(),
+		Loads:         c.loads.Load(),
+		LoadErrors:    c.loadErrors.Load(),
+		LoadTime:      time.Duration(c.loadNanos.Load()),
+		RedisErrors:   c.redisErrors.Load(),
+		DecodeErrors:  c.decodeErrors.Load(),
+		EncodeErrors:  c.encodeErrors.Load(),
+		OversizeSkips: c.oversize.Load(),
+		Degraded:      c.skipped.Load(),
+		BytesWritten:  c.bytesWritten.Load(),
+	}
+}
+
+// EventKind says what an [Event] reports.
+type EventKind int
+
+// Kinds of [Event].
+const (
+	EventBreakerOpen   EventKind = iota + 1 // Redis is considered down; reads go to the loader
+	EventBreakerClosed                      // a probe succeeded; Redis is used again
+	EventRedisError                         // one Redis call failed; Err holds why
+	EventDecodeError                        // an entry did not decode; Err holds why
+	EventEncodeError                        // a loaded value did not encode; Err holds why
+	EventLoadError                          // a loader failed or panicked; Err holds why
+	EventOversize                           // a value was not stored: larger than MaxEntryBytes
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventBreakerOpen:
+		return "breaker-open"
+	case EventBreakerClosed:
+		return "breaker-closed"
+	case EventRedisError:
+		return "redis-error"
+	case EventDecodeError:
+		return "decode-error"
+	case EventEncodeError:
+		return "encode-error"
+	case EventLoadError:
+		return "load-error"
+	case EventOversize:
+		return "oversize"
+	}
+	return "unknown"
+}
+
+// Event reports something a dashboard or log should know about. Cache is
+// empty for Store-wide events (the breaker).
+type Event struct {
+	Kind  EventKind
+	Cache string
+	Err   error
+}
+
+// Observer receives events synchronously, on the goroutine that caused them;
+// it must be fast and must not block. Set it with [WithObserver].
+type Observer func(Event)

@@ -1,0 +1,164 @@
+package aside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Store owns what every cache of one Redis deployment shares: the client,
+// the key prefix, the TTL profiles and the circuit breaker. Create one per
+// deployment with [NewStore] and derive typed caches from it with [New].
+type Store struct {
+	rdb       redis.UniversalClient
+	prefix    string
+	opTimeout time.Duration
+	profiles  map[string]Profile
+	breaker   *breaker
+	observer  Observer
+}
+
+// StoreOption configures a [Store].
+type StoreOption func(*storeOptions)
+
+type storeOptions struct {
+	prefix           string
+	opTimeout        time.Duration
+	profiles         []Profile
+	breakerThreshold int
+	breakerCooldown  time.Duration
+	observer         Observer
+}
+
+// WithPrefix sets the first segment of every Redis key, so several
+// applications can share one Redis. Default: "aside".
+func WithPrefix(p string) StoreOption { return func(o *storeOptions) { o.prefix = p } }
+
+// WithOpTimeout bounds every single Redis call, independently of the
+// caller's context: when Redis is slow or unreachable a request waits at
+// most this long before it is served by the loader. Default: 100 ms.
+//
+// go-redis applies a context deadline to socket reads only when the client
+// has ContextTimeoutEnabled; [NewStore] therefore rejects a client whose read
+// or write timeout exceeds d unless ContextTimeoutEnabled is set.
+func WithOpTimeout(d time.Duration) StoreOption {
+	return func(o *storeOptions) { o.opTimeout = d }
+}
+
+// WithProfiles registers TTL profiles by name, adding to or replacing the
+// built-ins ([Default], [Transactional], [Analytical], [Master]).
+func WithProfiles(ps ...Profile) StoreOption {
+	return func(o *storeOptions) { o.profiles = append(o.profiles, ps...) }
+}
+
+// WithBreaker sets how many consecutive failed Redis calls open the circuit
+// breaker, and how long it stays open before a probe. Default: 5 and 1 s.
+func WithBreaker(failures int, cooldown time.Duration) StoreOption {
+	return func(o *storeOptions) { o.breakerThreshold, o.breakerCooldown = failures, cooldown }
+}
+
+// WithObserver receives every [Event] of the Store and its caches.
+// Default: none.
+func WithObserver(fn Observer) StoreOption { return func(o *storeOptions) { o.observer = fn } }
+
+// NewStore wraps a go-redis client (a *redis.Client, *redis.ClusterClient,
+// *redis.Ring or a Sentinel failover client). The Store does not own the
+// client: close it yourself after the last use of the Store.
+func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
+	o := storeOptions{prefix: "aside", opTimeout: 100 * time.Millisecond, breakerThreshold: 5, breakerCooldown: time.Second}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if rdb == nil {
+		return nil, errors.New("aside: nil redis client")
+	}
+	if err := validName("prefix", o.prefix); err != nil {
+		return nil, err
+	}
+	if o.opTimeout <= 0 {
+		return nil, fmt.Errorf("aside: op timeout must be > 0, got %v", o.opTimeout)
+	}
+	if o.breakerThreshold < 1 || o.breakerCooldown <= 0 {
+		return nil, fmt.Errorf("aside: breaker needs failures >= 1 and cooldown > 0, got %d and %v", o.breakerThreshold, o.breakerCooldown)
+	}
+	if err := checkClientTimeouts(rdb, o.opTimeout); err != nil {
+		return nil, err
+	}
+	profiles := builtinProfiles()
+	seen := map[string]bool{}
+	for _, p := range o.profiles {
+		if err := p.validate(); err != nil {
+			return nil, err
+		}
+		if seen[p.Name] {
+			return nil, fmt.Errorf("aside: profile %q registered twice", p.Name)
+		}
+		seen[p.Name] = true
+		profiles[p.Name] = p
+	}
+	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer}
+	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
+		switch st {
+		case BreakerOpen:
+			s.emit(Event{Kind: EventBreakerOpen})
+		case BreakerClosed:
+			s.emit(Event{Kind: EventBreakerClosed})
+		}
+	})
+	return s, nil
+}
+
+// BreakerState reports whether the Store currently uses Redis.
+func (s *Store) BreakerState() BreakerState { return s.breaker.State() }
+
+// Profile returns the registered profile with the given name.
+func (s *Store) Profile(name string) (Profile, bool) {
+	p, ok := s.profiles[name]
+	return p, ok
+}
+
+func (s *Store) emit(e Event) {
+	if s.observer != nil {
+		s.observer(e)
+	}
+}
+
+// opContext derives the context of one Redis call: the caller's values and
+// cancellation, plus the Store's op timeout.
+func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.opTimeout)
+}
+
+// checkClientTimeouts rejects a client whose socket timeouts would let one
+// Redis call outlast the op timeout: go-redis ignores context deadlines on
+// reads and writes unless ContextTimeoutEnabled is set, and its default read
+// timeout is 3 s — a stalled Redis would then add seconds to every request.
+func checkClientTimeouts(rdb redis.UniversalClient, op time.Duration) error {
+	var ctxEnabled bool
+	var read, write time.Duration
+	switch c := rdb.(type) {
+	case *redis.Client:
+		o := c.Options()
+		ctxEnabled, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+	case *redis.ClusterClient:
+		o := c.Options()
+		ctxEnabled, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+	case *redis.Ring:
+		o := c.Options()
+		ctxEnabled, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+	default:
+		return nil // unknown implementation: trust it
+	}
+	if ctxEnabled {
+		return nil
+	}
+	// After construction go-redis holds 3 s for an unset timeout, and 0 or
+	// -1 for none at all.
+	if read <= 0 || read > op || write <= 0 || write > op {
+		return fmt.Errorf("aside: redis client read/write timeouts (%v/%v) exceed the op timeout %v; set ContextTimeoutEnabled: true in the client options, or lower ReadTimeout and WriteTimeout", read, write, op)
+	}
+	return nil
+}
