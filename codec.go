@@ -135,6 +135,8 @@ func decodeEnvelope(b []byte) (envelope, error) {
 		if e.payload, err = s2.Decode(nil, rest); err != nil {
 			return e, fmt.Errorf("%w: bad compressed payload", errCorrupt)
 		}
+		e.flags &^= flagS2 // the decoded payload is plain
+
 	}
 	return e, nil
 }

@@ -26,7 +26,14 @@ import (
 // port. Empty when neither is available.
 var realAddr string
 
+// quietLogger drops go-redis' own log lines (dial failures are expected in
+// the fault tests and are asserted through Stats instead).
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
+
 func TestMain(m *testing.M) {
+	redis.SetLogger(quietLogger{})
 	var srv *redisProc
 	realAddr = os.Getenv("ASIDE_REDIS_ADDR")
 	if realAddr == "" {

@@ -1,0 +1,168 @@
+package aside_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/asidecache/aside"
+)
+
+// events collects observer events for assertions.
+type events struct {
+	mu   sync.Mutex
+	seen []aside.EventKind
+}
+
+func (e *events) observe(ev aside.Event) {
+	e.mu.Lock()
+	e.seen = append(e.seen, ev.Kind)
+	e.mu.Unlock()
+}
+
+func (e *events) count(k aside.EventKind) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, s := range e.seen {
+		if s == k {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRedisKilledMidRun kills a real redis-server while requests run: every
+// Get is still served by the loader, the breaker opens, and after a restart
+// on the same port it closes and hits resume.
+func TestRedisKilledMidRun(t *testing.T) {
+	requireReal(t)
+	srv, err := startRedis(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.stop()
+	var ev events
+	rdb := newClient(t, srv.addr)
+	store, err := aside.NewStore(rdb, aside.WithOpTimeout(time.Second), aside.WithBreaker(3, 100*time.Millisecond), aside.WithObserver(ev.observe))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCache[string](t, store)
+	var loads atomic.Int32
+	load := func(context.Context) (string, error) { loads.Add(1); return "value", nil }
+	getAll := func(phase string) {
+		t.Helper()
+		for i := range 50 {
+			v, err := c.Get(bgCtx, aside.Key("k", string(rune('a'+i%5))), load)
+			if err != nil || v != "value" {
+				t.Fatalf("%s: Get = %q, %v; want the value, no error", phase, v, err)
+			}
+		}
+	}
+	getAll("before kill")
+	if loads.Load() != 5 {
+		t.Fatalf("loads before kill = %d, want 5", loads.Load())
+	}
+	srv.kill()
+	start := time.Now()
+	getAll("redis down")
+	down := time.Since(start)
+	if store.BreakerState() != aside.BreakerOpen || ev.count(aside.EventBreakerOpen) != 1 {
+		t.Errorf("breaker = %v with %d open events, want open once", store.BreakerState(), ev.count(aside.EventBreakerOpen))
+	}
+	if s := c.Stats(); s.RedisErrors < 3 || s.Degraded == 0 {
+		t.Errorf("stats while down = %+v, want >= 3 Redis errors and degraded reads", s)
+	}
+	t.Logf("50 Gets with Redis down took %v", down)
+
+	restarted, err := startRedis(srv.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restarted.stop()
+	deadline := time.Now().Add(waitFor)
+	for store.BreakerState() != aside.BreakerClosed {
+		if time.Now().After(deadline) {
+			t.Fatal("breaker did not close after Redis came back")
+		}
+		getAll("recovering")
+		time.Sleep(20 * time.Millisecond)
+	}
+	getAll("refill") // the restarted Redis is empty: one more load per key at most
+	before, hitsBefore := loads.Load(), c.Stats().Hits
+	getAll("after restart")
+	if loads.Load() != before || c.Stats().Hits-hitsBefore != 50 {
+		t.Errorf("after restart: %d new loads, %d new hits; want 0 and 50", loads.Load()-before, c.Stats().Hits-hitsBefore)
+	}
+	if ev.count(aside.EventBreakerClosed) < 1 {
+		t.Error("no breaker-closed event")
+	}
+}
+
+func TestMiniredisOutageServedByLoader(t *testing.T) {
+	srv := miniredis.RunT(t)
+	b := &backend{addr: srv.Addr(), mini: srv}
+	store, _ := b.newStore(t, aside.WithBreaker(2, time.Hour))
+	c := newCache[int](t, store)
+	mustGet(t, c, "k", func(context.Context) (int, error) { return 1, nil })
+	srv.Close()
+	var loads atomic.Int32
+	for range 10 {
+		if got := mustGet(t, c, "k", countingLoader(2, &loads)); got != 2 {
+			t.Fatalf("Get with Redis down = %d, want the loader's 2", got)
+		}
+	}
+	if s := c.Stats(); s.RedisErrors != 2 || s.Degraded != 8 {
+		t.Errorf("stats = %+v, want 2 Redis errors then 8 reads skipping Redis", s)
+	}
+	if err := c.Set(bgCtx, "k", 3); !errors.Is(err, aside.ErrUnavailable) {
+		t.Errorf("Set with the breaker open = %v, want ErrUnavailable", err)
+	}
+	if err := c.Invalidate(bgCtx, "k"); !errors.Is(err, aside.ErrUnavailable) {
+		t.Errorf("Invalidate with the breaker open = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestSlowRedisBoundedByOpTimeout(t *testing.T) {
+	srv := miniredis.RunT(t)
+	px := newProxy(t, srv.Addr())
+	rdb := newClient(t, px.addr())
+	store, err := aside.NewStore(rdb, aside.WithOpTimeout(50*time.Millisecond), aside.WithBreaker(100, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCache[int](t, store)
+	px.setDelay(300 * time.Millisecond)
+	start := time.Now()
+	if got := mustGet(t, c, "k", func(context.Context) (int, error) { return 9, nil }); got != 9 {
+		t.Fatalf("Get = %d, want 9", got)
+	}
+	// One read and one write, each cut at the op timeout.
+	if d := time.Since(start); d > 250*time.Millisecond {
+		t.Errorf("Get took %v against a 300 ms Redis with a 50 ms op timeout", d)
+	}
+	if s := c.Stats(); s.RedisErrors == 0 {
+		t.Errorf("stats = %+v, want the timeout counted", s)
+	}
+}
+
+func TestNewStoreRejectsClientWithoutUsableTimeouts(t *testing.T) {
+	srv := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()}) // 3 s default read timeout
+	defer rdb.Close()
+	_, err := aside.NewStore(rdb)
+	if err == nil || !strings.Contains(err.Error(), "ContextTimeoutEnabled") {
+		t.Fatalf("NewStore = %v, want an error naming ContextTimeoutEnabled", err)
+	}
+	if _, err := aside.NewStore(rdb, aside.WithOpTimeout(5*time.Second)); err != nil {
+		t.Errorf("NewStore with an op timeout above the client's: %v", err)
+	}
+}
