@@ -114,10 +114,6 @@ func (k keyspace) entry(key string) string {
 	return b.String()
 }
 
-// pattern returns a SCAN pattern matching every entry of the cache. The
-// prefix, name and version are validated to hold no glob metacharacters.
-func (k keyspace) pattern() string { return k.entryPrefix + "*" }
-
 // validName checks a prefix, cache or profile name: 1–64 bytes of letters,
 // digits, '_', '-' and '.', so that names cannot inject separators, hash tags
 // or glob patterns into keys.
