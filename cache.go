@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,6 +38,10 @@ import (
 
 // Sentinel errors. Match them with errors.Is.
 var (
+	// ErrNotFound is what a [Loader] returns (wrapped or not) when the source
+	// has no such row. With a profile's NegativeTTL it is cached: later Gets
+	// return ErrNotFound without calling the loader.
+	ErrNotFound = errors.New("aside: not found")
 	// ErrLoaderPanic is returned, wrapped with the panic value and stack, to
 	// every caller sharing a load whose loader panicked.
 	ErrLoaderPanic = errors.New("aside: loader panic")
@@ -60,8 +65,14 @@ type Cache[T any] struct {
 	keys    keyspace
 	codec   Codec
 	typeID  uint32
-	flights singleflight.Group
 	stats   counters
+	hooks   *testHooks // nil outside tests
+
+	mu         sync.Mutex
+	leases     map[string]*flight[T] // fill attempts of this process, by lease token
+	polls      map[string]*poller    // shared pollers of keys leased elsewhere, by entry key
+	refreshing sync.Map              // entry keys with a background refresh running here
+	keyFlights singleflight.Group    // degraded mode only: one load per key while Redis is away
 }
 
 // Option configures a [Cache].
@@ -119,6 +130,8 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		keys:    newKeyspace(store.prefix, name, o.version),
 		codec:   o.codec,
 		typeID:  typeFingerprint[T](),
+		leases:  map[string]*flight[T]{},
+		polls:   map[string]*poller{},
 	}, nil
 }
 
@@ -134,13 +147,18 @@ var (
 )
 
 // Get returns the value cached under key or, on a miss, calls load, stores
-// its result with the profile's TTL and jitter, and returns it. Concurrent
-// misses of one key in this process share one load; each caller still waits
-// on its own ctx.
+// its result with the profile's TTL and jitter, and returns it.
 //
-// A loader error is returned unchanged and not cached. Get fails open: when
-// Redis is slow, down, or holds an entry that does not decode, the value
-// comes from the loader and the problem is counted in [Stats].
+// A miss takes a lease on the key in Redis: across every process, one caller
+// loads while the others wait for its value (at most the profile's
+// WaitBudget), and the value is written only if no invalidation came in
+// between. Each caller waits on its own ctx; the load runs on a detached
+// context bounded by the profile's LoadTimeout.
+//
+// A loader error is returned unchanged and not cached, except [ErrNotFound]
+// under a profile with NegativeTTL. Get fails open: when Redis is slow, down,
+// or holds an entry that does not decode, the value comes from the loader and
+// the problem is counted in [Stats].
 func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T]) (T, error) {
 	var zero T
 	if key == "" {
@@ -150,21 +168,37 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T]) (T, erro
 		return zero, errNilLoader
 	}
 	rk := c.keys.entry(key)
-	useRedis := c.store.breaker.allow()
-	if useRedis {
-		v, hit, err := c.read(ctx, rk)
+	if c.hooks.naive() {
+		return c.naiveGet(ctx, rk, load)
+	}
+	var deadline time.Time
+	for {
+		if !c.store.breaker.allow() {
+			c.stats.skipped.Add(1)
+			return c.loadDegraded(ctx, rk, load)
+		}
+		b, err := c.read(ctx, rk)
 		switch {
-		case hit:
-			return v, nil
 		case err != nil && ctx.Err() != nil:
 			return zero, ctx.Err()
 		case err != nil:
-			useRedis = false // serve from the loader; writing would fail too
+			return c.loadDegraded(ctx, rk, load)
+		case b != nil:
+			if v, err, ok := c.serve(ctx, rk, b, load); ok {
+				return v, err
+			}
 		}
-	} else {
-		c.stats.skipped.Add(1)
+		if deadline.IsZero() {
+			deadline = time.Now().Add(c.profile.waitBudget())
+		}
+		if v, err, done := c.miss(ctx, rk, load, b, b != nil, deadline); done {
+			return v, err
+		}
+		if time.Now().After(deadline) {
+			c.stats.waitTimeouts.Add(1)
+			return c.loadAlone(ctx, load)
+		}
 	}
-	return c.loadShared(ctx, rk, load, useRedis)
 }
 
 // Set stores v under key now (write-through, for values just written to the
@@ -174,7 +208,7 @@ func (c *Cache[T]) Set(ctx context.Context, key string, v T) error {
 	if key == "" {
 		return errEmptyKey
 	}
-	b, err := c.encode(v, time.Now(), 0)
+	b, err := c.encode(v, c.store.now(), c.profile.TTL, 0)
 	if err != nil {
 		return err
 	}
@@ -182,58 +216,22 @@ func (c *Cache[T]) Set(ctx context.Context, key string, v T) error {
 		c.stats.oversize.Add(1)
 		return fmt.Errorf("aside: entry of %d bytes exceeds MaxEntryBytes %d", len(b), max)
 	}
-	return c.write(ctx, c.keys.entry(key), b)
+	return c.write(ctx, c.keys.entry(key), b, c.profile.TTL+c.profile.StaleWindow)
 }
 
-// Invalidate deletes the entries of keys. Call it after the source of truth
-// has committed the change. It fails closed: the error is returned when Redis
-// cannot be reached.
-func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
-	rks := make([]string, len(keys))
-	for i, k := range keys {
-		if k == "" {
-			return errEmptyKey
-		}
-		rks[i] = c.keys.entry(k)
-	}
-	for _, rk := range rks {
-		c.flights.Forget(rk) // later Gets must not join a load that began before
-	}
-	if !c.store.breaker.allow() {
-		return ErrUnavailable
-	}
-	octx, cancel := c.store.opContext(ctx)
-	defer cancel()
-	// One DEL per key: keys of one call may live in different Cluster slots.
-	_, err := c.store.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
-		for _, rk := range rks {
-			p.Del(octx, rk)
-		}
-		return nil
-	})
-	c.record(ctx, err)
-	if err != nil {
-		return fmt.Errorf("aside: invalidate: %w", err)
-	}
-	return nil
-}
-
-// Redis layout: each entry is a hash holding the envelope in field "v", so
-// that later fields (leases) live in the same key and slot.
-const fieldValue = "v"
-
-// fillScript replaces the entry and its TTL atomically. DEL first, so that a
-// key of another Redis type planted under our name is overwritten rather
-// than failing every write with WRONGTYPE.
-var fillScript = redis.NewScript(`
+// setScript replaces the entry and its TTL atomically and revokes any
+// lease, so that a load in flight cannot overwrite what Set wrote. DEL
+// first also overwrites a key of another Redis type planted under our name.
+var setScript = redis.NewScript(`
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`)
 
-// read fetches and decodes one entry. An absent or undecodable entry is a
-// miss (hit false, err nil); err is set only when Redis failed.
-func (c *Cache[T]) read(ctx context.Context, rk string) (v T, hit bool, err error) {
+// read fetches the stored bytes of one entry: nil when absent. A key of
+// another Redis type reads as absent (the miss path deletes it); err is set
+// only when Redis failed.
+func (c *Cache[T]) read(ctx context.Context, rk string) ([]byte, error) {
 	octx, cancel := c.store.opContext(ctx)
 	b, err := c.store.rdb.HGet(octx, rk, fieldValue).Bytes()
 	cancel()
@@ -241,22 +239,52 @@ func (c *Cache[T]) read(ctx context.Context, rk string) (v T, hit bool, err erro
 	case errors.Is(err, redis.Nil):
 		c.store.breaker.record(nil)
 		c.stats.misses.Add(1)
-		return v, false, nil
+		return nil, nil
 	case err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE"):
 		c.store.breaker.record(nil)
 		c.decodeFailed(fmt.Errorf("%w: key holds another Redis type", errCorrupt))
-		return v, false, nil
+		return nil, nil
 	case err != nil:
 		c.record(ctx, err)
-		return v, false, err
+		return nil, err
 	}
 	c.store.breaker.record(nil)
-	if v, err = c.decode(b); err != nil {
-		c.decodeFailed(err)
-		return v, false, nil
+	return b, nil
+}
+
+// serve turns stored bytes into Get's answer. ok is false when they do not
+// decode (counted; the miss path replaces them). A stale or soon-expiring
+// entry is served as it is while a background refresh reloads it.
+func (c *Cache[T]) serve(ctx context.Context, rk string, b []byte, load Loader[T]) (v T, err error, ok bool) {
+	e, err := decodeEnvelope(b)
+	if err == nil && e.typeID != c.typeID {
+		err = fmt.Errorf("%w: written for another type", errCorrupt)
 	}
-	c.stats.hits.Add(1)
-	return v, true, nil
+	if err != nil {
+		c.decodeFailed(err)
+		return v, nil, false
+	}
+	if e.negative() {
+		c.stats.negativeHits.Add(1)
+		return v, ErrNotFound, true
+	}
+	if err := c.codec.Unmarshal(e.payload, &v); err != nil {
+		var zero T
+		c.decodeFailed(fmt.Errorf("aside: decode: %w", err))
+		return zero, nil, false
+	}
+	now, freshUntil := c.store.now(), time.UnixMilli(e.freshMs)
+	switch {
+	case e.stale() || !now.Before(freshUntil):
+		c.stats.staleServed.Add(1)
+		c.refreshInBackground(ctx, rk, load)
+	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
+		c.stats.hits.Add(1)
+		c.refreshInBackground(ctx, rk, load)
+	default:
+		c.stats.hits.Add(1)
+	}
+	return v, nil, true
 }
 
 func (c *Cache[T]) decodeFailed(err error) {
@@ -279,13 +307,13 @@ func (c *Cache[T]) record(ctx context.Context, err error) {
 	}
 }
 
-// write stores encoded bytes with a fresh TTL.
-func (c *Cache[T]) write(ctx context.Context, rk string, b []byte) error {
+// write stores encoded bytes unconditionally, revoking any lease.
+func (c *Cache[T]) write(ctx context.Context, rk string, b []byte, ttl time.Duration) error {
 	if !c.store.breaker.allow() {
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)
-	err := fillScript.Run(octx, c.store.rdb, []string{rk}, b, c.profile.ttl().Milliseconds()).Err()
+	err := setScript.Run(octx, c.store.rdb, []string{rk}, b, ttl.Milliseconds()).Err()
 	cancel()
 	c.record(ctx, err)
 	if err != nil {
@@ -295,7 +323,7 @@ func (c *Cache[T]) write(ctx context.Context, rk string, b []byte) error {
 	return nil
 }
 
-func (c *Cache[T]) encode(v T, created time.Time, loadTime time.Duration) ([]byte, error) {
+func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration) ([]byte, error) {
 	payload, err := c.codec.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("aside: encode: %w", err)
@@ -303,26 +331,28 @@ func (c *Cache[T]) encode(v T, created time.Time, loadTime time.Duration) ([]byt
 	return encodeEnvelope(envelope{
 		typeID:     c.typeID,
 		createdMs:  created.UnixMilli(),
-		freshMs:    created.Add(c.profile.TTL).UnixMilli(),
+		freshMs:    created.Add(fresh).UnixMilli(),
 		loadMicros: loadTime.Microseconds(),
 		payload:    payload,
 	}, c.profile.CompressAbove), nil
 }
 
-func (c *Cache[T]) decode(b []byte) (T, error) {
-	var v T
-	e, err := decodeEnvelope(b)
+// encodeForFill encodes a loaded value; a value that cannot be stored
+// (encoding error, over MaxEntryBytes) is counted and reported, not returned:
+// the caller has its value already.
+func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Duration) ([]byte, bool) {
+	b, err := c.encode(v, created, fresh, took)
 	if err != nil {
-		return v, err
+		c.stats.encodeErrors.Add(1)
+		c.store.emit(Event{Kind: EventEncodeError, Cache: c.name, Err: err})
+		return nil, false
 	}
-	if e.typeID != c.typeID {
-		return v, fmt.Errorf("%w: written for another type", errCorrupt)
+	if max := c.profile.MaxEntryBytes; max > 0 && len(b) > max {
+		c.stats.oversize.Add(1)
+		c.store.emit(Event{Kind: EventOversize, Cache: c.name, Err: fmt.Errorf("aside: entry of %d bytes exceeds MaxEntryBytes %d", len(b), max)})
+		return nil, false
 	}
-	if err := c.codec.Unmarshal(e.payload, &v); err != nil {
-		var zero T
-		return zero, fmt.Errorf("aside: decode: %w", err)
-	}
-	return v, nil
+	return b, true
 }
 
 // checkEncodable rejects, at construction, value types that msgpack cannot

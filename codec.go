@@ -26,7 +26,7 @@ func (msgpackCodec) Unmarshal(data []byte, v any) error { return msgpack.Unmarsh
 // The envelope is the one byte string stored per entry:
 //
 //	[0]    format (envelopeV1)
-//	[1]    flags (flagS2, flagNegative)
+//	[1]    flags (flagS2, flagNegative, flagStale)
 //	[2:6]  type fingerprint of T, little endian
 //	uvarint created-at, fresh-until (Unix ms), load duration (µs)
 //	uvarint tag count, then 16 bytes per tag token
@@ -35,7 +35,8 @@ const (
 	envelopeV1   byte = 0xA1
 	flagS2       byte = 1 << 0
 	flagNegative byte = 1 << 1
-	knownFlags        = flagS2 | flagNegative
+	flagStale    byte = 1 << 2 // set in place by MarkStale's script: keep in sync
+	knownFlags        = flagS2 | flagNegative | flagStale
 	tagTokenLen       = 16
 	// maxDecodedBytes bounds decompression so a planted entry cannot make a
 	// reader allocate without limit.
@@ -56,6 +57,7 @@ type envelope struct {
 }
 
 func (e *envelope) negative() bool { return e.flags&flagNegative != 0 }
+func (e *envelope) stale() bool    { return e.flags&flagStale != 0 }
 
 // typeFingerprint identifies T in every envelope, so that an entry written by
 // a cache of another type under the same name is a decode miss, never a value

@@ -7,8 +7,14 @@ import (
 
 // Stats is a snapshot of one cache's counters since it was created.
 type Stats struct {
-	Hits          uint64        // reads answered by a Redis entry
+	Hits          uint64        // reads answered by a fresh Redis entry
+	StaleServed   uint64        // reads answered by a stale entry while it was refreshed (stale-while-revalidate, stale-if-error, MarkStale)
+	NegativeHits  uint64        // reads answered ErrNotFound by a negative entry
 	Misses        uint64        // reads that found no usable entry (absent or undecodable)
+	LeaseWaits    uint64        // misses that waited for another caller's load instead of loading
+	WaitTimeouts  uint64        // waits that ran out of WaitBudget; the caller loaded without writing
+	FillsRefused  uint64        // loaded values not written because an invalidation revoked their lease
+	Refreshes     uint64        // background refreshes (early or stale) that wrote a new value
 	Loads         uint64        // loader calls that returned a value
 	LoadErrors    uint64        // loader calls that failed, panicked or timed out
 	LoadTime      time.Duration // total time spent in loader calls
@@ -21,16 +27,24 @@ type Stats struct {
 }
 
 type counters struct {
-	hits, misses, loads, loadErrors, loadNanos atomic.Uint64
-	redisErrors, decodeErrors, encodeErrors    atomic.Uint64
-	oversize, skipped                          atomic.Uint64
-	bytesWritten                               atomic.Uint64
+	hits, staleServed, negativeHits, misses atomic.Uint64
+	leaseWaits, waitTimeouts, fillsRefused  atomic.Uint64
+	refreshes, loads, loadErrors, loadNanos atomic.Uint64
+	redisErrors, decodeErrors, encodeErrors atomic.Uint64
+	oversize, skipped                       atomic.Uint64
+	bytesWritten                            atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
 		Hits:          c.hits.Load(),
+		StaleServed:   c.staleServed.Load(),
+		NegativeHits:  c.negativeHits.Load(),
 		Misses:        c.misses.Load(),
+		LeaseWaits:    c.leaseWaits.Load(),
+		WaitTimeouts:  c.waitTimeouts.Load(),
+		FillsRefused:  c.fillsRefused.Load(),
+		Refreshes:     c.refreshes.Load(),
 		Loads:         c.loads.Load(),
 		LoadErrors:    c.loadErrors.Load(),
 		LoadTime:      time.Duration(c.loadNanos.Load()),

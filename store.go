@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,6 +20,13 @@ type Store struct {
 	profiles  map[string]Profile
 	breaker   *breaker
 	observer  Observer
+	now       func() time.Time // the clock of freshness decisions; tests replace it
+
+	// Background work (refreshes, lease pollers, loads) is tracked so that
+	// Close can wait for it: no goroutine outlives the Store.
+	mu      sync.Mutex
+	closed  bool
+	running sync.WaitGroup
 }
 
 // StoreOption configures a [Store].
@@ -99,7 +107,7 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		seen[p.Name] = true
 		profiles[p.Name] = p
 	}
-	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer}
+	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, now: time.Now}
 	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
 		switch st {
 		case BreakerOpen:
@@ -109,6 +117,34 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		}
 	})
 	return s, nil
+}
+
+// Close stops background refreshes from starting and waits for the running
+// ones, and for loads still in flight, to end (each is bounded by its
+// profile's LoadTimeout). Gets after Close still work but refresh nothing in
+// the background. Close does not close the Redis client.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.running.Wait()
+	return nil
+}
+
+// goTracked runs fn on a goroutine that Close waits for. It reports false,
+// running nothing, once the Store is closed.
+func (s *Store) goTracked(fn func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.running.Add(1)
+	go func() {
+		defer s.running.Done()
+		fn()
+	}()
+	return true
 }
 
 // BreakerState reports whether the Store currently uses Redis.

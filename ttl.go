@@ -2,6 +2,7 @@ package aside
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 )
@@ -45,14 +46,37 @@ type Profile struct {
 	// caller but not stored, and counted in [Stats].OversizeSkips. 0 means no
 	// cap; must be >= 0.
 	MaxEntryBytes int
+	// StaleWindow keeps an entry in Redis this long after it stops being
+	// fresh. Inside the window readers get the stale value at once while one
+	// refresher (cluster-wide) reloads it in the background; if that load
+	// fails the stale value goes on being served (stale-if-error). Both are
+	// counted in [Stats].StaleServed. 0 disables; must be >= 0.
+	StaleWindow time.Duration
+	// NegativeTTL is how long a loader's [ErrNotFound] is remembered, so that
+	// lookups of absent rows stop reaching the source. 0 disables negative
+	// caching; must be >= 0.
+	NegativeTTL time.Duration
+	// EarlyRefresh is the β of probabilistic early expiration (XFetch): a hit
+	// refreshes the entry in the background with a probability that rises as
+	// expiry nears, scaled by how long the last load took. 1 is the
+	// recommended value, 0 disables; must be in [0, 10].
+	EarlyRefresh float64
+	// WaitBudget bounds how long a miss waits for another caller's load of
+	// the same key (in any process) before it loads by itself, without
+	// writing. 0 means LoadTimeout; must be >= 0.
+	WaitBudget time.Duration
 }
 
 func builtinProfiles() map[string]Profile {
 	ps := []Profile{
-		{Name: Default, TTL: 5 * time.Minute, Jitter: 30 * time.Second, LoadTimeout: 5 * time.Second, CompressAbove: 1024, MaxEntryBytes: 1 << 20},
-		{Name: Transactional, TTL: 30 * time.Second, Jitter: 5 * time.Second, LoadTimeout: 2 * time.Second, CompressAbove: 1024, MaxEntryBytes: 256 << 10},
-		{Name: Analytical, TTL: 5 * time.Minute, Jitter: time.Minute, LoadTimeout: 30 * time.Second, CompressAbove: 1024, MaxEntryBytes: 4 << 20},
-		{Name: Master, TTL: 6 * time.Hour, Jitter: 30 * time.Minute, LoadTimeout: 10 * time.Second, CompressAbove: 512, MaxEntryBytes: 4 << 20},
+		{Name: Default, TTL: 5 * time.Minute, Jitter: 30 * time.Second, LoadTimeout: 5 * time.Second,
+			CompressAbove: 1024, MaxEntryBytes: 1 << 20, NegativeTTL: 30 * time.Second, EarlyRefresh: 1},
+		{Name: Transactional, TTL: 30 * time.Second, Jitter: 5 * time.Second, LoadTimeout: 2 * time.Second,
+			CompressAbove: 1024, MaxEntryBytes: 256 << 10, NegativeTTL: 5 * time.Second, EarlyRefresh: 1},
+		{Name: Analytical, TTL: 5 * time.Minute, Jitter: time.Minute, LoadTimeout: 30 * time.Second,
+			CompressAbove: 1024, MaxEntryBytes: 4 << 20, StaleWindow: 10 * time.Minute, NegativeTTL: time.Minute, EarlyRefresh: 1},
+		{Name: Master, TTL: 6 * time.Hour, Jitter: 30 * time.Minute, LoadTimeout: 10 * time.Second,
+			CompressAbove: 512, MaxEntryBytes: 4 << 20, StaleWindow: 24 * time.Hour, NegativeTTL: 5 * time.Minute, EarlyRefresh: 1},
 	}
 	m := make(map[string]Profile, len(ps))
 	for _, p := range ps {
@@ -76,14 +100,45 @@ func (p Profile) validate() error {
 		return fmt.Errorf("aside: profile %q: CompressAbove must be >= 0, got %d", p.Name, p.CompressAbove)
 	case p.MaxEntryBytes < 0:
 		return fmt.Errorf("aside: profile %q: MaxEntryBytes must be >= 0, got %d", p.Name, p.MaxEntryBytes)
+	case p.StaleWindow < 0:
+		return fmt.Errorf("aside: profile %q: StaleWindow must be >= 0, got %v", p.Name, p.StaleWindow)
+	case p.NegativeTTL < 0:
+		return fmt.Errorf("aside: profile %q: NegativeTTL must be >= 0, got %v", p.Name, p.NegativeTTL)
+	case !(p.EarlyRefresh >= 0 && p.EarlyRefresh <= 10): // also rejects NaN
+		return fmt.Errorf("aside: profile %q: EarlyRefresh must be in [0, 10], got %v", p.Name, p.EarlyRefresh)
+	case p.WaitBudget < 0:
+		return fmt.Errorf("aside: profile %q: WaitBudget must be >= 0, got %v", p.Name, p.WaitBudget)
 	}
 	return nil
 }
 
-// ttl returns the Redis TTL for one new entry: TTL plus a random jitter.
-func (p Profile) ttl() time.Duration {
+// freshFor returns how long one new entry stays fresh: TTL plus a random
+// jitter, so that entries written together neither expire nor refresh
+// together. Its Redis TTL adds the stale window.
+func (p Profile) freshFor() time.Duration {
 	if p.Jitter <= 0 {
 		return p.TTL
 	}
 	return p.TTL + rand.N(p.Jitter)
+}
+
+func (p Profile) waitBudget() time.Duration {
+	if p.WaitBudget > 0 {
+		return p.WaitBudget
+	}
+	return p.LoadTimeout
+}
+
+// shouldRefreshEarly is XFetch (Vattani et al., VLDB 2015): refresh when
+// now − δ·β·ln(U) ≥ expiry, with δ the duration of the last load and U
+// uniform in (0, 1]. The probability is tiny far from expiry and reaches 1
+// at it, so one reader refreshes slightly early instead of all readers
+// missing at once.
+func (p Profile) shouldRefreshEarly(now, freshUntil time.Time, lastLoad time.Duration) bool {
+	if p.EarlyRefresh <= 0 || lastLoad <= 0 {
+		return false
+	}
+	u := 1 - rand.Float64() // (0, 1]
+	gap := time.Duration(-float64(lastLoad) * p.EarlyRefresh * math.Log(u))
+	return !now.Add(gap).Before(freshUntil)
 }
