@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 )
 
 // Redis layout of one entry: a hash in one key (so one slot) holding
@@ -348,8 +349,8 @@ func (c *Cache[T]) poll(ctx context.Context, rk string, deadline time.Time) (*po
 // Poll intervals: quick at first (most loads are short), backing off so a
 // slow load costs few reads.
 const (
-	pollFirst = 2 * time.Millisecond
-	pollMax   = 25 * time.Millisecond
+	pollFirst = time.Millisecond
+	pollMax   = 10 * time.Millisecond
 )
 
 func (c *Cache[T]) runPoller(rk string, p *poller) {
@@ -481,8 +482,10 @@ type testHooks struct {
 	// UnconditionalFill writes a loaded value even if its lease was revoked.
 	UnconditionalFill bool
 	// Naive replaces leases by plain cache-aside with one singleflight per
-	// key: read, load, write — the design DESIGN.md measures as unsafe.
-	Naive bool
+	// key that invalidations do not touch: read, load, write — the design
+	// DESIGN.md measures as unsafe.
+	Naive   bool
+	flights singleflight.Group
 }
 
 func (h *testHooks) afterLoad(rk string) {
@@ -513,7 +516,7 @@ func (c *Cache[T]) naiveGet(ctx context.Context, rk string, load Loader[T]) (T, 
 			return v, err
 		}
 	}
-	ch := c.keyFlights.DoChan(rk, func() (any, error) {
+	ch := c.hooks.flights.DoChan(rk, func() (any, error) {
 		ctx := context.WithoutCancel(ctx)
 		start := c.store.now()
 		v, err := c.timedLoad(ctx, load)
