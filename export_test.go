@@ -1,6 +1,10 @@
 package aside
 
-import "time"
+import (
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
 
 // Test-only access to unexported knobs, for the behaviour tests in package
 // aside_test. Compiled only into this package's tests.
@@ -9,7 +13,10 @@ import "time"
 type TestHooks = testHooks
 
 // SetTestHooks installs hooks on c; call it before c is used.
-func SetTestHooks[T any](c *Cache[T], h *TestHooks) { c.hooks = h }
+func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
+	h.flights = new(singleflight.Group)
+	c.hooks = h
+}
 
 // SetClock replaces the clock of freshness decisions; call it before use.
 func SetClock(s *Store, now func() time.Time) { s.now = now }

@@ -257,31 +257,15 @@ func TestT6FailedHolders(t *testing.T) {
 			}
 		})
 		t.Run("loader panics", func(t *testing.T) {
-			prefix := uniquePrefix()
-			sa, _ := b.newStore(t, aside.WithPrefix(prefix))
-			sb, _ := b.newStore(t, aside.WithPrefix(prefix))
-			ca, cb := newCache[string](t, sa), newCache[string](t, sb)
-			var loads atomic.Int32
-			inA := make(chan struct{})
-			panicking := func(context.Context) (string, error) {
-				loads.Add(1)
-				close(inA)
-				time.Sleep(20 * time.Millisecond)
-				panic("holder crashed")
-			}
-			a := make(chan error, 1)
-			go func() { _, err := ca.Get(bgCtx, "k", panicking); a <- err }()
-			recv(t, inA, "A's load")
-			bres := make(chan string, 1)
-			go func() {
-				v, _ := cb.Get(bgCtx, "k", func(context.Context) (string, error) { loads.Add(1); return "v", nil })
-				bres <- v
-			}()
-			if err := recv(t, a, "A"); !errors.Is(err, aside.ErrLoaderPanic) {
-				t.Fatalf("A = %v, want ErrLoaderPanic", err)
-			}
-			if v := recv(t, bres, "B"); v != "v" || loads.Load() != 2 {
-				t.Errorf("B = %q after %d loads, want v after 2", v, loads.Load())
+			for _, broken := range []bool{false, true} {
+				waited, loads, timeouts := panickingHolder(t, b, broken)
+				t.Logf("broken=%v: B waited %v, %d loads, %d wait timeouts", broken, waited, loads, timeouts)
+				switch {
+				case !broken && (loads != 2 || timeouts != 0 || waited > 250*time.Millisecond):
+					t.Errorf("B waited %v with %d loads, %d timeouts; want the released lease taken over at once", waited, loads, timeouts)
+				case broken && timeouts != 1:
+					t.Errorf("broken variant (lease kept after the panic): %d wait timeouts, want 1 — the test must be able to fail", timeouts)
+				}
 			}
 		})
 		t.Run("holder dies without releasing", func(t *testing.T) {
@@ -322,4 +306,40 @@ func TestT6FailedHolders(t *testing.T) {
 			}
 		})
 	})
+}
+
+// panickingHolder: A's loader panics while B (another process) waits on A's
+// lease. With broken set, A keeps its lease after the failure.
+func panickingHolder(t *testing.T, b *backend, broken bool) (waited time.Duration, loads int32, timeouts uint64) {
+	prefix := uniquePrefix()
+	p := aside.Profile{Name: "p", TTL: time.Minute, LoadTimeout: 300 * time.Millisecond}
+	sa, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(p))
+	sb, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(p))
+	ca, _ := aside.New[string](sa, "items", aside.WithProfile("p"))
+	cb, _ := aside.New[string](sb, "items", aside.WithProfile("p"))
+	aside.SetTestHooks(ca, &aside.TestHooks{KeepLeaseOnError: broken})
+	var n atomic.Int32
+	inA := make(chan struct{})
+	panicking := func(context.Context) (string, error) {
+		n.Add(1)
+		close(inA)
+		time.Sleep(20 * time.Millisecond)
+		panic("holder crashed")
+	}
+	a := make(chan error, 1)
+	go func() { _, err := ca.Get(bgCtx, "k", panicking); a <- err }()
+	recv(t, inA, "A's load")
+	start := time.Now()
+	bres := make(chan string, 1)
+	go func() {
+		v, _ := cb.Get(bgCtx, "k", func(context.Context) (string, error) { n.Add(1); return "v", nil })
+		bres <- v
+	}()
+	if err := recv(t, a, "A"); !errors.Is(err, aside.ErrLoaderPanic) {
+		t.Fatalf("A = %v, want ErrLoaderPanic", err)
+	}
+	if v := recv(t, bres, "B"); v != "v" {
+		t.Fatalf("B = %q, want v", v)
+	}
+	return time.Since(start), n.Load(), cb.Stats().WaitTimeouts
 }

@@ -249,7 +249,9 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, rk, token string, load Loade
 				freshMs: start.Add(c.profile.NegativeTTL).UnixMilli()}, 0)
 			return v, err, c.casFill(ctx, rk, token, b, c.profile.NegativeTTL)
 		}
-		c.release(ctx, rk, token)
+		if !c.hooks.keepLease() {
+			c.release(ctx, rk, token)
+		}
 		return v, err, false
 	}
 	c.hooks.beforeFill(rk)
@@ -481,11 +483,14 @@ type testHooks struct {
 	AfterLoad, BeforeFill, BeforePoll func(rk string)
 	// UnconditionalFill writes a loaded value even if its lease was revoked.
 	UnconditionalFill bool
+	// KeepLeaseOnError does not release the lease after a failed load, so
+	// that waiters must sit out the wait budget.
+	KeepLeaseOnError bool
 	// Naive replaces leases by plain cache-aside with one singleflight per
 	// key that invalidations do not touch: read, load, write — the design
 	// DESIGN.md measures as unsafe.
 	Naive   bool
-	flights singleflight.Group
+	flights *singleflight.Group // set with Naive
 }
 
 func (h *testHooks) afterLoad(rk string) {
@@ -508,6 +513,7 @@ func (h *testHooks) beforePoll(rk string) {
 
 func (h *testHooks) unconditionalFill() bool { return h != nil && h.UnconditionalFill }
 func (h *testHooks) naive() bool             { return h != nil && h.Naive }
+func (h *testHooks) keepLease() bool         { return h != nil && h.KeepLeaseOnError }
 
 // naiveGet is the broken variant behind testHooks.Naive.
 func (c *Cache[T]) naiveGet(ctx context.Context, rk string, load Loader[T]) (T, error) {

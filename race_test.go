@@ -1,0 +1,130 @@
+package aside_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/asidecache/aside"
+)
+
+// staleSetRace runs writers that bump a row's version in a fake database and
+// then invalidate it, against readers on 2 Stores whose loaders read the row
+// and then dawdle 0–5 ms (widening the stale-set race). A read that starts
+// after an Invalidate of version v returned and yields a version < v is
+// stale. It returns the stale reads, the reads, and the keys still stale
+// once the writers have stopped.
+func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks) (stale, reads, staleKeys int64) {
+	const keys = 8
+	prefix := uniquePrefix()
+	b := &backend{addr: realAddr}
+	var caches []*aside.Cache[int64]
+	for range 2 {
+		store, _ := b.newStore(t, aside.WithPrefix(prefix))
+		c := newCache[int64](t, store)
+		if hooks != nil {
+			h := *hooks
+			aside.SetTestHooks(c, &h)
+		}
+		caches = append(caches, c)
+	}
+	var db, invalidated [keys]atomic.Int64
+	name := func(k int) string { return aside.Key("row", string(rune('a'+k))) }
+	loader := func(k int) aside.Loader[int64] {
+		return func(context.Context) (int64, error) {
+			v := db[k].Load()
+			time.Sleep(time.Duration(rand.N(5000)) * time.Microsecond)
+			return v, nil
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var staleN, readN atomic.Int64
+	for w := range 2 { // writers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := rand.N(keys)
+				v := db[k].Add(1)
+				if err := caches[(w+i)%2].Invalidate(bgCtx, name(k)); err != nil {
+					t.Error(err)
+					return
+				}
+				for cur := invalidated[k].Load(); cur < v && !invalidated[k].CompareAndSwap(cur, v); cur = invalidated[k].Load() {
+				}
+				time.Sleep(time.Duration(rand.N(2000)) * time.Microsecond)
+			}
+		}()
+	}
+	for r := range 8 { // readers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := caches[r%2]
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := rand.N(keys)
+				floor := invalidated[k].Load()
+				v, err := c.Get(bgCtx, name(k), loader(k))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				readN.Add(1)
+				if v < floor {
+					staleN.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(d)
+	close(stop)
+	waitGroup(t, &wg)
+	for k := range keys {
+		for _, c := range caches {
+			if v, _ := c.Get(bgCtx, name(k), loader(k)); v != db[k].Load() {
+				staleKeys++
+			}
+		}
+	}
+	return staleN.Load(), readN.Load(), staleKeys
+}
+
+// TestStaleSetRace is the guarantee of leases, measured: with 2 Stores and
+// hot keys, no read that starts after Invalidate returned yields an older
+// version, and nothing stale is left behind. Plain cache-aside with an
+// in-process singleflight, run the same way, shows stale reads — so the
+// test can fail.
+func TestStaleSetRace(t *testing.T) {
+	requireReal(t)
+	if testing.Short() {
+		t.Skip("10 s race test")
+	}
+	t.Run("leases", func(t *testing.T) {
+		stale, reads, staleKeys := staleSetRace(t, 10*time.Second, nil)
+		t.Logf("leases: %d stale of %d reads, %d stale keys at the end", stale, reads, staleKeys)
+		if stale != 0 || staleKeys != 0 || reads < 1000 {
+			t.Errorf("%d stale reads of %d, %d stale keys; want 0 of at least 1000, 0", stale, reads, staleKeys)
+		}
+	})
+	t.Run("naive cache-aside", func(t *testing.T) {
+		stale, reads, staleKeys := staleSetRace(t, 3*time.Second, &aside.TestHooks{Naive: true})
+		t.Logf("naive: %d stale of %d reads (%.2f%%), %d stale keys at the end", stale, reads, 100*float64(stale)/float64(max(reads, 1)), staleKeys)
+		if stale == 0 {
+			t.Error("the naive variant showed no stale read: the test cannot detect the race")
+		}
+	})
+}
