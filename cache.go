@@ -277,10 +277,10 @@ func (c *Cache[T]) serve(ctx context.Context, rk string, b []byte, load Loader[T
 	switch {
 	case e.stale() || !now.Before(freshUntil):
 		c.stats.staleServed.Add(1)
-		c.refreshInBackground(ctx, rk, load)
+		c.refreshInBackground(ctx, rk, b, load)
 	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
 		c.stats.hits.Add(1)
-		c.refreshInBackground(ctx, rk, load)
+		c.refreshInBackground(ctx, rk, b, load)
 	default:
 		c.stats.hits.Add(1)
 	}

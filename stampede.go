@@ -3,6 +3,7 @@ package aside
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha1"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -65,9 +66,12 @@ end
 return {0}`)
 
 // refreshScript takes a refresh lease on an existing entry without touching
-// its value or TTL: readers keep the current value meanwhile.
+// its value or TTL: readers keep the current value meanwhile. ARGV[3] is the
+// SHA-1 of the bytes the reader saw: an entry that another refresh has
+// already replaced is not refreshed again.
 var refreshScript = redis.NewScript(`
-if redis.call('HEXISTS', KEYS[1], 'v') == 0 then return 0 end
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v or redis.sha1hex(v) ~= ARGV[3] then return 0 end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local l = redis.call('HMGET', KEYS[1], 'l', 'le')
@@ -383,16 +387,18 @@ func (c *Cache[T]) runPoller(rk string, p *poller) {
 // refreshInBackground reloads an entry that is stale or due for early
 // refresh, under a refresh lease so that one refresher runs cluster-wide,
 // while every reader keeps getting the current value.
-func (c *Cache[T]) refreshInBackground(ctx context.Context, rk string, load Loader[T]) {
+func (c *Cache[T]) refreshInBackground(ctx context.Context, rk string, seen []byte, load Loader[T]) {
 	if _, busy := c.refreshing.LoadOrStore(rk, struct{}{}); busy {
 		return
 	}
+	sum := sha1.Sum(seen)
+	seenSum := hex.EncodeToString(sum[:])
 	started := c.store.goTracked(func() {
 		defer c.refreshing.Delete(rk)
 		ctx := context.WithoutCancel(ctx)
 		token := newToken()
 		octx, cancel := c.store.opContext(ctx)
-		n, err := refreshScript.Run(octx, c.store.rdb, []string{rk}, token, c.leaseTTL().Milliseconds()).Int()
+		n, err := refreshScript.Run(octx, c.store.rdb, []string{rk}, token, c.leaseTTL().Milliseconds(), seenSum).Int()
 		cancel()
 		c.record(ctx, err)
 		if err != nil || n != 1 {
