@@ -159,7 +159,7 @@ var (
 // under a profile with NegativeTTL. Get fails open: when Redis is slow, down,
 // or holds an entry that does not decode, the value comes from the loader and
 // the problem is counted in [Stats].
-func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T]) (T, error) {
+func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T], opts ...CallOption) (T, error) {
 	var zero T
 	if key == "" {
 		return zero, errEmptyKey
@@ -167,34 +167,37 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T]) (T, erro
 	if load == nil {
 		return zero, errNilLoader
 	}
-	rk := c.keys.entry(key)
-	if c.hooks.naive() {
-		return c.naiveGet(ctx, rk, load)
+	o, err := collectCallOptions(opts)
+	if err != nil {
+		return zero, err
 	}
-	var deadline time.Time
+	cl := &call[T]{rk: c.keys.entry(key), load: load, tags: o.tags}
+	if c.hooks.naive() {
+		return c.naiveGet(ctx, cl)
+	}
 	for {
 		if !c.store.breaker.allow() {
 			c.stats.skipped.Add(1)
-			return c.loadDegraded(ctx, rk, load)
+			return c.loadDegraded(ctx, cl.rk, load)
 		}
-		b, err := c.read(ctx, rk)
+		b, err := c.read(ctx, cl)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return zero, ctx.Err()
 		case err != nil:
-			return c.loadDegraded(ctx, rk, load)
+			return c.loadDegraded(ctx, cl.rk, load)
 		case b != nil:
-			if v, err, ok := c.serve(ctx, rk, b, load); ok {
+			if v, err, ok := c.serve(ctx, cl, b); ok {
 				return v, err
 			}
 		}
-		if deadline.IsZero() {
-			deadline = time.Now().Add(c.profile.waitBudget())
+		if cl.deadline.IsZero() {
+			cl.deadline = time.Now().Add(c.profile.waitBudget())
 		}
-		if v, err, done := c.miss(ctx, rk, load, b, b != nil, deadline); done {
+		if v, err, done := c.miss(ctx, cl, b, b != nil); done {
 			return v, err
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(cl.deadline) {
 			c.stats.waitTimeouts.Add(1)
 			return c.loadAlone(ctx, load)
 		}
@@ -204,11 +207,19 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T]) (T, erro
 // Set stores v under key now (write-through, for values just written to the
 // source). It fails closed: a Redis error, an encoding error or a value over
 // MaxEntryBytes is returned.
-func (c *Cache[T]) Set(ctx context.Context, key string, v T) error {
+func (c *Cache[T]) Set(ctx context.Context, key string, v T, opts ...CallOption) error {
 	if key == "" {
 		return errEmptyKey
 	}
-	b, err := c.encode(v, c.store.now(), c.profile.TTL, 0)
+	o, err := collectCallOptions(opts)
+	if err != nil {
+		return err
+	}
+	tokens, err := c.store.ensureTokens(ctx, o.tags)
+	if err != nil {
+		return err
+	}
+	b, err := c.encode(v, c.store.now(), c.profile.TTL, 0, tokens)
 	if err != nil {
 		return err
 	}
@@ -230,10 +241,17 @@ return 1`)
 
 // read fetches the stored bytes of one entry: nil when absent. A key of
 // another Redis type reads as absent (the miss path deletes it); err is set
-// only when Redis failed.
-func (c *Cache[T]) read(ctx context.Context, rk string) ([]byte, error) {
+// only when Redis failed. With tags, the tags' current tokens come in the
+// same round trip (one pipeline) and are kept in cl.snap.
+func (c *Cache[T]) read(ctx context.Context, cl *call[T]) ([]byte, error) {
 	octx, cancel := c.store.opContext(ctx)
-	b, err := c.store.rdb.HGet(octx, rk, fieldValue).Bytes()
+	var b []byte
+	var err error
+	if len(cl.tags) == 0 {
+		b, err = c.store.rdb.HGet(octx, cl.rk, fieldValue).Bytes()
+	} else {
+		b, err = c.readTagged(octx, cl)
+	}
 	cancel()
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -252,16 +270,43 @@ func (c *Cache[T]) read(ctx context.Context, rk string) ([]byte, error) {
 	return b, nil
 }
 
+// readTagged reads the entry and the call's tag tokens in one pipeline.
+func (c *Cache[T]) readTagged(ctx context.Context, cl *call[T]) ([]byte, error) {
+	var entry *redis.StringCmd
+	gets := make([]*redis.StringCmd, len(cl.tags))
+	_, _ = c.store.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		entry = p.HGet(ctx, cl.rk, fieldValue)
+		for i, t := range cl.tags {
+			gets[i] = p.Get(ctx, tagKey(c.store.prefix, t))
+		}
+		return nil
+	})
+	cl.snap = tagSnap{names: cl.tags, tokens: make([]string, len(cl.tags))}
+	for i, g := range gets {
+		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, err
+		}
+		cl.snap.tokens[i] = g.Val() // "" when the tag key is missing
+	}
+	return entry.Bytes()
+}
+
 // serve turns stored bytes into Get's answer. ok is false when they do not
-// decode (counted; the miss path replaces them). A stale or soon-expiring
-// entry is served as it is while a background refresh reloads it.
-func (c *Cache[T]) serve(ctx context.Context, rk string, b []byte, load Loader[T]) (v T, err error, ok bool) {
+// decode, or their tags were invalidated (counted; the miss path replaces
+// them). A stale, soft-invalidated or soon-expiring entry is served as it is
+// while a background refresh reloads it.
+func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte) (v T, err error, ok bool) {
 	e, err := decodeEnvelope(b)
 	if err == nil && e.typeID != c.typeID {
 		err = fmt.Errorf("%w: written for another type", errCorrupt)
 	}
 	if err != nil {
 		c.decodeFailed(err)
+		return v, nil, false
+	}
+	tags := c.checkTags(ctx, &e, cl.snap)
+	if tags == tagsInvalid || tags == tagsSoftStale && e.negative() {
+		c.stats.tagMisses.Add(1)
 		return v, nil, false
 	}
 	if e.negative() {
@@ -275,12 +320,12 @@ func (c *Cache[T]) serve(ctx context.Context, rk string, b []byte, load Loader[T
 	}
 	now, freshUntil := c.store.now(), time.UnixMilli(e.freshMs)
 	switch {
-	case e.stale() || !now.Before(freshUntil):
+	case e.stale() || tags == tagsSoftStale || !now.Before(freshUntil):
 		c.stats.staleServed.Add(1)
-		c.refreshInBackground(ctx, rk, b, load)
+		c.refreshInBackground(ctx, cl, b)
 	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
 		c.stats.hits.Add(1)
-		c.refreshInBackground(ctx, rk, b, load)
+		c.refreshInBackground(ctx, cl, b)
 	default:
 		c.stats.hits.Add(1)
 	}
@@ -323,7 +368,7 @@ func (c *Cache[T]) write(ctx context.Context, rk string, b []byte, ttl time.Dura
 	return nil
 }
 
-func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration) ([]byte, error) {
+func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration, tags []tagToken) ([]byte, error) {
 	payload, err := c.codec.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("aside: encode: %w", err)
@@ -333,6 +378,7 @@ func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration)
 		createdMs:  created.UnixMilli(),
 		freshMs:    created.Add(fresh).UnixMilli(),
 		loadMicros: loadTime.Microseconds(),
+		tags:       tags,
 		payload:    payload,
 	}, c.profile.CompressAbove), nil
 }
@@ -340,8 +386,8 @@ func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration)
 // encodeForFill encodes a loaded value; a value that cannot be stored
 // (encoding error, over MaxEntryBytes) is counted and reported, not returned:
 // the caller has its value already.
-func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Duration) ([]byte, bool) {
-	b, err := c.encode(v, created, fresh, took)
+func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Duration, tags []tagToken) ([]byte, bool) {
+	b, err := c.encode(v, created, fresh, took, tags)
 	if err != nil {
 		c.stats.encodeErrors.Add(1)
 		c.store.emit(Event{Kind: EventEncodeError, Cache: c.name, Err: err})

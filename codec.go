@@ -29,7 +29,7 @@ func (msgpackCodec) Unmarshal(data []byte, v any) error { return msgpack.Unmarsh
 //	[1]    flags (flagS2, flagNegative, flagStale)
 //	[2:6]  type fingerprint of T, little endian
 //	uvarint created-at, fresh-until (Unix ms), load duration (µs)
-//	uvarint tag count, then 16 bytes per tag token
+//	uvarint tag count, then per tag: uvarint length + name, uvarint length + token
 //	payload (codec bytes, s2-compressed when flagS2)
 const (
 	envelopeV1   byte = 0xA1
@@ -37,7 +37,9 @@ const (
 	flagNegative byte = 1 << 1
 	flagStale    byte = 1 << 2 // set in place by MarkStale's script: keep in sync
 	knownFlags        = flagS2 | flagNegative | flagStale
-	tagTokenLen       = 16
+	maxTags           = 64  // per entry
+	maxTokenLen       = 64  // a tag token: hard + soft part, hex
+	maxTagLen         = 512 // a tag name as stored
 	// maxDecodedBytes bounds decompression so a planted entry cannot make a
 	// reader allocate without limit.
 	maxDecodedBytes = 64 << 20
@@ -52,12 +54,24 @@ type envelope struct {
 	createdMs  int64
 	freshMs    int64
 	loadMicros int64
-	tags       [][tagTokenLen]byte
+	tags       []tagToken
 	payload    []byte
 }
 
+// tagToken is a tag and the token it had when the entry's load began.
+type tagToken struct{ name, token string }
+
 func (e *envelope) negative() bool { return e.flags&flagNegative != 0 }
 func (e *envelope) stale() bool    { return e.flags&flagStale != 0 }
+
+func (e *envelope) hasTag(name string) bool {
+	for _, t := range e.tags {
+		if t.name == name {
+			return true
+		}
+	}
+	return false
+}
 
 // typeFingerprint identifies T in every envelope, so that an entry written by
 // a cache of another type under the same name is a decode miss, never a value
@@ -79,7 +93,11 @@ func encodeEnvelope(e envelope, compressAbove int) []byte {
 			payload, flags = c, flags|flagS2
 		}
 	}
-	out := make([]byte, 0, 6+3*binary.MaxVarintLen64+1+len(e.tags)*tagTokenLen+len(payload))
+	size := 6 + 4*binary.MaxVarintLen64 + len(payload)
+	for _, t := range e.tags {
+		size += 2*binary.MaxVarintLen64 + len(t.name) + len(t.token)
+	}
+	out := make([]byte, 0, size)
 	out = append(out, envelopeV1, flags)
 	out = binary.LittleEndian.AppendUint32(out, e.typeID)
 	out = binary.AppendUvarint(out, uint64(max(e.createdMs, 0)))
@@ -87,7 +105,10 @@ func encodeEnvelope(e envelope, compressAbove int) []byte {
 	out = binary.AppendUvarint(out, uint64(max(e.loadMicros, 0)))
 	out = binary.AppendUvarint(out, uint64(len(e.tags)))
 	for _, t := range e.tags {
-		out = append(out, t[:]...)
+		out = binary.AppendUvarint(out, uint64(len(t.name)))
+		out = append(out, t.name...)
+		out = binary.AppendUvarint(out, uint64(len(t.token)))
+		out = append(out, t.token...)
 	}
 	return append(out, payload...)
 }
@@ -118,14 +139,20 @@ func decodeEnvelope(b []byte) (envelope, error) {
 	}
 	e.createdMs, e.freshMs, e.loadMicros = int64(fields[0]), int64(fields[1]), int64(fields[2])
 	ntags := fields[3]
-	if ntags > uint64(len(rest)/tagTokenLen) {
-		return e, fmt.Errorf("%w: truncated tags", errCorrupt)
+	if ntags > maxTags {
+		return e, fmt.Errorf("%w: %d tags", errCorrupt, ntags)
 	}
 	if ntags > 0 {
-		e.tags = make([][tagTokenLen]byte, ntags)
+		e.tags = make([]tagToken, ntags)
 		for i := range e.tags {
-			copy(e.tags[i][:], rest[:tagTokenLen])
-			rest = rest[tagTokenLen:]
+			var name, token string
+			if name, rest = readString(rest, maxTagLen); name == "" {
+				return e, fmt.Errorf("%w: bad tag", errCorrupt)
+			}
+			if token, rest = readString(rest, maxTokenLen); token == "" {
+				return e, fmt.Errorf("%w: bad tag token", errCorrupt)
+			}
+			e.tags[i] = tagToken{name, token}
 		}
 	}
 	e.payload = rest
@@ -141,4 +168,14 @@ func decodeEnvelope(b []byte) (envelope, error) {
 
 	}
 	return e, nil
+}
+
+// readString reads a uvarint-length-prefixed string of 1..max bytes; it
+// returns "" when b does not hold one.
+func readString(b []byte, max int) (string, []byte) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n == 0 || n > uint64(max) || n > uint64(len(b)-k) {
+		return "", b
+	}
+	return string(b[k : k+int(n)]), b[k+int(n):]
 }

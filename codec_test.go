@@ -3,6 +3,7 @@ package aside
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -16,7 +17,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 		wantS2        bool
 	}{
 		{"small", envelope{typeID: 7, createdMs: 1, freshMs: 2, loadMicros: 3, payload: []byte("hi")}, 1024, false},
-		{"tags", envelope{typeID: 7, tags: [][tagTokenLen]byte{{1}, {2}}, payload: []byte("x")}, 0, false},
+		{"tags", envelope{typeID: 7, tags: []tagToken{{"a", "t1"}, {"b", "t2"}}, payload: []byte("x")}, 0, false},
 		{"negative", envelope{flags: flagNegative, typeID: 1}, 0, false},
 		{"compressed", envelope{typeID: 9, payload: big}, 1024, true},
 		{"compression off", envelope{typeID: 9, payload: big}, 0, false},
@@ -32,7 +33,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 				t.Errorf("compressed = %v, want %v (%d bytes stored)", b[1]&flagS2 != 0, tt.wantS2, len(b))
 			}
 			if got.typeID != tt.in.typeID || got.createdMs != tt.in.createdMs || got.freshMs != tt.in.freshMs ||
-				got.loadMicros != tt.in.loadMicros || len(got.tags) != len(tt.in.tags) || !bytes.Equal(got.payload, tt.in.payload) ||
+				got.loadMicros != tt.in.loadMicros || fmt.Sprint(got.tags) != fmt.Sprint(tt.in.tags) || !bytes.Equal(got.payload, tt.in.payload) ||
 				got.negative() != tt.in.negative() {
 				t.Errorf("round trip = %+v, want %+v", got, tt.in)
 			}
@@ -41,7 +42,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 }
 
 func TestDecodeEnvelopeRejectsBadInput(t *testing.T) {
-	good := encodeEnvelope(envelope{typeID: 1, tags: [][tagTokenLen]byte{{1}}, payload: []byte("payload")}, 0)
+	good := encodeEnvelope(envelope{typeID: 1, tags: []tagToken{{"category:1", "0123456789abcdef"}}, payload: []byte("payload")}, 0)
 	comp := encodeEnvelope(envelope{typeID: 1, payload: []byte(strings.Repeat("a", 4096))}, 1)
 	tests := map[string][]byte{
 		"empty":             nil,
@@ -53,6 +54,8 @@ func TestDecodeEnvelopeRejectsBadInput(t *testing.T) {
 		"bad compression":   comp[:len(comp)-10],
 		"compressed bomb":   append(append([]byte{}, comp[:10]...), 0xff, 0xff, 0xff, 0xff, 0x7f),
 		"huge tag count":    append(append([]byte{}, good[:9]...), 0xff, 0xff, 0x03),
+		"tag name too long": append(append([]byte{}, good[:10]...), 0xff, 0x7f),
+		"empty tag token":   append(append([]byte{}, good[:10]...), 1, 'a', 0),
 		"oversized varints": append(append([]byte{}, good[:6]...), bytes.Repeat([]byte{0xff}, 11)...),
 	}
 	for name, b := range tests {
@@ -68,7 +71,7 @@ func TestDecodeEnvelopeRejectsBadInput(t *testing.T) {
 // an envelope that decodes to the same fields.
 func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add(encodeEnvelope(envelope{typeID: 1, createdMs: 5, payload: []byte("p")}, 0))
-	f.Add(encodeEnvelope(envelope{typeID: 2, tags: [][tagTokenLen]byte{{9}}, payload: bytes.Repeat([]byte("ab"), 600)}, 100))
+	f.Add(encodeEnvelope(envelope{typeID: 2, tags: []tagToken{{"x", "y"}}, payload: bytes.Repeat([]byte("ab"), 600)}, 100))
 	f.Add([]byte{envelopeV1, flagS2, 0, 0, 0, 0, 0, 0, 0, 0, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := decodeEnvelope(b)
@@ -76,7 +79,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			return
 		}
 		again, err := decodeEnvelope(encodeEnvelope(e, 0))
-		if err != nil || again.typeID != e.typeID || !bytes.Equal(again.payload, e.payload) || len(again.tags) != len(e.tags) {
+		if err != nil || again.typeID != e.typeID || !bytes.Equal(again.payload, e.payload) || fmt.Sprint(again.tags) != fmt.Sprint(e.tags) {
 			t.Fatalf("re-encoding changed the envelope: %v", err)
 		}
 	})

@@ -20,3 +20,7 @@ func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
 
 // SetClock replaces the clock of freshness decisions; call it before use.
 func SetClock(s *Store, now func() time.Time) { s.now = now }
+
+// UseCounterTokens switches s to the broken variant of tag tokens:
+// counters, which a tag key's eviction can make valid again.
+func UseCounterTokens(s *Store) { s.counterTokens = true }

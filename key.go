@@ -114,6 +114,30 @@ func (k keyspace) entry(key string) string {
 	return b.String()
 }
 
+// tagKey returns the Redis key holding one tag's token: one key per tag,
+// shared by every cache of the Store. '#' cannot start a cache name, so tag
+// keys never collide with entries; the escaped tag is the key's hash tag.
+func tagKey(prefix, tag string) string {
+	var b strings.Builder
+	b.Grow(len(prefix) + len(tag) + 8)
+	b.WriteString(prefix)
+	b.WriteString(":#tag:{")
+	var esc strings.Builder
+	escapeInto(&esc, tag, false)
+	if esc.Len() > maxKeyLen {
+		writeHash(&b, tag)
+	} else {
+		b.WriteString(esc.String())
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// pattern returns a SCAN pattern matching the entries of every version of
+// a cache. Prefix and name hold no glob metacharacters (validName), and the
+// ":v" after the name keeps "items" from matching "items.x".
+func pattern(prefix, name string) string { return prefix + ":" + name + ":v*" }
+
 // validName checks a prefix, cache or profile name: 1–64 bytes of letters,
 // digits, '_', '-' and '.', so that names cannot inject separators, hash tags
 // or glob patterns into keys.

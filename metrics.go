@@ -11,6 +11,7 @@ type Stats struct {
 	StaleServed   uint64        // reads answered by a stale entry while it was refreshed (stale-while-revalidate, stale-if-error, MarkStale)
 	NegativeHits  uint64        // reads answered ErrNotFound by a negative entry
 	Misses        uint64        // reads that found no usable entry (absent or undecodable)
+	TagMisses     uint64        // reads that found an entry invalidated by one of its tags
 	LeaseWaits    uint64        // misses that waited for another caller's load instead of loading
 	WaitTimeouts  uint64        // waits that ran out of WaitBudget; the caller loaded without writing
 	FillsRefused  uint64        // loaded values not written because an invalidation revoked their lease
@@ -28,6 +29,7 @@ type Stats struct {
 
 type counters struct {
 	hits, staleServed, negativeHits, misses atomic.Uint64
+	tagMisses                               atomic.Uint64
 	leaseWaits, waitTimeouts, fillsRefused  atomic.Uint64
 	refreshes, loads, loadErrors, loadNanos atomic.Uint64
 	redisErrors, decodeErrors, encodeErrors atomic.Uint64
@@ -41,6 +43,7 @@ func (c *counters) snapshot() Stats {
 		StaleServed:   c.staleServed.Load(),
 		NegativeHits:  c.negativeHits.Load(),
 		Misses:        c.misses.Load(),
+		TagMisses:     c.tagMisses.Load(),
 		LeaseWaits:    c.leaseWaits.Load(),
 		WaitTimeouts:  c.waitTimeouts.Load(),
 		FillsRefused:  c.fillsRefused.Load(),

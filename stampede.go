@@ -112,13 +112,24 @@ type flight[T any] struct {
 	done   chan struct{}
 	v      T
 	err    error
-	filled bool // the compare-and-set succeeded
+	filled bool       // the compare-and-set succeeded
+	tags   []tagToken // the tag tokens read before the load
+}
+
+// call is the state of one Get.
+type call[T any] struct {
+	rk       string
+	load     Loader[T]
+	tags     []string
+	snap     tagSnap   // tag tokens read with the entry: what every answer is validated against
+	deadline time.Time // end of the wait budget
 }
 
 // miss handles a Get that found no usable value. It returns done=false
 // when the caller should read again (the lease it waited on vanished, or a
 // flight it joined was refused its write).
-func (c *Cache[T]) miss(ctx context.Context, rk string, load Loader[T], bad []byte, haveBad bool, deadline time.Time) (v T, err error, done bool) {
+func (c *Cache[T]) miss(ctx context.Context, cl *call[T], bad []byte, haveBad bool) (v T, err error, done bool) {
+	rk := cl.rk
 	token := newToken()
 	f := &flight[T]{done: make(chan struct{})}
 	// Registered before the lease exists, so that a WAIT(token) seen by
@@ -145,15 +156,15 @@ func (c *Cache[T]) miss(ctx context.Context, rk string, load Loader[T], bad []by
 	case err != nil && ctx.Err() != nil:
 		return v, ctx.Err(), true
 	case err != nil:
-		v, err = c.loadDegraded(ctx, rk, load)
+		v, err = c.loadDegraded(ctx, rk, cl.load)
 		return v, err, true
 	case kind == replyHit:
-		return c.serve(ctx, rk, []byte(payload), load)
+		return c.serve(ctx, cl, []byte(payload))
 	case kind == replyLease:
-		c.startFlight(ctx, rk, token, f, load)
-		return c.await(ctx, f, true)
+		c.startFlight(ctx, cl, token, f)
+		return c.await(ctx, f, true, cl.snap)
 	case kind == replyWait:
-		return c.waitFor(ctx, rk, payload, load, deadline)
+		return c.waitFor(ctx, cl, payload)
 	}
 	return v, fmt.Errorf("aside: unexpected lease reply %v", res), true
 }
@@ -172,28 +183,28 @@ func parseReply(res []any, err error) (kind int64, payload string) {
 // waitFor waits for the holder of lease token to fill the entry: by joining
 // the holder's flight when it runs in this process, else through the shared
 // poller of this key.
-func (c *Cache[T]) waitFor(ctx context.Context, rk, token string, load Loader[T], deadline time.Time) (v T, err error, done bool) {
+func (c *Cache[T]) waitFor(ctx context.Context, cl *call[T], token string) (v T, err error, done bool) {
 	c.stats.leaseWaits.Add(1)
 	for {
 		c.mu.Lock()
 		f := c.leases[token]
 		c.mu.Unlock()
 		if f != nil {
-			return c.await(ctx, f, false)
+			return c.await(ctx, f, false, cl.snap)
 		}
-		r, err := c.poll(ctx, rk, deadline)
+		r, err := c.poll(ctx, cl.rk, cl.deadline)
 		switch {
 		case err != nil:
 			return v, err, true
 		case r == nil: // the wait budget is spent
 			c.stats.waitTimeouts.Add(1)
-			v, err = c.loadAlone(ctx, load)
+			v, err = c.loadAlone(ctx, cl.load)
 			return v, err, true
 		case r.err != nil && isOutage(r.err):
-			v, err = c.loadDegraded(ctx, rk, load)
+			v, err = c.loadDegraded(ctx, cl.rk, cl.load)
 			return v, err, true
 		case r.kind == replyHit:
-			return c.serve(ctx, rk, []byte(r.payload), load)
+			return c.serve(ctx, cl, []byte(r.payload))
 		case r.kind == replyWait:
 			token = r.payload // the same holder, or a new one after it failed
 		default:
@@ -205,9 +216,9 @@ func (c *Cache[T]) waitFor(ctx context.Context, rk, token string, load Loader[T]
 // await waits for a flight of this process on the caller's own ctx. The
 // holder (the caller whose read created the lease) takes the result in any
 // case; a caller that joined it takes the value only if its
-// compare-and-set succeeded — otherwise an invalidation came in between
-// and the caller reads again.
-func (c *Cache[T]) await(ctx context.Context, f *flight[T], holder bool) (v T, err error, done bool) {
+// compare-and-set succeeded and it recorded the tag tokens the caller read
+// — otherwise an invalidation came in between and the caller reads again.
+func (c *Cache[T]) await(ctx context.Context, f *flight[T], holder bool, snap tagSnap) (v T, err error, done bool) {
 	select {
 	case <-f.done:
 	case <-ctx.Done():
@@ -216,7 +227,7 @@ func (c *Cache[T]) await(ctx context.Context, f *flight[T], holder bool) (v T, e
 	if f.err != nil {
 		return v, f.err, true
 	}
-	if holder || f.filled {
+	if holder || f.filled && sameTokens(f.tags, snap) {
 		return f.v, nil, true
 	}
 	return v, nil, false
@@ -224,7 +235,8 @@ func (c *Cache[T]) await(ctx context.Context, f *flight[T], holder bool) (v T, e
 
 // startFlight loads and fills under the lease token on a goroutine of its
 // own, so that no caller's cancellation stops the load that others wait for.
-func (c *Cache[T]) startFlight(ctx context.Context, rk, token string, f *flight[T], load Loader[T]) {
+func (c *Cache[T]) startFlight(ctx context.Context, cl *call[T], token string, f *flight[T]) {
+	rk, load, tags := cl.rk, cl.load, cl.tags
 	run := func() {
 		defer close(f.done)
 		defer func() {
@@ -232,40 +244,48 @@ func (c *Cache[T]) startFlight(ctx context.Context, rk, token string, f *flight[
 			delete(c.leases, token)
 			c.mu.Unlock()
 		}()
-		f.v, f.err, f.filled = c.loadAndFill(context.WithoutCancel(ctx), rk, token, load)
+		f.v, f.tags, f.err, f.filled = c.loadAndFill(context.WithoutCancel(ctx), rk, token, load, tags)
 	}
 	if !c.store.goTracked(run) {
 		go run() // the Store is closed: the caller still gets its value
 	}
 }
 
-// loadAndFill runs the loader under a held lease and writes the result with
-// the compare-and-set. A failed load releases the lease at once, except
-// that ErrNotFound is stored as a negative entry when the profile says so.
-func (c *Cache[T]) loadAndFill(ctx context.Context, rk, token string, load Loader[T]) (v T, err error, filled bool) {
+// loadAndFill reads the tags' tokens, runs the loader under a held lease
+// and writes the result with the compare-and-set. A failed load releases the
+// lease at once, except that ErrNotFound is stored as a negative entry when
+// the profile says so. Without tokens (Redis failed) nothing is written.
+func (c *Cache[T]) loadAndFill(ctx context.Context, rk, token string, load Loader[T], tags []string) (v T, recorded []tagToken, err error, filled bool) {
+	var tokErr error
+	if !c.hooks.tokensAfterLoad() {
+		recorded, tokErr = c.store.ensureTokens(ctx, tags) // before the load: that is the point
+	}
 	start := c.store.now()
 	v, err = c.timedLoad(ctx, load)
 	took := c.store.now().Sub(start)
 	c.hooks.afterLoad(rk)
-	if err != nil {
-		if errors.Is(err, ErrNotFound) && c.profile.NegativeTTL > 0 {
-			b := encodeEnvelope(envelope{flags: flagNegative, typeID: c.typeID, createdMs: start.UnixMilli(),
-				freshMs: start.Add(c.profile.NegativeTTL).UnixMilli()}, 0)
-			return v, err, c.casFill(ctx, rk, token, b, c.profile.NegativeTTL)
-		}
+	if c.hooks.tokensAfterLoad() {
+		recorded, tokErr = c.store.ensureTokens(ctx, tags)
+	}
+	switch {
+	case err != nil && errors.Is(err, ErrNotFound) && c.profile.NegativeTTL > 0 && tokErr == nil:
+		b := encodeEnvelope(envelope{flags: flagNegative, typeID: c.typeID, createdMs: start.UnixMilli(),
+			freshMs: start.Add(c.profile.NegativeTTL).UnixMilli(), tags: recorded}, 0)
+		return v, recorded, err, c.casFill(ctx, rk, token, b, c.profile.NegativeTTL)
+	case err != nil || tokErr != nil:
 		if !c.hooks.keepLease() {
 			c.release(ctx, rk, token)
 		}
-		return v, err, false
+		return v, recorded, err, false
 	}
 	c.hooks.beforeFill(rk)
 	fresh := c.profile.freshFor()
-	b, ok := c.encodeForFill(v, start, fresh, took)
+	b, ok := c.encodeForFill(v, start, fresh, took, recorded)
 	if !ok {
 		c.release(ctx, rk, token)
-		return v, nil, false
+		return v, recorded, nil, false
 	}
-	return v, nil, c.casFill(ctx, rk, token, b, fresh+c.profile.StaleWindow)
+	return v, recorded, nil, c.casFill(ctx, rk, token, b, fresh+c.profile.StaleWindow)
 }
 
 // casFill writes b under the lease token; it reports whether the lease was
@@ -387,7 +407,8 @@ func (c *Cache[T]) runPoller(rk string, p *poller) {
 // refreshInBackground reloads an entry that is stale or due for early
 // refresh, under a refresh lease so that one refresher runs cluster-wide,
 // while every reader keeps getting the current value.
-func (c *Cache[T]) refreshInBackground(ctx context.Context, rk string, seen []byte, load Loader[T]) {
+func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []byte) {
+	rk, load, tags := cl.rk, cl.load, cl.tags
 	if _, busy := c.refreshing.LoadOrStore(rk, struct{}{}); busy {
 		return
 	}
@@ -404,7 +425,7 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, rk string, seen []by
 		if err != nil || n != 1 {
 			return // another process refreshes, or Redis is unwell
 		}
-		if _, err, filled := c.loadAndFill(ctx, rk, token, load); err == nil && filled {
+		if _, _, err, filled := c.loadAndFill(ctx, rk, token, load, tags); err == nil && filled {
 			c.stats.refreshes.Add(1)
 		}
 	})
@@ -492,6 +513,8 @@ type testHooks struct {
 	// KeepLeaseOnError does not release the lease after a failed load, so
 	// that waiters must sit out the wait budget.
 	KeepLeaseOnError bool
+	// TokensAfterLoad reads tag tokens after the load instead of before.
+	TokensAfterLoad bool
 	// Naive replaces leases by plain cache-aside with one singleflight per
 	// key that invalidations do not touch: read, load, write — the design
 	// DESIGN.md measures as unsafe.
@@ -520,11 +543,13 @@ func (h *testHooks) beforePoll(rk string) {
 func (h *testHooks) unconditionalFill() bool { return h != nil && h.UnconditionalFill }
 func (h *testHooks) naive() bool             { return h != nil && h.Naive }
 func (h *testHooks) keepLease() bool         { return h != nil && h.KeepLeaseOnError }
+func (h *testHooks) tokensAfterLoad() bool   { return h != nil && h.TokensAfterLoad }
 
 // naiveGet is the broken variant behind testHooks.Naive.
-func (c *Cache[T]) naiveGet(ctx context.Context, rk string, load Loader[T]) (T, error) {
-	if b, err := c.read(ctx, rk); err == nil && b != nil {
-		if v, err, ok := c.serve(ctx, rk, b, load); ok {
+func (c *Cache[T]) naiveGet(ctx context.Context, cl *call[T]) (T, error) {
+	rk, load := cl.rk, cl.load
+	if b, err := c.read(ctx, cl); err == nil && b != nil {
+		if v, err, ok := c.serve(ctx, cl, b); ok {
 			return v, err
 		}
 	}
@@ -536,7 +561,7 @@ func (c *Cache[T]) naiveGet(ctx context.Context, rk string, load Loader[T]) (T, 
 		if err == nil {
 			c.hooks.beforeFill(rk)
 			fresh := c.profile.freshFor()
-			if b, ok := c.encodeForFill(v, start, fresh, 0); ok {
+			if b, ok := c.encodeForFill(v, start, fresh, 0, nil); ok {
 				_ = c.write(ctx, rk, b, fresh+c.profile.StaleWindow)
 			}
 		}

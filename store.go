@@ -21,6 +21,9 @@ type Store struct {
 	breaker   *breaker
 	observer  Observer
 	now       func() time.Time // the clock of freshness decisions; tests replace it
+	// counterTokens is a deliberately broken variant for tests: tag tokens
+	// that are counters, which eviction can make valid again.
+	counterTokens bool
 
 	// Background work (refreshes, lease pollers, loads) is tracked so that
 	// Close can wait for it: no goroutine outlives the Store.
