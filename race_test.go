@@ -17,13 +17,18 @@ import (
 // after an Invalidate of version v returned and yields a version < v is
 // stale. It returns the stale reads, the reads, and the keys still stale
 // once the writers have stopped.
-func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks) (stale, reads, staleKeys int64) {
+//
+// With byTag, every row is also tagged "row:<k>" and writers invalidate the
+// tag instead of the key.
+func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks, byTag bool) (stale, reads, staleKeys int64) {
 	const keys = 8
 	prefix := uniquePrefix()
 	b := &backend{addr: realAddr}
 	var caches []*aside.Cache[int64]
+	var stores []*aside.Store
 	for range 2 {
 		store, _ := b.newStore(t, aside.WithPrefix(prefix))
+		stores = append(stores, store)
 		c := newCache[int64](t, store)
 		if hooks != nil {
 			h := *hooks
@@ -33,6 +38,17 @@ func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks) (stale,
 	}
 	var db, invalidated [keys]atomic.Int64
 	name := func(k int) string { return aside.Key("row", string(rune('a'+k))) }
+	var tags func(k int) []aside.CallOption
+	tags = func(int) []aside.CallOption { return nil }
+	if byTag {
+		tags = func(k int) []aside.CallOption { return []aside.CallOption{aside.Tags("row:" + string(rune('a'+k)))} }
+	}
+	invalidate := func(i, k int) error {
+		if byTag {
+			return stores[i%2].InvalidateTags(bgCtx, "row:"+string(rune('a'+k)))
+		}
+		return caches[i%2].Invalidate(bgCtx, name(k))
+	}
 	loader := func(k int) aside.Loader[int64] {
 		return func(context.Context) (int64, error) {
 			v := db[k].Load()
@@ -55,7 +71,7 @@ func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks) (stale,
 				}
 				k := rand.N(keys)
 				v := db[k].Add(1)
-				if err := caches[(w+i)%2].Invalidate(bgCtx, name(k)); err != nil {
+				if err := invalidate(w+i, k); err != nil {
 					t.Error(err)
 					return
 				}
@@ -78,7 +94,7 @@ func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks) (stale,
 				}
 				k := rand.N(keys)
 				floor := invalidated[k].Load()
-				v, err := c.Get(bgCtx, name(k), loader(k))
+				v, err := c.Get(bgCtx, name(k), loader(k), tags(k)...)
 				if err != nil {
 					t.Error(err)
 					return
@@ -95,7 +111,7 @@ func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks) (stale,
 	waitGroup(t, &wg)
 	for k := range keys {
 		for _, c := range caches {
-			if v, _ := c.Get(bgCtx, name(k), loader(k)); v != db[k].Load() {
+			if v, _ := c.Get(bgCtx, name(k), loader(k), tags(k)...); v != db[k].Load() {
 				staleKeys++
 			}
 		}
@@ -114,17 +130,31 @@ func TestStaleSetRace(t *testing.T) {
 		t.Skip("10 s race test")
 	}
 	t.Run("leases", func(t *testing.T) {
-		stale, reads, staleKeys := staleSetRace(t, 10*time.Second, nil)
+		stale, reads, staleKeys := staleSetRace(t, 10*time.Second, nil, false)
 		t.Logf("leases: %d stale of %d reads, %d stale keys at the end", stale, reads, staleKeys)
 		if stale != 0 || staleKeys != 0 || reads < 1000 {
 			t.Errorf("%d stale reads of %d, %d stale keys; want 0 of at least 1000, 0", stale, reads, staleKeys)
 		}
 	})
 	t.Run("naive cache-aside", func(t *testing.T) {
-		stale, reads, staleKeys := staleSetRace(t, 3*time.Second, &aside.TestHooks{Naive: true})
+		stale, reads, staleKeys := staleSetRace(t, 3*time.Second, &aside.TestHooks{Naive: true}, false)
 		t.Logf("naive: %d stale of %d reads (%.2f%%), %d stale keys at the end", stale, reads, 100*float64(stale)/float64(max(reads, 1)), staleKeys)
 		if stale == 0 {
 			t.Error("the naive variant showed no stale read: the test cannot detect the race")
+		}
+	})
+	t.Run("tags", func(t *testing.T) {
+		stale, reads, staleKeys := staleSetRace(t, 10*time.Second, nil, true)
+		t.Logf("tags: %d stale of %d reads, %d stale keys at the end", stale, reads, staleKeys)
+		if stale != 0 || staleKeys != 0 || reads < 1000 {
+			t.Errorf("%d stale reads of %d, %d stale keys; want 0 of at least 1000, 0", stale, reads, staleKeys)
+		}
+	})
+	t.Run("tags, tokens read after the load", func(t *testing.T) {
+		stale, reads, _ := staleSetRace(t, 3*time.Second, &aside.TestHooks{TokensAfterLoad: true}, true)
+		t.Logf("tokens after load: %d stale of %d reads", stale, reads)
+		if stale == 0 {
+			t.Error("the broken variant showed no stale read: the test cannot detect the race")
 		}
 	})
 }
