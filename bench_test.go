@@ -2,6 +2,7 @@ package aside_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/asidecache/aside"
@@ -201,4 +203,90 @@ func BenchmarkStampede(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(loads.Load())/float64(b.N), "loads/op")
+}
+
+// BenchmarkHitTags measures the hit path with 0, 1 and 4 tags: the entry
+// and the tags' tokens travel in one pipeline, so a tagged hit stays one
+// round trip.
+func BenchmarkHitTags(b *testing.B) {
+	addr := benchAddr(b)
+	ctx := context.Background()
+	load := func(context.Context) (benchUser, error) { return sampleUser, nil }
+	for _, n := range []int{0, 1, 4} {
+		b.Run(fmt.Sprintf("tags=%d", n), func(b *testing.B) {
+			c := newBenchCache(b, addr)
+			var opts []aside.CallOption
+			for i := range n {
+				opts = append(opts, aside.Tags(fmt.Sprint("tag-", i)))
+			}
+			if _, err := c.Get(ctx, "hot", load, opts...); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := c.Get(ctx, "hot", load, opts...); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkInvalidateTag100k compares invalidating a tag carried by 100 000
+// entries — one SET of its token — with what member-set designs do: delete
+// every member key (pipelined UNLINKs in batches of 1000).
+func BenchmarkInvalidateTag100k(b *testing.B) {
+	if realAddr == "" {
+		b.Skip("needs a real Redis")
+	}
+	const entries = 100_000
+	ctx := context.Background()
+	rdb := newClient(b, realAddr)
+	prefix := uniquePrefix()
+	store, err := aside.NewStore(rdb, aside.WithPrefix(prefix), aside.WithOpTimeout(time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, _ := aside.New[int](store, "n")
+	// The entries, written by pipelined SETs of a realistic size.
+	members := make([]string, entries)
+	for i := range members {
+		members[i] = fmt.Sprintf("%s:member:%d", prefix, i)
+	}
+	fill := func() {
+		for i := 0; i < entries; i += 1000 {
+			_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range members[i : i+1000] {
+					p.Set(ctx, k, "x", time.Minute)
+				}
+				return nil
+			})
+		}
+	}
+	_ = c
+	b.Run("aside/InvalidateTags", func(b *testing.B) {
+		for b.Loop() {
+			if err := store.InvalidateTags(ctx, "popular"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("member-set/UNLINK-all", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			fill()
+			b.StartTimer()
+			for i := 0; i < entries; i += 1000 {
+				if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+					for _, k := range members[i : i+1000] {
+						p.Unlink(ctx, k)
+					}
+					return nil
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
 }
