@@ -117,6 +117,9 @@ func Tags(tags ...string) CallOption {
 }
 
 func collectCallOptions(opts []CallOption) (callOptions, error) {
+	if len(opts) == 0 {
+		return callOptions{}, nil // the common case costs no allocation
+	}
 	var o callOptions
 	for _, opt := range opts {
 		opt(&o)
