@@ -67,6 +67,7 @@ type Cache[T any] struct {
 	typeID  uint32
 	stats   counters
 	hooks   *testHooks // nil outside tests
+	l1      *local[T]  // nil unless WithL1
 
 	mu         sync.Mutex
 	leases     map[string]*flight[T] // fill attempts of this process, by lease token
@@ -79,9 +80,11 @@ type Cache[T any] struct {
 type Option func(*cacheOptions)
 
 type cacheOptions struct {
-	version int
-	profile string
-	codec   Codec
+	version   int
+	profile   string
+	codec     Codec
+	l1Entries int
+	l1TTL     time.Duration
 }
 
 // WithVersion sets the schema version embedded in every key. Bump it when T
@@ -123,7 +126,15 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		}
 		o.codec = msgpackCodec{}
 	}
-	return &Cache[T]{
+	if o.l1Entries != 0 || o.l1TTL != 0 {
+		switch {
+		case o.l1Entries < 1:
+			return nil, fmt.Errorf("aside: L1 needs at least 1 entry, got %d", o.l1Entries)
+		case o.l1TTL <= 0 || o.l1TTL > p.TTL:
+			return nil, fmt.Errorf("aside: L1 TTL must be in (0, %v] (the profile's TTL), got %v", p.TTL, o.l1TTL)
+		}
+	}
+	c := &Cache[T]{
 		store:   store,
 		name:    name,
 		profile: p,
@@ -132,7 +143,12 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		typeID:  typeFingerprint[T](),
 		leases:  map[string]*flight[T]{},
 		polls:   map[string]*poller{},
-	}, nil
+	}
+	if o.l1Entries > 0 {
+		c.l1 = newLocal[T](o.l1Entries, o.l1TTL, store.bus)
+		store.bus.register(store, name, c.l1)
+	}
+	return c, nil
 }
 
 // Name returns the cache's namespace.
@@ -171,7 +187,26 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T], opts ...
 	if err != nil {
 		return zero, err
 	}
+	if c.l1 == nil {
+		return c.get(ctx, &call[T]{rk: c.keys.entry(key), load: load, tags: o.tags})
+	}
+	if v, ok := c.l1.get(key); ok {
+		c.stats.l1Hits.Add(1)
+		return v, nil
+	}
+	note := c.l1.note(key, o.tags) // before the Redis read: the fill rule
 	cl := &call[T]{rk: c.keys.entry(key), load: load, tags: o.tags}
+	v, err := c.get(ctx, cl)
+	if err == nil && cl.l1OK {
+		c.l1.set(key, v, note, cl.freshUntil)
+	}
+	return v, err
+}
+
+// get is Get below the L1 tier.
+func (c *Cache[T]) get(ctx context.Context, cl *call[T]) (T, error) {
+	var zero T
+	load := cl.load
 	if c.hooks.naive() {
 		return c.naiveGet(ctx, cl)
 	}
@@ -227,7 +262,7 @@ func (c *Cache[T]) Set(ctx context.Context, key string, v T, opts ...CallOption)
 		c.stats.oversize.Add(1)
 		return fmt.Errorf("aside: entry of %d bytes exceeds MaxEntryBytes %d", len(b), max)
 	}
-	return c.write(ctx, c.keys.entry(key), b, c.profile.TTL+c.profile.StaleWindow)
+	return c.write(ctx, c.keys.entry(key), b, c.profile.TTL+c.profile.StaleWindow, key)
 }
 
 // setScript replaces the entry and its TTL atomically and revokes any
@@ -329,6 +364,9 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte) (v T, err e
 	default:
 		c.stats.hits.Add(1)
 	}
+	if !e.stale() && tags == tagsFresh && now.Before(freshUntil) {
+		cl.l1OK, cl.freshUntil = true, freshUntil
+	}
 	return v, nil, true
 }
 
@@ -352,13 +390,24 @@ func (c *Cache[T]) record(ctx context.Context, err error) {
 	}
 }
 
-// write stores encoded bytes unconditionally, revoking any lease.
-func (c *Cache[T]) write(ctx context.Context, rk string, b []byte, ttl time.Duration) error {
+// write stores encoded bytes unconditionally, revoking any lease; with
+// key set it also tells other Stores' L1 (Set), in the same round trip.
+func (c *Cache[T]) write(ctx context.Context, rk string, b []byte, ttl time.Duration, key ...string) error {
 	if !c.store.breaker.allow() {
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)
-	err := setScript.Run(octx, c.store.rdb, []string{rk}, b, ttl.Milliseconds()).Err()
+	var err error
+	if len(key) == 0 {
+		err = setScript.Run(octx, c.store.rdb, []string{rk}, b, ttl.Milliseconds()).Err()
+	} else {
+		_, err = c.store.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+			setScript.Eval(octx, p, []string{rk}, b, ttl.Milliseconds())
+			c.store.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: c.name, Names: key})
+			return nil
+		})
+		c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: key})
+	}
 	cancel()
 	c.record(ctx, err)
 	if err != nil {

@@ -24,3 +24,15 @@ func SetClock(s *Store, now func() time.Time) { s.now = now }
 // UseCounterTokens switches s to the broken variant of tag tokens:
 // counters, which a tag key's eviction can make valid again.
 func UseCounterTokens(s *Store) { s.counterTokens = true }
+
+// SetL1Hooks installs L1 test hooks on c: beforeFill runs between the Redis
+// read and the L1 fill; unchecked fills without the generation check.
+func SetL1Hooks[T any](c *Cache[T], beforeFill func(key string), unchecked bool) {
+	c.l1.beforeFill, c.l1.unchecked = beforeFill, unchecked
+}
+
+// BusState reports whether s's subscription is up, its epoch, and how many
+// foreign messages it has applied.
+func BusState(s *Store) (up bool, epoch, received uint64) {
+	return s.bus.up.Load(), s.bus.epoch.Load(), s.bus.received.Load()
+}

@@ -132,6 +132,7 @@ func (b *backend) newStore(t testing.TB, opts ...aside.StoreOption) (*aside.Stor
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = store.Close() }) // runs before the client's Close (cleanups are LIFO)
 	return store, rdb
 }
 
@@ -206,4 +207,12 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// realAddrOrMini returns the real Redis, or a miniredis for this test.
+func realAddrOrMini(t *testing.T) string {
+	if realAddr != "" {
+		return realAddr
+	}
+	return miniredis.RunT(t).Addr()
 }

@@ -23,6 +23,7 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 		c.keyFlights.Forget(rk) // degraded reads must not join a load that began before
 	}
 	if !c.store.breaker.allow() {
+		c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)
@@ -32,8 +33,10 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 		for _, rk := range rks {
 			p.Del(octx, rk)
 		}
+		c.store.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 		return nil
 	})
+	c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys}) // read-your-writes
 	c.record(ctx, err)
 	if err != nil {
 		return fmt.Errorf("aside: invalidate: %w", err)
@@ -78,8 +81,10 @@ func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 		for _, rk := range rks {
 			markStaleScript.Eval(octx, p, []string{rk}) // EVAL: a pipeline cannot fall back from EVALSHA
 		}
+		c.store.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 		return nil
 	})
+	c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 	c.record(ctx, err)
 	if err != nil {
 		return fmt.Errorf("aside: mark stale: %w", err)
@@ -217,8 +222,10 @@ func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd 
 		for _, t := range o.tags {
 			cmd(p, octx, tagKey(s.prefix, t))
 		}
+		s.bus.publish(octx, p, busMessage{Kind: busTags, Names: o.tags})
 		return nil
 	})
+	s.bus.applyLocal(busMessage{Kind: busTags, Names: o.tags})
 	if ctx.Err() == nil {
 		s.breaker.record(err)
 	}
@@ -406,6 +413,11 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 		err = rdb.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error { return purge(ctx, node) })
 	default:
 		err = purge(ctx, c.store.rdb)
+	}
+	msg := busMessage{Kind: busCache, Cache: c.name}
+	c.store.bus.applyLocal(msg)
+	if perr := c.store.rdb.Publish(ctx, c.store.bus.channel, c.store.bus.encode(msg)).Err(); err == nil {
+		err = perr
 	}
 	if err != nil {
 		return int(n.Load()), fmt.Errorf("aside: purge: %w", err)

@@ -7,6 +7,7 @@ import (
 
 // Stats is a snapshot of one cache's counters since it was created.
 type Stats struct {
+	L1Hits        uint64        // reads answered by the local tier, without Redis
 	Hits          uint64        // reads answered by a fresh Redis entry
 	StaleServed   uint64        // reads answered by a stale entry while it was refreshed (stale-while-revalidate, stale-if-error, MarkStale)
 	NegativeHits  uint64        // reads answered ErrNotFound by a negative entry
@@ -29,7 +30,7 @@ type Stats struct {
 
 type counters struct {
 	hits, staleServed, negativeHits, misses atomic.Uint64
-	tagMisses                               atomic.Uint64
+	tagMisses, l1Hits                       atomic.Uint64
 	leaseWaits, waitTimeouts, fillsRefused  atomic.Uint64
 	refreshes, loads, loadErrors, loadNanos atomic.Uint64
 	redisErrors, decodeErrors, encodeErrors atomic.Uint64
@@ -39,6 +40,7 @@ type counters struct {
 
 func (c *counters) snapshot() Stats {
 	return Stats{
+		L1Hits:        c.l1Hits.Load(),
 		Hits:          c.hits.Load(),
 		StaleServed:   c.staleServed.Load(),
 		NegativeHits:  c.negativeHits.Load(),

@@ -112,8 +112,9 @@ type flight[T any] struct {
 	done   chan struct{}
 	v      T
 	err    error
-	filled bool       // the compare-and-set succeeded
-	tags   []tagToken // the tag tokens read before the load
+	filled     bool       // the compare-and-set succeeded
+	tags       []tagToken // the tag tokens read before the load
+	freshUntil time.Time
 }
 
 // call is the state of one Get.
@@ -123,6 +124,11 @@ type call[T any] struct {
 	tags     []string
 	snap     tagSnap   // tag tokens read with the entry: what every answer is validated against
 	deadline time.Time // end of the wait budget
+
+	// The answer may go to L1: it came fresh from Redis or from a fill that
+	// succeeded, and stays fresh until freshUntil.
+	l1OK       bool
+	freshUntil time.Time
 }
 
 // miss handles a Get that found no usable value. It returns done=false
@@ -162,7 +168,11 @@ func (c *Cache[T]) miss(ctx context.Context, cl *call[T], bad []byte, haveBad bo
 		return c.serve(ctx, cl, []byte(payload))
 	case kind == replyLease:
 		c.startFlight(ctx, cl, token, f)
-		return c.await(ctx, f, true, cl.snap)
+		v, err, done = c.await(ctx, f, true, cl.snap)
+		if done && err == nil && f.filled {
+			cl.l1OK, cl.freshUntil = true, f.freshUntil
+		}
+		return v, err, done
 	case kind == replyWait:
 		return c.waitFor(ctx, cl, payload)
 	}
@@ -190,7 +200,11 @@ func (c *Cache[T]) waitFor(ctx context.Context, cl *call[T], token string) (v T,
 		f := c.leases[token]
 		c.mu.Unlock()
 		if f != nil {
-			return c.await(ctx, f, false, cl.snap)
+			v, err, done = c.await(ctx, f, false, cl.snap)
+			if done && err == nil {
+				cl.l1OK, cl.freshUntil = true, f.freshUntil // a joiner only takes a filled value
+			}
+			return v, err, done
 		}
 		r, err := c.poll(ctx, cl.rk, cl.deadline)
 		switch {
@@ -244,7 +258,8 @@ func (c *Cache[T]) startFlight(ctx context.Context, cl *call[T], token string, f
 			delete(c.leases, token)
 			c.mu.Unlock()
 		}()
-		f.v, f.tags, f.err, f.filled = c.loadAndFill(context.WithoutCancel(ctx), rk, token, load, tags)
+		r := c.loadAndFill(context.WithoutCancel(ctx), rk, token, load, tags)
+		f.v, f.tags, f.err, f.filled, f.freshUntil = r.v, r.tags, r.err, r.filled, r.freshUntil
 	}
 	if !c.store.goTracked(run) {
 		go run() // the Store is closed: the caller still gets its value
@@ -255,14 +270,25 @@ func (c *Cache[T]) startFlight(ctx context.Context, cl *call[T], token string, f
 // and writes the result with the compare-and-set. A failed load releases the
 // lease at once, except that ErrNotFound is stored as a negative entry when
 // the profile says so. Without tokens (Redis failed) nothing is written.
-func (c *Cache[T]) loadAndFill(ctx context.Context, rk, token string, load Loader[T], tags []string) (v T, recorded []tagToken, err error, filled bool) {
+// fillResult is the outcome of one load under a lease.
+type fillResult[T any] struct {
+	v          T
+	tags       []tagToken
+	err        error
+	filled     bool
+	freshUntil time.Time
+}
+
+func (c *Cache[T]) loadAndFill(ctx context.Context, rk, token string, load Loader[T], tags []string) fillResult[T] {
+	var recorded []tagToken
 	var tokErr error
 	if !c.hooks.tokensAfterLoad() {
 		recorded, tokErr = c.store.ensureTokens(ctx, tags) // before the load: that is the point
 	}
 	start := c.store.now()
-	v, err = c.timedLoad(ctx, load)
+	v, err := c.timedLoad(ctx, load)
 	took := c.store.now().Sub(start)
+	r := fillResult[T]{v: v, tags: recorded, err: err}
 	c.hooks.afterLoad(rk)
 	if c.hooks.tokensAfterLoad() {
 		recorded, tokErr = c.store.ensureTokens(ctx, tags)
@@ -271,21 +297,23 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, rk, token string, load Loade
 	case err != nil && errors.Is(err, ErrNotFound) && c.profile.NegativeTTL > 0 && tokErr == nil:
 		b := encodeEnvelope(envelope{flags: flagNegative, typeID: c.typeID, createdMs: start.UnixMilli(),
 			freshMs: start.Add(c.profile.NegativeTTL).UnixMilli(), tags: recorded}, 0)
-		return v, recorded, err, c.casFill(ctx, rk, token, b, c.profile.NegativeTTL)
+		r.filled = c.casFill(ctx, rk, token, b, c.profile.NegativeTTL)
+		return r
 	case err != nil || tokErr != nil:
 		if !c.hooks.keepLease() {
 			c.release(ctx, rk, token)
 		}
-		return v, recorded, err, false
+		return r
 	}
 	c.hooks.beforeFill(rk)
 	fresh := c.profile.freshFor()
 	b, ok := c.encodeForFill(v, start, fresh, took, recorded)
 	if !ok {
 		c.release(ctx, rk, token)
-		return v, recorded, nil, false
+		return r
 	}
-	return v, recorded, nil, c.casFill(ctx, rk, token, b, fresh+c.profile.StaleWindow)
+	r.filled, r.freshUntil = c.casFill(ctx, rk, token, b, fresh+c.profile.StaleWindow), start.Add(fresh)
+	return r
 }
 
 // casFill writes b under the lease token; it reports whether the lease was
@@ -425,7 +453,7 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []
 		if err != nil || n != 1 {
 			return // another process refreshes, or Redis is unwell
 		}
-		if _, _, err, filled := c.loadAndFill(ctx, rk, token, load, tags); err == nil && filled {
+		if r := c.loadAndFill(ctx, rk, token, load, tags); r.err == nil && r.filled {
 			c.stats.refreshes.Add(1)
 		}
 	})

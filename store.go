@@ -20,6 +20,7 @@ type Store struct {
 	profiles  map[string]Profile
 	breaker   *breaker
 	observer  Observer
+	bus       *bus             // carries invalidations to every Store's L1
 	now       func() time.Time // the clock of freshness decisions; tests replace it
 	// counterTokens is a deliberately broken variant for tests: tag tokens
 	// that are counters, which eviction can make valid again.
@@ -110,7 +111,7 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		seen[p.Name] = true
 		profiles[p.Name] = p
 	}
-	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, now: time.Now}
+	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, now: time.Now, bus: newBus(o.prefix)}
 	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
 		switch st {
 		case BreakerOpen:
@@ -130,6 +131,7 @@ func (s *Store) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+	s.bus.stop()
 	s.running.Wait()
 	return nil
 }
