@@ -109,9 +109,9 @@ func newToken() string {
 
 // flight is one fill attempt of this process, found by its lease token.
 type flight[T any] struct {
-	done   chan struct{}
-	v      T
-	err    error
+	done       chan struct{}
+	v          T
+	err        error
 	filled     bool       // the compare-and-set succeeded
 	tags       []tagToken // the tag tokens read before the load
 	freshUntil time.Time
