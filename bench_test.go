@@ -290,3 +290,90 @@ func BenchmarkInvalidateTag100k(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkGetMany100 compares GetMany of 100 cached keys (one pipelined
+// round trip) with 100 sequential Gets, in one run.
+func BenchmarkGetMany100(b *testing.B) {
+	addr := benchAddr(b)
+	ctx := context.Background()
+	c := newBenchCache(b, addr)
+	keys := make([]string, 100)
+	for i := range keys {
+		keys[i] = strconv.Itoa(i)
+	}
+	load := func(_ context.Context, ks []string) (map[string]benchUser, error) {
+		out := make(map[string]benchUser, len(ks))
+		for _, k := range ks {
+			out[k] = sampleUser
+		}
+		return out, nil
+	}
+	if _, err := c.GetMany(ctx, keys, load); err != nil {
+		b.Fatal(err)
+	}
+	one := func(context.Context) (benchUser, error) { return sampleUser, nil }
+	b.Run("GetMany", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if m, err := c.GetMany(ctx, keys, load); err != nil || len(m) != 100 {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("100xGet", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, k := range keys {
+				if _, err := c.Get(ctx, k, one); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+// BenchmarkL1 compares a hit with L1 on and off, in one run.
+func BenchmarkL1(b *testing.B) {
+	addr := benchAddr(b)
+	ctx := context.Background()
+	load := func(context.Context) (benchUser, error) { return sampleUser, nil }
+	for _, on := range []bool{true, false} {
+		b.Run(fmt.Sprintf("l1=%v", on), func(b *testing.B) {
+			rdb := newClient(b, addr)
+			store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer store.Close()
+			var opts []aside.Option
+			if on {
+				opts = append(opts, aside.WithL1(10_000, time.Minute))
+			}
+			c, err := aside.New[benchUser](store, "user", opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for deadline := time.Now().Add(waitFor); on && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if _, err := c.Get(ctx, "hot", load); err != nil {
+					b.Fatal(err)
+				}
+				if c.Stats().L1Hits > 0 {
+					break // the subscription is up and L1 serves
+				}
+			}
+			if _, err := c.Get(ctx, "hot", load); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := c.Get(ctx, "hot", load); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}

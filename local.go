@@ -255,6 +255,7 @@ type bus struct {
 	tiers    map[string][]localTier // by cache name
 	started  bool
 	cancel   context.CancelFunc
+	ps       *redis.PubSub // closed by stop, to end a blocking read at once
 	received atomic.Uint64
 }
 
@@ -305,6 +306,17 @@ func (b *bus) stop() {
 	if b.cancel != nil {
 		b.cancel()
 	}
+	if b.ps != nil {
+		_ = b.ps.Close()
+	}
+}
+
+func (b *bus) subscribe(ctx context.Context, s *Store) *redis.PubSub {
+	ps := s.rdb.Subscribe(ctx, b.channel)
+	b.mu.Lock()
+	b.ps = ps
+	b.mu.Unlock()
+	return ps
 }
 
 // applyLocal handles an invalidation made by this Store, before the call
@@ -354,7 +366,7 @@ func (b *bus) encode(m busMessage) []byte {
 // the L1 of every cache is unused (and logically cleared: the epoch moves
 // on both the loss and the recovery, since messages may have been lost).
 func (b *bus) run(ctx context.Context, s *Store) {
-	ps := s.rdb.Subscribe(ctx, b.channel)
+	ps := b.subscribe(ctx, s)
 	defer func() { _ = ps.Close() }()
 	down := func() {
 		if b.up.Swap(false) {
@@ -382,7 +394,7 @@ func (b *bus) run(ctx context.Context, s *Store) {
 				}
 				// Nothing, not even a PONG: a stalled connection. Start over.
 				_ = ps.Close()
-				ps = s.rdb.Subscribe(ctx, b.channel)
+				ps = b.subscribe(ctx, s)
 				lastSeen = time.Now()
 			}
 			down()
