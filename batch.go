@@ -190,7 +190,11 @@ func (b *batch[T]) run(ctx context.Context) {
 		return
 	}
 	// 2. Leases for the misses, in one pipeline.
-	leased, waiting := b.acquireAll(ctx, misses)
+	leased, waiting, err := b.acquireAll(ctx, misses)
+	if err != nil { // Redis went away between the two round trips
+		b.loadWithoutRedis(ctx, misses)
+		return
+	}
 	// 3. One loader call for the keys this batch leased; others wait.
 	var wg sync.WaitGroup
 	if len(leased) > 0 {
@@ -267,7 +271,7 @@ func (b *batch[T]) readAll(ctx context.Context) ([][]byte, tagSnap, error) {
 
 // acquireAll runs the lease script for every miss in one pipeline. Keys
 // that turn out filled meanwhile are served at once.
-func (b *batch[T]) acquireAll(ctx context.Context, misses []*batchCall[T]) (leased map[string]*leasedKey[T], waiting []*batchCall[T]) {
+func (b *batch[T]) acquireAll(ctx context.Context, misses []*batchCall[T]) (leased map[string]*leasedKey[T], waiting []*batchCall[T], err error) {
 	c := b.c
 	leased = map[string]*leasedKey[T]{}
 	tokens := make([]string, len(misses))
@@ -280,7 +284,7 @@ func (b *batch[T]) acquireAll(ctx context.Context, misses []*batchCall[T]) (leas
 	c.mu.Unlock()
 	octx, cancel := c.store.opContext(ctx)
 	cmds := make([]*redis.Cmd, len(misses))
-	_, err := c.store.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+	_, err = c.store.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
 		for i, bc := range misses {
 			flag, bad := "0", ""
 			if bc.bad != nil {
@@ -292,6 +296,15 @@ func (b *batch[T]) acquireAll(ctx context.Context, misses []*batchCall[T]) (leas
 	})
 	cancel()
 	c.record(ctx, err)
+	if err != nil && isOutage(err) {
+		c.mu.Lock()
+		for _, t := range tokens {
+			delete(c.leases, t)
+		}
+		c.mu.Unlock()
+		return nil, nil, err
+	}
+	err = nil // a script error reply for one key: the single-key path sorts it out
 	var unleased []string
 	for i, bc := range misses {
 		res, cerr := cmds[i].Slice()
@@ -317,7 +330,7 @@ func (b *batch[T]) acquireAll(ctx context.Context, misses []*batchCall[T]) (leas
 		delete(c.leases, t)
 	}
 	c.mu.Unlock()
-	return leased, waiting
+	return leased, waiting, nil
 }
 
 type leasedKey[T any] struct {
