@@ -98,34 +98,26 @@ func newKeyspace(prefix, name string, version int) keyspace {
 // no user input can choose the slot of another key.
 func (k keyspace) entry(key string) string {
 	if len(key) <= maxKeyLen && isPlain(key) {
-		return k.entryPrefix + key + "}"
+		return k.entryPrefix + key + "}" // the common case: one allocation
 	}
-	var b strings.Builder
-	b.Grow(len(k.entryPrefix) + len(key) + 16)
-	b.WriteString(k.entryPrefix)
-	var esc strings.Builder
-	escapeInto(&esc, key, false)
-	if esc.Len() > maxKeyLen {
-		writeHash(&b, key)
-	} else {
-		b.WriteString(esc.String())
-	}
-	b.WriteByte('}')
-	return b.String()
+	return hashTagged(k.entryPrefix, key)
 }
 
 // tagKey returns the Redis key holding one tag's token: one key per tag,
 // shared by every cache of the Store. '#' cannot start a cache name, so tag
 // keys never collide with entries; the escaped tag is the key's hash tag.
-func tagKey(prefix, tag string) string {
-	var b strings.Builder
-	b.Grow(len(prefix) + len(tag) + 8)
-	b.WriteString(prefix)
-	b.WriteString(":#tag:{")
+func tagKey(prefix, tag string) string { return hashTagged(prefix+":#tag:{", tag) }
+
+// hashTagged returns head + the escaped user string + "}", hashing the user
+// string when its escaped form is longer than maxKeyLen.
+func hashTagged(head, user string) string {
 	var esc strings.Builder
-	escapeInto(&esc, tag, false)
+	escapeInto(&esc, user, false)
+	var b strings.Builder
+	b.Grow(len(head) + min(esc.Len(), maxKeyLen) + 2)
+	b.WriteString(head)
 	if esc.Len() > maxKeyLen {
-		writeHash(&b, tag)
+		writeHash(&b, user)
 	} else {
 		b.WriteString(esc.String())
 	}
