@@ -224,17 +224,6 @@ func (l *local[T]) clear() {
 	}
 }
 
-func (l *local[T]) len() int {
-	n := 0
-	for i := range l.shards {
-		sh := &l.shards[i]
-		sh.mu.RLock()
-		n += len(sh.m)
-		sh.mu.RUnlock()
-	}
-	return n
-}
-
 // localTier is what the bus needs of a cache's L1, whatever its T.
 type localTier interface {
 	invalidate(keys []string)
