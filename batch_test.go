@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/asidecache/aside"
 )
@@ -169,4 +170,56 @@ func TestGetManyWithRedisDown(t *testing.T) {
 	if calls := r.callKeys(); len(calls) != 2 || len(calls[1]) != 3 {
 		t.Errorf("loader calls = %v, want one call with the 3 keys per GetMany", calls)
 	}
+}
+
+// roundTrips counts the commands and pipelines a client sends.
+type roundTrips struct{ n atomic.Int32 }
+
+func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { r.n.Add(1); return next(ctx, cmd) }
+}
+func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { r.n.Add(1); return next(ctx, cmds) }
+}
+
+func TestGetManyOfHitsIsOneRoundTrip(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		store, rdb := b.newStore(t)
+		c := newCache[string](t, store)
+		r := &recordingBatch{}
+		keys := keyRange("k", 0, 100)
+		if _, err := c.GetMany(bgCtx, keys, r.load, aside.Tags("t1", "t2")); err != nil {
+			t.Fatal(err)
+		}
+		var rt roundTrips
+		rdb.AddHook(&rt)
+		got, err := c.GetMany(bgCtx, keys, r.load, aside.Tags("t1", "t2"))
+		if err != nil || len(got) != 100 {
+			t.Fatal(err)
+		}
+		if n := rt.n.Load(); n != 1 {
+			t.Errorf("GetMany of 100 tagged hits took %d round trips, want 1", n)
+		}
+	})
+}
+
+func TestTaggedHitIsOneRoundTrip(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		store, rdb := b.newStore(t)
+		c := newCache[string](t, store)
+		tags := aside.Tags("a", "b", "c", "d")
+		mustGet := func() {
+			if _, err := c.Get(bgCtx, "k", func(context.Context) (string, error) { return "v", nil }, tags); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustGet()
+		var rt roundTrips
+		rdb.AddHook(&rt)
+		mustGet()
+		if n := rt.n.Load(); n != 1 || c.Stats().Hits != 1 {
+			t.Errorf("a hit with 4 tags took %d round trips (%+v), want 1", n, c.Stats())
+		}
+	})
 }
