@@ -292,26 +292,42 @@ func BenchmarkInvalidateTag100k(b *testing.B) {
 }
 
 // BenchmarkGetMany100 compares GetMany of 100 cached keys (one pipelined
-// round trip) with 100 sequential Gets, in one run.
+// round trip) with 100 sequential Gets, in one run, for the ~1 KB struct and
+// for a small one (a price), since decoding dominates a batch of big values.
 func BenchmarkGetMany100(b *testing.B) {
-	addr := benchAddr(b)
+	b.Run("value=1KB", func(b *testing.B) { benchGetMany(b, sampleUser) })
+	b.Run("value=small", func(b *testing.B) { benchGetMany(b, price{SKU: "sku-42", Cents: 1999, Currency: "EUR"}) })
+}
+
+type price struct {
+	SKU      string
+	Cents    int64
+	Currency string
+}
+
+func benchGetMany[T any](b *testing.B, sample T) {
 	ctx := context.Background()
-	c := newBenchCache(b, addr)
+	rdb := newClient(b, benchAddr(b))
+	store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, _ := aside.New[T](store, "v")
 	keys := make([]string, 100)
 	for i := range keys {
 		keys[i] = strconv.Itoa(i)
 	}
-	load := func(_ context.Context, ks []string) (map[string]benchUser, error) {
-		out := make(map[string]benchUser, len(ks))
+	load := func(_ context.Context, ks []string) (map[string]T, error) {
+		out := make(map[string]T, len(ks))
 		for _, k := range ks {
-			out[k] = sampleUser
+			out[k] = sample
 		}
 		return out, nil
 	}
 	if _, err := c.GetMany(ctx, keys, load); err != nil {
 		b.Fatal(err)
 	}
-	one := func(context.Context) (benchUser, error) { return sampleUser, nil }
+	one := func(context.Context) (T, error) { return sample, nil }
 	b.Run("GetMany", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
