@@ -440,7 +440,7 @@ func (c *Cache[T]) timedBatchLoad(ctx context.Context, load BatchLoader[T], keys
 	defer cancel()
 	start := time.Now()
 	m, err := safeLoad(lctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
-	c.stats.loadNanos.Add(uint64(time.Since(start)))
+	c.stats.observeLoad(time.Since(start))
 	if err != nil {
 		c.stats.loadErrors.Add(1)
 		c.store.emit(Event{Kind: EventLoadError, Cache: c.name, Err: err})

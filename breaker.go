@@ -3,6 +3,7 @@ package aside
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -104,6 +105,13 @@ func (b *breaker) transition(from, to BreakerState) bool {
 		b.onChange(to)
 	}
 	return true
+}
+
+// isTimeout reports whether err is a deadline: the op timeout, or a socket
+// timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // isOutage reports whether err means Redis could not serve the call, as

@@ -155,7 +155,11 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 func (c *Cache[T]) Name() string { return c.name }
 
 // Stats returns a snapshot of the cache's counters.
-func (c *Cache[T]) Stats() Stats { return c.stats.snapshot() }
+func (c *Cache[T]) Stats() Stats {
+	s := c.stats.snapshot()
+	s.Cache, s.Profile, s.Breaker = c.name, c.profile.Name, c.store.breaker.State()
+	return s
+}
 
 var (
 	errEmptyKey  = errors.New("aside: empty key")
@@ -386,6 +390,9 @@ func (c *Cache[T]) record(ctx context.Context, err error) {
 	c.store.breaker.record(err)
 	if err != nil {
 		c.stats.redisErrors.Add(1)
+		if isTimeout(err) {
+			c.stats.redisTimeouts.Add(1)
+		}
 		c.store.emit(Event{Kind: EventRedisError, Cache: c.name, Err: err})
 	}
 }

@@ -1,8 +1,6 @@
 package aside
 
 import (
-	"time"
-
 	"golang.org/x/sync/singleflight"
 )
 
@@ -17,9 +15,6 @@ func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
 	h.flights = new(singleflight.Group)
 	c.hooks = h
 }
-
-// SetClock replaces the clock of freshness decisions; call it before use.
-func SetClock(s *Store, now func() time.Time) { s.now = now }
 
 // UseCounterTokens switches s to the broken variant of tag tokens:
 // counters, which a tag key's eviction can make valid again.

@@ -82,9 +82,8 @@ func TestNegativeCaching(t *testing.T) {
 // a clock the test controls.
 func staleSetup(t *testing.T, b *backend) (*aside.Cache[int], *clock) {
 	p := aside.Profile{Name: "swr", TTL: 10 * time.Second, LoadTimeout: time.Second, StaleWindow: time.Minute}
-	store, _ := b.newStore(t, aside.WithProfiles(p))
 	clk := &clock{}
-	aside.SetClock(store, clk.now)
+	store, _ := b.newStore(t, aside.WithProfiles(p), aside.WithClock(clk.now))
 	c, _ := aside.New[int](store, "swr", aside.WithProfile("swr"))
 	return c, clk
 }
@@ -193,8 +192,7 @@ func xfetchRun(t *testing.T, beta float64, cycles int) (loads int32, missed uint
 	clk := &clock{}
 	var caches []*aside.Cache[int]
 	for range 4 {
-		store, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(p))
-		aside.SetClock(store, clk.now)
+		store, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(p), aside.WithClock(clk.now))
 		c, _ := aside.New[int](store, "hot", aside.WithProfile("hot"))
 		caches = append(caches, c)
 	}

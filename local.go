@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"hash/maphash"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -360,6 +361,7 @@ func (b *bus) run(ctx context.Context, s *Store) {
 	down := func() {
 		if b.up.Swap(false) {
 			b.epoch.Add(1)
+			s.log(slog.LevelWarn, "aside: invalidation subscription lost: L1 bypassed until it is back")
 		}
 	}
 	defer down()
@@ -401,6 +403,7 @@ func (b *bus) run(ctx context.Context, s *Store) {
 			if m.Kind == "subscribe" {
 				b.epoch.Add(1) // anything cached before may have missed messages
 				b.up.Store(true)
+				s.log(slog.LevelInfo, "aside: invalidation subscription up: L1 in use")
 			}
 		case *redis.Message:
 			var bm busMessage

@@ -5,8 +5,13 @@ import (
 	"time"
 )
 
-// Stats is a snapshot of one cache's counters since it was created.
+// Stats is a snapshot of one cache's counters since it was created. Taking
+// it reads atomics only: it never blocks the requests it counts.
 type Stats struct {
+	Cache   string       // the cache's name
+	Profile string       // its TTL profile
+	Breaker BreakerState // the Store's circuit breaker, now
+
 	L1Hits        uint64        // reads answered by the local tier, without Redis
 	Hits          uint64        // reads answered by a fresh Redis entry
 	StaleServed   uint64        // reads answered by a stale entry while it was refreshed (stale-while-revalidate, stale-if-error, MarkStale)
@@ -20,7 +25,10 @@ type Stats struct {
 	Loads         uint64        // loader calls that returned a value
 	LoadErrors    uint64        // loader calls that failed, panicked or timed out
 	LoadTime      time.Duration // total time spent in loader calls
+	LoadLatency   time.Duration // recent mean duration of one load (exponentially weighted, α = 0.1)
+	TimeSaved     time.Duration // estimate of loader time the cache saved: answered reads × LoadLatency
 	RedisErrors   uint64        // Redis calls that failed (each was served by the loader)
+	RedisTimeouts uint64        // of those, the calls cut by the op timeout
 	DecodeErrors  uint64        // entries in Redis that did not decode; each counted as a miss and overwritten
 	EncodeErrors  uint64        // loaded values the codec could not encode, returned but not stored
 	OversizeSkips uint64        // values larger than the profile's MaxEntryBytes, returned but not stored
@@ -35,11 +43,33 @@ type counters struct {
 	refreshes, loads, loadErrors, loadNanos atomic.Uint64
 	redisErrors, decodeErrors, encodeErrors atomic.Uint64
 	oversize, skipped                       atomic.Uint64
-	bytesWritten                            atomic.Uint64
+	bytesWritten, redisTimeouts             atomic.Uint64
+	loadEWMA                                atomic.Int64 // nanoseconds
+}
+
+// observeLoad folds one load's duration into the counters and the recent
+// mean, lock-free.
+func (c *counters) observeLoad(d time.Duration) {
+	c.loadNanos.Add(uint64(d))
+	for {
+		old := c.loadEWMA.Load()
+		next := int64(d)
+		if old != 0 {
+			next = old + (int64(d)-old)/10
+		}
+		if c.loadEWMA.CompareAndSwap(old, next) {
+			return
+		}
+	}
 }
 
 func (c *counters) snapshot() Stats {
+	answered := c.l1Hits.Load() + c.hits.Load() + c.staleServed.Load() + c.negativeHits.Load()
+	ewma := time.Duration(c.loadEWMA.Load())
 	return Stats{
+		LoadLatency:   ewma,
+		TimeSaved:     time.Duration(answered) * ewma,
+		RedisTimeouts: c.redisTimeouts.Load(),
 		L1Hits:        c.l1Hits.Load(),
 		Hits:          c.hits.Load(),
 		StaleServed:   c.staleServed.Load(),

@@ -490,7 +490,7 @@ func (c *Cache[T]) timedLoad(ctx context.Context, load Loader[T]) (T, error) {
 	defer cancel()
 	start := time.Now()
 	v, err := safeLoad(lctx, load)
-	c.stats.loadNanos.Add(uint64(time.Since(start)))
+	c.stats.observeLoad(time.Since(start))
 	switch {
 	case err == nil:
 		c.stats.loads.Add(1)

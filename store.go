@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ type Store struct {
 	profiles  map[string]Profile
 	breaker   *breaker
 	observer  Observer
+	logger    *slog.Logger     // nil: no logging
 	bus       *bus             // carries invalidations to every Store's L1
 	now       func() time.Time // the clock of freshness decisions; tests replace it
 	// counterTokens is a deliberately broken variant for tests: tag tokens
@@ -43,6 +45,8 @@ type storeOptions struct {
 	breakerThreshold int
 	breakerCooldown  time.Duration
 	observer         Observer
+	logger           *slog.Logger
+	clock            func() time.Time
 }
 
 // WithPrefix sets the first segment of every Redis key, so several
@@ -75,6 +79,16 @@ func WithBreaker(failures int, cooldown time.Duration) StoreOption {
 // WithObserver receives every [Event] of the Store and its caches.
 // Default: none.
 func WithObserver(fn Observer) StoreOption { return func(o *storeOptions) { o.observer = fn } }
+
+// WithLogger logs what an operator should know — the breaker opening and
+// closing, the L1 subscription dropping and recovering, undecodable
+// entries — never keys, which may hold user data. Default: no logging.
+func WithLogger(l *slog.Logger) StoreOption { return func(o *storeOptions) { o.logger = l } }
+
+// WithClock replaces the clock that decides freshness (fresh-until, early
+// refresh, stale windows), so that tests can move time; Redis TTLs and
+// lease deadlines keep the server's clock. Default: time.Now.
+func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) { o.clock = now } }
 
 // NewStore wraps a go-redis client (a *redis.Client, *redis.ClusterClient,
 // *redis.Ring or a Sentinel failover client). The Store does not own the
@@ -111,7 +125,10 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		seen[p.Name] = true
 		profiles[p.Name] = p
 	}
-	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, now: time.Now, bus: newBus(o.prefix)}
+	if o.clock == nil {
+		o.clock = time.Now
+	}
+	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger, now: o.clock, bus: newBus(o.prefix)}
 	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
 		switch st {
 		case BreakerOpen:
@@ -164,6 +181,23 @@ func (s *Store) Profile(name string) (Profile, bool) {
 func (s *Store) emit(e Event) {
 	if s.observer != nil {
 		s.observer(e)
+	}
+	if s.logger == nil {
+		return
+	}
+	switch e.Kind {
+	case EventBreakerOpen:
+		s.logger.Warn("aside: redis unreachable, circuit breaker open: serving from loaders", "prefix", s.prefix)
+	case EventBreakerClosed:
+		s.logger.Info("aside: redis reachable again, circuit breaker closed", "prefix", s.prefix)
+	case EventDecodeError:
+		s.logger.Warn("aside: undecodable entry treated as a miss", "cache", e.Cache, "err", e.Err)
+	}
+}
+
+func (s *Store) log(level slog.Level, msg string, args ...any) {
+	if s.logger != nil {
+		s.logger.Log(context.Background(), level, msg, append([]any{"prefix", s.prefix}, args...)...)
 	}
 }
 
