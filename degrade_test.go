@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/asidecache/aside"
+	"github.com/asidecache/aside/asidetest"
 )
 
 // events collects observer events for assertions.
@@ -133,14 +134,14 @@ func TestMiniredisOutageServedByLoader(t *testing.T) {
 
 func TestSlowRedisBoundedByOpTimeout(t *testing.T) {
 	srv := miniredis.RunT(t)
-	px := newProxy(t, srv.Addr())
-	rdb := newClient(t, px.addr())
+	px := asidetest.NewProxy(t, srv.Addr())
+	rdb := newClient(t, px.Addr())
 	store, err := aside.NewStore(rdb, aside.WithOpTimeout(50*time.Millisecond), aside.WithBreaker(100, time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := newCache[int](t, store)
-	px.setDelay(300 * time.Millisecond)
+	px.SetLatency(300 * time.Millisecond)
 	start := time.Now()
 	if got := mustGet(t, c, "k", func(context.Context) (int, error) { return 9, nil }); got != 9 {
 		t.Fatalf("Get = %d, want 9", got)
