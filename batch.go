@@ -25,6 +25,7 @@ type BatchError struct {
 	Errs map[string]error
 }
 
+// Error names how many keys failed and the first failure, by key order.
 func (e *BatchError) Error() string {
 	keys := make([]string, 0, len(e.Errs))
 	for k := range e.Errs {

@@ -119,3 +119,101 @@ func ExampleCache_Stats() {
 	// no such language
 	// hits=2 misses=2 loads=1 load errors=1
 }
+
+func ExampleCache_GetMany() {
+	rdb, done := exampleClient()
+	defer done()
+	store, _ := aside.NewStore(rdb)
+	defer store.Close()
+	products, _ := aside.New[Product](store, "product")
+	ctx := context.Background()
+
+	// One call to the source for every miss; ids it does not return do not exist.
+	loadProducts := func(_ context.Context, ids []string) (map[string]Product, error) {
+		fmt.Println("loading", ids)
+		out := map[string]Product{}
+		for _, id := range ids {
+			if id != "404" {
+				out[id] = Product{Name: "Product " + id}
+			}
+		}
+		return out, nil
+	}
+	_, _ = products.GetMany(ctx, []string{"1", "2"}, loadProducts)
+	got, err := products.GetMany(ctx, []string{"1", "2", "3", "404"}, loadProducts)
+	fmt.Println(len(got), got["3"].Name, err)
+	// Output:
+	// loading [1 2]
+	// loading [3 404]
+	// 3 Product 3 <nil>
+}
+
+func ExampleStore_InvalidateTags() {
+	rdb, done := exampleClient()
+	defer done()
+	store, _ := aside.NewStore(rdb)
+	details, _ := aside.New[string](store, "detail")
+	listings, _ := aside.New[[]string](store, "listing")
+	ctx := context.Background()
+	laptops := aside.Tags("category:laptops")
+
+	name := "Laptop"
+	_, _ = details.Get(ctx, "42", func(context.Context) (string, error) { return name, nil }, laptops)
+	_, _ = listings.Get(ctx, "laptops/page1", func(context.Context) ([]string, error) { return []string{name}, nil }, laptops)
+
+	name = "Laptop Pro"                               // the catalogue changes...
+	_ = store.InvalidateTags(ctx, "category:laptops") // ...one command drops every view of it
+
+	d, _ := details.Get(ctx, "42", func(context.Context) (string, error) { return name, nil }, laptops)
+	l, _ := listings.Get(ctx, "laptops/page1", func(context.Context) ([]string, error) { return []string{name}, nil }, laptops)
+	fmt.Println(d, l)
+	// Output: Laptop Pro [Laptop Pro]
+}
+
+func ExampleErrNotFound() {
+	rdb, done := exampleClient()
+	defer done()
+	store, _ := aside.NewStore(rdb) // the Default profile remembers "not found" for 30 s
+	users, _ := aside.New[string](store, "user")
+	ctx := context.Background()
+
+	lookups := 0
+	findUser := func(context.Context) (string, error) {
+		lookups++
+		return "", fmt.Errorf("user 7: %w", aside.ErrNotFound)
+	}
+	for range 3 {
+		_, err := users.Get(ctx, "7", findUser)
+		fmt.Println(errors.Is(err, aside.ErrNotFound))
+	}
+	fmt.Println("lookups:", lookups)
+	// Output:
+	// true
+	// true
+	// true
+	// lookups: 1
+}
+
+func ExampleStore_Write() {
+	rdb, done := exampleClient()
+	defer done()
+	store, _ := aside.NewStore(rdb)
+	prices, _ := aside.New[int](store, "price")
+	ctx := context.Background()
+
+	db := map[string]int{"sku-1": 100}
+	load := func(context.Context) (int, error) { return db["sku-1"], nil }
+	v, _ := prices.Get(ctx, "sku-1", load)
+	fmt.Println(v)
+
+	// The write first, then the invalidations: the order that keeps the cache right.
+	err := store.Write(ctx, func(context.Context) error {
+		db["sku-1"] = 80
+		return nil
+	}, prices.Changed("sku-1"), store.TagsChanged("price-list"))
+	v, _ = prices.Get(ctx, "sku-1", load)
+	fmt.Println(v, err)
+	// Output:
+	// 100
+	// 80 <nil>
+}

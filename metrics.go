@@ -106,6 +106,7 @@ const (
 	EventOversize                           // a value was not stored: larger than MaxEntryBytes
 )
 
+// String returns the kind's name, as used in logs and metric labels.
 func (k EventKind) String() string {
 	switch k {
 	case EventBreakerOpen:
