@@ -1,0 +1,50 @@
+package asideprom_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/asidecache/aside"
+	"github.com/asidecache/aside/asideprom"
+	"github.com/asidecache/aside/asidetest"
+)
+
+func TestCollectorScrapesRealValues(t *testing.T) {
+	store, _ := asidetest.New(t)
+	products, err := aside.New[string](store, "product", aside.WithProfile(aside.Master))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	load := func(context.Context) (string, error) { return "laptop", nil }
+	for range 3 {
+		if _, err := products.Get(ctx, "42", load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(asideprom.NewCollector(products))
+	want := `
+# HELP aside_reads_total Reads by outcome: l1_hit, hit, stale, negative, miss, tag_miss.
+# TYPE aside_reads_total counter
+aside_reads_total{cache="product",profile="master",result="hit"} 2
+aside_reads_total{cache="product",profile="master",result="l1_hit"} 0
+aside_reads_total{cache="product",profile="master",result="miss"} 1
+aside_reads_total{cache="product",profile="master",result="negative"} 0
+aside_reads_total{cache="product",profile="master",result="stale"} 0
+aside_reads_total{cache="product",profile="master",result="tag_miss"} 0
+# HELP aside_loads_total Loader calls that returned a value (or ErrNotFound).
+# TYPE aside_loads_total counter
+aside_loads_total{cache="product",profile="master"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "aside_reads_total", "aside_loads_total"); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(reg); err != nil || n < 20 {
+		t.Errorf("gathered %d series, %v", n, err)
+	}
+}
