@@ -446,7 +446,8 @@ func (s *Store) TagsChanged(tags ...string) Change {
 // correct. The invalidations run even when write fails, because a failed
 // write may still have committed (a timeout after COMMIT); a needless
 // invalidation costs one miss. It returns write's error, joined with any
-// invalidation errors.
+// invalidation errors. The changes are built before write runs: when what to
+// invalidate depends on the write's result, invalidate after it by hand.
 //
 //	err := store.Write(ctx, func(ctx context.Context) error {
 //		return repo.UpdatePrice(ctx, id, price)
