@@ -1,0 +1,101 @@
+package aside_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/asidecache/aside"
+)
+
+// aclRule is the ACL the README documents: only the commands aside needs,
+// only keys under its prefix, only its channel.
+const aclRule = "~shop:* &shop:#bus +hget +hset +hdel +hmget +hexists +del +unlink +pexpire +type +get +set +setnx " +
+	"+eval +evalsha +time +scan +publish +subscribe +ping"
+
+// TestACLRestrictedUser runs every path of aside as a Redis user limited to
+// the documented ACL, on a redis-server of its own.
+func TestACLRestrictedUser(t *testing.T) {
+	requireReal(t)
+	srv, err := startRedis(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.stop()
+	admin := newClient(t, srv.addr)
+	args := append([]any{"ACL", "SETUSER", "app", "on", ">secret", "resetkeys", "resetchannels", "-@all"}, stringsToAny(strings.Fields(aclRule))...)
+	if err := admin.Do(bgCtx, args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	admin.Set(bgCtx, "other:secret", "not yours", 0)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.addr, Username: "app", Password: "secret", DisableIdentity: true,
+		ContextTimeoutEnabled: true, MaxRetries: -1})
+	defer rdb.Close()
+	if err := rdb.Get(bgCtx, "other:secret").Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("the ACL does not restrict keys: %v", err)
+	}
+	var redisErrs []error
+	store, err := aside.NewStore(rdb, aside.WithPrefix("shop"), aside.WithObserver(func(e aside.Event) {
+		if e.Kind == aside.EventRedisError {
+			redisErrs = append(redisErrs, e.Err)
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	c, err := aside.New[string](store, "product", aside.WithL1(100, time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the subscription", func() bool { up, _, _ := aside.BusState(store); return up })
+	ctx := context.Background()
+	load := func(context.Context) (string, error) { return "v", nil }
+	tags := aside.Tags("cat")
+	steps := map[string]func() error{
+		"get":        func() error { _, err := c.Get(ctx, "1", load, tags); return err },
+		"hit":        func() error { _, err := c.Get(ctx, "1", load, tags); return err },
+		"set":        func() error { return c.Set(ctx, "2", "w", tags) },
+		"mark stale": func() error { return c.MarkStale(ctx, "2") },
+		"invalidate": func() error { return c.Invalidate(ctx, "1") },
+		"tags":       func() error { return store.InvalidateTags(ctx, "cat") },
+		"soft tags":  func() error { return store.MarkTagsStale(ctx, "cat") },
+		"get many": func() error {
+			_, err := c.GetMany(ctx, []string{"1", "3", "4"}, func(context.Context, []string) (map[string]string, error) { return map[string]string{"3": "x"}, nil })
+			return err
+		},
+		"purge": func() error { _, err := c.Purge(ctx); return err },
+		"negative": func() error {
+			_, err := c.Get(ctx, "9", func(context.Context) (string, error) { return "", aside.ErrNotFound })
+			return nil2(err)
+		},
+		"get after it": func() error { _, err := c.Get(ctx, "1", load); return err },
+	}
+	for _, name := range []string{"get", "hit", "set", "mark stale", "invalidate", "tags", "soft tags", "get many", "negative", "purge", "get after it"} {
+		if err := steps[name](); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if s := c.Stats(); s.RedisErrors != 0 {
+		t.Errorf("%d Redis errors under the documented ACL: %v", s.RedisErrors, redisErrs)
+	}
+}
+
+func stringsToAny(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+// nil2 treats ErrNotFound as success.
+func nil2(err error) error {
+	if err != nil && strings.Contains(err.Error(), "not found") {
+		return nil
+	}
+	return err
+}
