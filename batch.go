@@ -158,7 +158,7 @@ func (b *batch[T]) done(bc *batchCall[T], v T, err error) {
 
 func (b *batch[T]) run(ctx context.Context) {
 	c := b.c
-	if !c.store.breaker.allow() {
+	if !c.store.breaker.allow() || !c.store.drained(ctx) {
 		c.stats.skipped.Add(uint64(len(b.calls)))
 		b.loadWithoutRedis(ctx, b.calls)
 		return

@@ -215,7 +215,7 @@ func (c *Cache[T]) get(ctx context.Context, cl *call[T]) (T, error) {
 		return c.naiveGet(ctx, cl)
 	}
 	for {
-		if !c.store.breaker.allow() {
+		if !c.store.breaker.allow() || !c.store.drained(ctx) {
 			c.stats.skipped.Add(1)
 			return c.loadDegraded(ctx, cl.rk, load)
 		}
@@ -400,7 +400,7 @@ func (c *Cache[T]) record(ctx context.Context, err error) {
 // write stores encoded bytes unconditionally, revoking any lease; with
 // key set it also tells other Stores' L1 (Set), in the same round trip.
 func (c *Cache[T]) write(ctx context.Context, rk string, b []byte, ttl time.Duration, key ...string) error {
-	if !c.store.breaker.allow() {
+	if !c.store.breaker.allow() || !c.store.drained(ctx) {
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)

@@ -156,6 +156,16 @@ type redisProc struct {
 }
 
 func startRedis(port int, extra ...string) (*redisProc, error) {
+	dir, err := os.MkdirTemp("", "aside-redis-")
+	if err != nil {
+		return nil, err
+	}
+	return startRedisIn(dir, port, extra...)
+}
+
+// startRedisIn starts a redis-server whose working directory (and RDB
+// file, dump.rdb) is dir: a restart in the same dir loads the last SAVE.
+func startRedisIn(dir string, port int, extra ...string) (*redisProc, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, err
@@ -164,10 +174,6 @@ func startRedis(port int, extra ...string) (*redisProc, error) {
 		if port, err = freePort(); err != nil {
 			return nil, err
 		}
-	}
-	dir, err := os.MkdirTemp("", "aside-redis-")
-	if err != nil {
-		return nil, err
 	}
 	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--protected-mode", "no"}, extra...)

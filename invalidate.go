@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -13,7 +15,10 @@ import (
 // a load that started before cannot write its value afterwards, so once
 // Invalidate has returned no Get that starts later returns the old value.
 // Call it after the source of truth has committed the change. It fails
-// closed: the error is returned when Redis cannot be reached.
+// closed: when Redis cannot be reached the error is returned, and the
+// invalidation is also queued and replayed before the Store reads from
+// Redis again (a Redis restored from an older snapshot would otherwise
+// serve the invalidated values).
 func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	rks, err := c.entryKeys(keys)
 	if err != nil {
@@ -24,6 +29,7 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	}
 	if !c.store.breaker.allow() {
 		c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
+		c.store.pending.add(pendingKeys(rks))
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)
@@ -39,6 +45,7 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys}) // read-your-writes
 	c.record(ctx, err)
 	if err != nil {
+		c.store.pending.add(pendingKeys(rks)) // it may or may not have run: DEL again is harmless
 		return fmt.Errorf("aside: invalidate: %w", err)
 	}
 	return nil
@@ -73,6 +80,7 @@ func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 		return err
 	}
 	if !c.store.breaker.allow() {
+		c.store.pending.add(pendingKeys(rks)) // replayed as a hard invalidation: safe, if not soft
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)
@@ -87,6 +95,7 @@ func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 	c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 	c.record(ctx, err)
 	if err != nil {
+		c.store.pending.add(pendingKeys(rks))
 		return fmt.Errorf("aside: mark stale: %w", err)
 	}
 	return nil
@@ -213,6 +222,8 @@ func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd 
 		return nil
 	}
 	if !s.breaker.allow() {
+		s.bus.applyLocal(busMessage{Kind: busTags, Names: o.tags})
+		s.pending.add(pendingTags(o.tags))
 		return ErrUnavailable
 	}
 	octx, cancel := s.opContext(ctx)
@@ -230,6 +241,7 @@ func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd 
 		s.breaker.record(err)
 	}
 	if err != nil {
+		s.pending.add(pendingTags(o.tags)) // replayed as a hard invalidation
 		return fmt.Errorf("aside: %s: %w", what, err)
 	}
 	return nil
@@ -467,4 +479,109 @@ func (s *Store) Write(ctx context.Context, write func(ctx context.Context) error
 		return werr // unchanged, so callers can match their own errors
 	}
 	return errors.Join(append([]error{werr}, errs...)...)
+}
+
+// pendingOp is an invalidation that could not reach Redis: a key to delete
+// or a tag whose token to replace.
+type pendingOp struct {
+	tag  bool
+	name string // the Redis key, or the tag
+}
+
+func pendingKeys(rks []string) []pendingOp {
+	ops := make([]pendingOp, len(rks))
+	for i, rk := range rks {
+		ops[i] = pendingOp{name: rk}
+	}
+	return ops
+}
+
+func pendingTags(tags []string) []pendingOp {
+	ops := make([]pendingOp, len(tags))
+	for i, t := range tags {
+		ops[i] = pendingOp{tag: true, name: t}
+	}
+	return ops
+}
+
+// maxPending bounds the replay queue. Past it the Store can no longer
+// vouch for what Redis holds, and it stops reading from Redis (every read
+// goes to its loader) until the process restarts — a safe, loud fallback.
+const maxPending = 100_000
+
+// replayQueue holds the invalidations that failed, to be replayed before the
+// Store reads from Redis again.
+type replayQueue struct {
+	mu        sync.Mutex
+	ops       []pendingOp
+	overflow  bool
+	n         atomic.Int64 // len(ops), or -1 after an overflow: read on every Get
+	replaying atomic.Bool
+}
+
+func (q *replayQueue) add(ops []pendingOp) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.overflow {
+		return
+	}
+	if len(q.ops)+len(ops) > maxPending {
+		q.overflow, q.ops = true, nil
+		q.n.Store(-1)
+		return
+	}
+	q.ops = append(q.ops, ops...)
+	q.n.Store(int64(len(q.ops)))
+}
+
+// Pending reports how many failed invalidations wait to be replayed, and
+// whether the queue overflowed (the Store then no longer reads from Redis).
+func (s *Store) Pending() (n int, overflowed bool) {
+	v := s.pending.n.Load()
+	return int(max(v, 0)), v < 0
+}
+
+// drained reports whether Redis may be read: nothing waits to be replayed,
+// or this call replayed it. One caller replays at a time; the others are
+// served by their loaders meanwhile.
+func (s *Store) drained(ctx context.Context) bool {
+	n := s.pending.n.Load()
+	if n == 0 {
+		return true
+	}
+	if n < 0 || !s.pending.replaying.CompareAndSwap(false, true) {
+		return false
+	}
+	defer s.pending.replaying.Store(false)
+	s.pending.mu.Lock()
+	ops := append([]pendingOp(nil), s.pending.ops...)
+	s.pending.mu.Unlock()
+	octx, cancel := s.opContext(context.WithoutCancel(ctx))
+	defer cancel()
+	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+		var keys, tags []string
+		for _, op := range ops {
+			if op.tag {
+				p.Set(octx, tagKey(s.prefix, op.name), newTagToken(), 0)
+				tags = append(tags, op.name)
+			} else {
+				p.Del(octx, op.name)
+				keys = append(keys, op.name)
+			}
+		}
+		if len(tags) > 0 {
+			s.bus.publish(octx, p, busMessage{Kind: busTags, Names: tags})
+		}
+		return nil
+	})
+	s.breaker.record(err)
+	if err != nil {
+		return false
+	}
+	s.pending.mu.Lock()
+	s.pending.ops = s.pending.ops[len(ops):] // what was added meanwhile stays
+	s.pending.n.Store(int64(len(s.pending.ops)))
+	s.pending.mu.Unlock()
+	s.log(slog.LevelInfo, "aside: replayed invalidations that failed while Redis was unreachable", "count", len(ops))
+	return s.pending.n.Load() == 0
 }

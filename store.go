@@ -23,6 +23,7 @@ type Store struct {
 	observer  Observer
 	logger    *slog.Logger     // nil: no logging
 	bus       *bus             // carries invalidations to every Store's L1
+	pending   replayQueue      // invalidations that failed, replayed before Redis is read again
 	now       func() time.Time // the clock of freshness decisions; tests replace it
 	// counterTokens is a deliberately broken variant for tests: tag tokens
 	// that are counters, which eviction can make valid again.
