@@ -352,7 +352,7 @@ func newCacheNamed[T any](t *testing.T, store *aside.Store, name string) *aside.
 	return c
 }
 
-func hashValue(t *testing.T, rdb *redis.Client, rk string) string {
+func hashValue(t *testing.T, rdb redis.UniversalClient, rk string) string {
 	t.Helper()
 	v, err := rdb.HGet(bgCtx, rk, "v").Result()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,6 +26,11 @@ import (
 // on: ASIDE_REDIS_ADDR, or a redis-server that TestMain started on a free
 // port. Empty when neither is available.
 var realAddr string
+
+// clusterAddrs are the masters of a 3-master Redis Cluster that TestMain
+// started with scripts/redis-cluster.sh (or ASIDE_CLUSTER_ADDRS,
+// comma-separated). Empty when neither is available.
+var clusterAddrs []string
 
 // quietLogger drops go-redis' own log lines (dial failures are expected in
 // the fault tests and are asserted through Stats instead).
@@ -43,9 +49,25 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "aside tests: no real Redis:", err)
 		}
 	}
+	var clusterDir string
+	if env := os.Getenv("ASIDE_CLUSTER_ADDRS"); env != "" {
+		clusterAddrs = strings.Split(env, ",")
+	} else if dir, err := os.MkdirTemp("", "aside-cluster-"); err == nil {
+		clusterDir = dir
+		out, err := exec.Command("bash", "scripts/redis-cluster.sh", "start", dir).Output()
+		if err == nil {
+			clusterAddrs = strings.Split(strings.TrimSpace(string(out)), ",")
+		} else {
+			fmt.Fprintln(os.Stderr, "aside tests: no Redis Cluster:", err)
+		}
+	}
 	code := m.Run()
 	if srv != nil {
 		srv.stop()
+	}
+	if clusterDir != "" {
+		_ = exec.Command("bash", "scripts/redis-cluster.sh", "stop", clusterDir).Run()
+		_ = os.RemoveAll(clusterDir)
 	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -71,12 +93,14 @@ func requireReal(t testing.TB) {
 
 // backend is one Redis the behaviour suite runs on.
 type backend struct {
-	name string
-	addr string
-	mini *miniredis.Miniredis // nil for a real Redis
+	name    string
+	addr    string
+	cluster []string             // the masters, for a Cluster
+	mini    *miniredis.Miniredis // nil for a real Redis
 }
 
-// forEachBackend runs fn as a subtest on miniredis and on the real Redis.
+// forEachBackend runs fn as a subtest on miniredis, on a real Redis and on
+// a real 3-master Redis Cluster.
 func forEachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 	t.Run("miniredis", func(t *testing.T) {
 		srv := miniredis.RunT(t)
@@ -86,11 +110,41 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 		requireReal(t)
 		fn(t, &backend{name: "redis", addr: realAddr})
 	})
+	t.Run("cluster", func(t *testing.T) {
+		requireCluster(t)
+		fn(t, &backend{name: "cluster", cluster: clusterAddrs})
+	})
+}
+
+// requireCluster skips a test that needs a Redis Cluster — or fails it
+// under CI.
+func requireCluster(t testing.TB) {
+	t.Helper()
+	if len(clusterAddrs) > 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("Redis Cluster required under CI: install redis-server and redis-cli, or set ASIDE_CLUSTER_ADDRS")
+	}
+	t.Skip("no Redis Cluster")
 }
 
 // client returns a new client closed at the end of the test. Timeouts are
 // set explicitly, as aside requires.
-func (b *backend) client(t testing.TB) *redis.Client {
+func (b *backend) client(t testing.TB) redis.UniversalClient {
+	if b.cluster != nil {
+		rdb := redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:                 b.cluster,
+			DisableIdentity:       true,
+			ContextTimeoutEnabled: true,
+			MaxRetries:            -1,
+			DialTimeout:           200 * time.Millisecond,
+			ReadTimeout:           time.Second,
+			WriteTimeout:          time.Second,
+		})
+		t.Cleanup(func() { _ = rdb.Close() })
+		return rdb
+	}
 	return newClient(t, b.addr)
 }
 
@@ -125,7 +179,7 @@ func randomHex(n int) string {
 func uniquePrefix() string { return "t" + runID + "-" + strconv.FormatInt(nextNS.Add(1), 10) }
 
 // newStore returns a Store with a prefix of its own on b.
-func (b *backend) newStore(t testing.TB, opts ...aside.StoreOption) (*aside.Store, *redis.Client) {
+func (b *backend) newStore(t testing.TB, opts ...aside.StoreOption) (*aside.Store, redis.UniversalClient) {
 	t.Helper()
 	rdb := b.client(t)
 	store, err := aside.NewStore(rdb, append([]aside.StoreOption{aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(time.Second)}, opts...)...)

@@ -83,7 +83,7 @@ func TestStampedeAcrossProcesses(t *testing.T) {
 }
 
 // warmPool opens up to n connections of rdb, as a running service has.
-func warmPool(t *testing.T, rdb *redis.Client, n int) {
+func warmPool(t *testing.T, rdb redis.UniversalClient, n int) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Add(1)
