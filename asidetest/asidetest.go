@@ -118,8 +118,9 @@ func Counting[T any](counter *Counter, load aside.Loader[T]) aside.Loader[T] {
 type Proxy struct {
 	ln      net.Listener
 	target  string
-	latency atomic.Int64
-	down    atomic.Bool
+	latency   atomic.Int64
+	down      atomic.Bool
+	blackhole atomic.Bool
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	conns   map[net.Conn]bool
@@ -146,6 +147,11 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // SetLatency delays each request by d.
 func (p *Proxy) SetLatency(d time.Duration) { p.latency.Store(int64(d)) }
+
+// SetBlackhole swallows all traffic without closing anything (true), as a
+// network partition or a frozen server does: requests wait for their
+// timeouts. false restores forwarding on the connections opened since.
+func (p *Proxy) SetBlackhole(on bool) { p.blackhole.Store(on) }
 
 // SetDown cuts every connection and refuses new ones (true), or restores
 // service (false).
@@ -199,6 +205,9 @@ func (p *Proxy) pipe(dst, src net.Conn, requests bool) {
 		if n > 0 {
 			if d := time.Duration(p.latency.Load()); requests && d > 0 {
 				time.Sleep(d)
+			}
+			if p.blackhole.Load() {
+				continue // swallowed; the connection stays open and silent
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
