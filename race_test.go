@@ -2,11 +2,15 @@ package aside_test
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
+	"os/exec"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/asidecache/aside"
 )
@@ -21,9 +25,14 @@ import (
 // With byTag, every row is also tagged "row:<k>" and writers invalidate the
 // tag instead of the key.
 func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks, byTag bool) (stale, reads, staleKeys int64) {
+	return staleSetRaceOn(t, &backend{addr: realAddr}, d, hooks, byTag, nil)
+}
+
+// staleSetRaceOn runs staleSetRace on b; during is called once the readers
+// and writers run (to reshard a Cluster under them, say).
+func staleSetRaceOn(t *testing.T, b *backend, d time.Duration, hooks *aside.TestHooks, byTag bool, during func()) (stale, reads, staleKeys int64) {
 	const keys = 8
 	prefix := uniquePrefix()
-	b := &backend{addr: realAddr}
 	var caches []*aside.Cache[int64]
 	var stores []*aside.Store
 	for range 2 {
@@ -106,6 +115,9 @@ func staleSetRace(t *testing.T, d time.Duration, hooks *aside.TestHooks, byTag b
 			}
 		}()
 	}
+	if during != nil {
+		during()
+	}
 	time.Sleep(d)
 	close(stop)
 	waitGroup(t, &wg)
@@ -157,4 +169,65 @@ func TestStaleSetRace(t *testing.T) {
 			t.Error("the broken variant showed no stale read: the test cannot detect the race")
 		}
 	})
+}
+
+// TestClusterReshardUnderLoad moves a third of the slots between masters of a
+// real Cluster while the stale-set race runs on it: no Get fails (MOVED and
+// ASK are followed, anything else is served by the loader) and no read is
+// stale, during the run or after it.
+func TestClusterReshardUnderLoad(t *testing.T) {
+	requireCluster(t)
+	if testing.Short() {
+		t.Skip("a reshard under load")
+	}
+	b := &backend{cluster: clusterAddrs}
+	var reshardErr error
+	var out []byte
+	done := make(chan struct{})
+	stale, reads, staleKeys := staleSetRaceOn(t, b, 6*time.Second, nil, false, func() {
+		from, to, err := twoMasters(b)
+		if err != nil {
+			reshardErr = err
+			close(done)
+			return
+		}
+		go func() {
+			defer close(done)
+			out, reshardErr = exec.Command("redis-cli", "--cluster", "reshard", clusterAddrs[0],
+				"--cluster-from", from, "--cluster-to", to, "--cluster-slots", "5000", "--cluster-yes").CombinedOutput()
+		}()
+	})
+	<-done
+	if reshardErr != nil {
+		t.Fatalf("reshard: %v\n%s", reshardErr, out)
+	}
+	t.Logf("reshard of 5000 slots under load: %d stale of %d reads, %d stale keys at the end", stale, reads, staleKeys)
+	if stale != 0 || staleKeys != 0 || reads < 500 {
+		t.Errorf("%d stale reads of %d, %d stale keys; want 0 of at least 500, 0", stale, reads, staleKeys)
+	}
+}
+
+// twoMasters returns the node IDs of the master serving slot 0 and of
+// another master.
+func twoMasters(b *backend) (from, to string, err error) {
+	rdb := redis.NewClient(&redis.Options{Addr: b.cluster[0], DisableIdentity: true})
+	defer rdb.Close()
+	slots, err := rdb.ClusterSlots(bgCtx).Result()
+	if err != nil {
+		return "", "", err
+	}
+	for _, s := range slots {
+		if s.Start == 0 {
+			from = s.Nodes[0].ID
+		}
+	}
+	for _, s := range slots {
+		if s.Nodes[0].ID != from {
+			to = s.Nodes[0].ID
+		}
+	}
+	if from == "" || to == "" {
+		return "", "", fmt.Errorf("masters not found in %v", slots)
+	}
+	return from, to, nil
 }
