@@ -12,10 +12,15 @@ import (
 	"github.com/asidecache/aside"
 )
 
-// aclRule is the ACL the README documents: only the commands aside needs,
-// only keys under its prefix, only its channel.
-const aclRule = "~shop:* &shop:#bus +hget +hset +hdel +hmget +hexists +del +unlink +pexpire +type +get +set +setnx " +
+// aclCommands are the only commands aside needs: the ACL the README
+// documents, and under which the whole real-Redis suite runs.
+const aclCommands = "+hget +hset +hdel +hmget +hexists +del +unlink +pexpire +type +get +set +setnx " +
 	"+eval +evalsha +time +scan +publish +subscribe +ping"
+
+// aclRule limits a user to keys under prefix, its channel and aclCommands.
+func aclRule(prefix string) string {
+	return "~" + prefix + ":* &" + prefix + ":#bus " + aclCommands
+}
 
 // TestACLRestrictedUser runs every path of aside as a Redis user limited to
 // the documented ACL, on a redis-server of its own.
@@ -27,7 +32,7 @@ func TestACLRestrictedUser(t *testing.T) {
 	}
 	defer srv.stop()
 	admin := newClient(t, srv.addr)
-	args := append([]any{"ACL", "SETUSER", "app", "on", ">secret", "resetkeys", "resetchannels", "-@all"}, stringsToAny(strings.Fields(aclRule))...)
+	args := append([]any{"ACL", "SETUSER", "app", "on", ">secret", "resetkeys", "resetchannels", "-@all"}, stringsToAny(strings.Fields(aclRule("shop")))...)
 	if err := admin.Do(bgCtx, args...).Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -125,8 +125,7 @@ func TestL1FlushedWhenSubscriptionDrops(t *testing.T) {
 		t.Fatalf("no L1 hit before the kill: %+v", c.Stats())
 	}
 	_, epoch, _ := aside.BusState(s)
-	rdb := newClient(t, realAddr)
-	if err := rdb.Do(bgCtx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+	if err := adminClient(t).Do(bgCtx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the subscription to drop", func() bool { _, e, _ := aside.BusState(s); return e != epoch })
