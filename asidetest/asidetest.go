@@ -116,14 +116,14 @@ func Counting[T any](counter *Counter, load aside.Loader[T]) aside.Loader[T] {
 // Proxy is a TCP proxy in front of a server that can add latency to every
 // request, or drop all traffic.
 type Proxy struct {
-	ln      net.Listener
-	target  string
+	ln        net.Listener
+	target    string
 	latency   atomic.Int64
 	down      atomic.Bool
 	blackhole atomic.Bool
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	conns   map[net.Conn]bool
+	wg        sync.WaitGroup
+	mu        sync.Mutex
+	conns     map[net.Conn]bool
 }
 
 // NewProxy listens on a free loopback port and forwards to target until
