@@ -29,7 +29,7 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	}
 	if !c.store.breaker.allow() {
 		c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
-		c.store.pending.add(pendingKeys(rks))
+		c.store.pending.add(pendingKeys(c.name, keys, rks))
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)
@@ -45,7 +45,7 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys}) // read-your-writes
 	c.record(ctx, err)
 	if err != nil {
-		c.store.pending.add(pendingKeys(rks)) // it may or may not have run: DEL again is harmless
+		c.store.pending.add(pendingKeys(c.name, keys, rks)) // it may or may not have run: DEL again is harmless
 		return fmt.Errorf("aside: invalidate: %w", err)
 	}
 	return nil
@@ -80,7 +80,7 @@ func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 		return err
 	}
 	if !c.store.breaker.allow() {
-		c.store.pending.add(pendingKeys(rks)) // replayed as a hard invalidation: safe, if not soft
+		c.store.pending.add(pendingKeys(c.name, keys, rks)) // replayed as a hard invalidation: safe, if not soft
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)
@@ -95,7 +95,7 @@ func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 	c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 	c.record(ctx, err)
 	if err != nil {
-		c.store.pending.add(pendingKeys(rks))
+		c.store.pending.add(pendingKeys(c.name, keys, rks))
 		return fmt.Errorf("aside: mark stale: %w", err)
 	}
 	return nil
@@ -484,14 +484,16 @@ func (s *Store) Write(ctx context.Context, write func(ctx context.Context) error
 // pendingOp is an invalidation that could not reach Redis: a key to delete
 // or a tag whose token to replace.
 type pendingOp struct {
-	tag  bool
-	name string // the Redis key, or the tag
+	tag   bool
+	name  string // the Redis key, or the tag
+	cache string // for a key: its cache and user key, to tell the other Stores' L1
+	key   string
 }
 
-func pendingKeys(rks []string) []pendingOp {
+func pendingKeys(cache string, keys, rks []string) []pendingOp {
 	ops := make([]pendingOp, len(rks))
 	for i, rk := range rks {
-		ops[i] = pendingOp{name: rk}
+		ops[i] = pendingOp{name: rk, cache: cache, key: keys[i]}
 	}
 	return ops
 }
@@ -559,18 +561,22 @@ func (s *Store) drained(ctx context.Context) bool {
 	octx, cancel := s.opContext(context.WithoutCancel(ctx))
 	defer cancel()
 	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
-		var keys, tags []string
+		var tags []string
+		keys := map[string][]string{} // by cache
 		for _, op := range ops {
 			if op.tag {
 				p.Set(octx, tagKey(s.prefix, op.name), newTagToken(), 0)
 				tags = append(tags, op.name)
 			} else {
 				p.Del(octx, op.name)
-				keys = append(keys, op.name)
+				keys[op.cache] = append(keys[op.cache], op.key)
 			}
 		}
 		if len(tags) > 0 {
 			s.bus.publish(octx, p, busMessage{Kind: busTags, Names: tags})
+		}
+		for cache, names := range keys {
+			s.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: cache, Names: names})
 		}
 		return nil
 	})
