@@ -3,10 +3,12 @@
 # tests and for trying aside by hand. Everything lives in DIR: the nodes'
 # files, their PIDs, and "addrs" (host:port,host:port,host:port).
 #
-#   scripts/redis-cluster.sh start DIR   # prints the addresses
-#   scripts/redis-cluster.sh stop DIR    # stops exactly the processes it started
+#   scripts/redis-cluster.sh start DIR [REPLICAS]  # prints the masters' addresses
+#   scripts/redis-cluster.sh stop DIR              # stops exactly the processes it started
+#
+# REPLICAS (default 1) replicas per master let tests fail a master over.
 set -euo pipefail
-cmd=${1:-}; dir=${2:-}
+cmd=${1:-}; dir=${2:-}; replicas=${3:-1}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 
 free_port() {
@@ -21,7 +23,7 @@ case "$cmd" in
 start)
 	mkdir -p "$dir"
 	addrs=()
-	for i in 1 2 3; do
+	for i in $(seq $((3 * (1 + replicas)))); do
 		port=$(free_port)
 		redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
 			--cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 2000 \
@@ -32,10 +34,23 @@ start)
 	for a in "${addrs[@]}"; do
 		for _ in $(seq 50); do redis-cli -p "${a##*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
 	done
-	redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1
-	for _ in $(seq 100); do
-		if redis-cli -p "${addrs[0]##*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
-			(IFS=,; echo "${addrs[*]}") | tee "$dir/addrs"
+	redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1
+	first=${addrs[0]##*:}
+	for _ in $(seq 300); do
+		ok=1
+		for a in "${addrs[@]}"; do
+			redis-cli -p "${a##*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+		done
+		# every replica attached and in sync
+		slaves=$(redis-cli -p "$first" cluster nodes 2>/dev/null | grep -c ' slave ' || true)
+		[ "$slaves" = $((3 * replicas)) ] || ok=0
+		for a in "${addrs[@]}"; do
+			if redis-cli -p "${a##*:}" info replication 2>/dev/null | grep -q 'role:slave'; then
+				redis-cli -p "${a##*:}" info replication | grep -q 'master_link_status:up' || ok=0
+			fi
+		done
+		if [ "$ok" = 1 ]; then
+			redis-cli -p "$first" cluster nodes | awk '/master/ && !/fail/ {split($2, a, "@"); print a[1]}' | sort | paste -sd, - | tee "$dir/addrs"
 			exit 0
 		fi
 		sleep 0.1
