@@ -245,7 +245,9 @@ func (c *Cache[T]) get(ctx context.Context, cl *call[T]) (T, error) {
 
 // Set stores v under key now (write-through, for values just written to the
 // source). It fails closed: a Redis error, an encoding error or a value over
-// MaxEntryBytes is returned.
+// MaxEntryBytes is returned — and the key is invalidated (or the
+// invalidation queued), so that the value it was meant to replace is not
+// served on.
 func (c *Cache[T]) Set(ctx context.Context, key string, v T, opts ...CallOption) error {
 	if key == "" {
 		return errEmptyKey
@@ -254,6 +256,17 @@ func (c *Cache[T]) Set(ctx context.Context, key string, v T, opts ...CallOption)
 	if err != nil {
 		return err
 	}
+	if err := c.set(ctx, key, v, o); err != nil {
+		// The caller meant to replace the entry: the old value must not
+		// outlive a failed replacement. Invalidate queues itself if Redis
+		// is away.
+		_ = c.Invalidate(ctx, key)
+		return err
+	}
+	return nil
+}
+
+func (c *Cache[T]) set(ctx context.Context, key string, v T, o callOptions) error {
 	tokens, err := c.store.ensureTokens(ctx, o.tags)
 	if err != nil {
 		return err

@@ -133,3 +133,22 @@ func TestLargeValuesAreCompressed(t *testing.T) {
 		}
 	})
 }
+
+// TestFailedSetInvalidates: a Set that cannot store its value (too big, not
+// encodable, Redis away) must not leave the value it meant to replace.
+func TestFailedSetInvalidates(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		p := aside.Profile{Name: "small", TTL: time.Minute, LoadTimeout: time.Second, MaxEntryBytes: 256}
+		store, _ := b.newStore(t, aside.WithProfiles(p))
+		c := newCache[string](t, store, aside.WithProfile("small"))
+		if err := c.Set(bgCtx, "k", "old"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(bgCtx, "k", strings.Repeat("new ", 200)); err == nil {
+			t.Fatal("an oversize Set returned no error")
+		}
+		if got := mustGet(t, c, "k", func(context.Context) (string, error) { return "from the source", nil }); got != "from the source" {
+			t.Errorf("after a failed Set: %q, want a miss served by the loader", got)
+		}
+	})
+}
