@@ -325,10 +325,11 @@ func (c *Cache[T]) read(ctx context.Context, cl *call[T]) ([]byte, error) {
 // readTagged reads the entry and the call's tag tokens in one pipeline.
 func (c *Cache[T]) readTagged(ctx context.Context, cl *call[T]) ([]byte, error) {
 	var entry *redis.StringCmd
-	gets := make([]*redis.StringCmd, len(cl.tags))
+	rk, tags := cl.rk, cl.tags // the closure must not capture cl: it would move every call to the heap
+	gets := make([]*redis.StringCmd, len(tags))
 	_, _ = c.store.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		entry = p.HGet(ctx, cl.rk, fieldValue)
-		for i, t := range cl.tags {
+		entry = p.HGet(ctx, rk, fieldValue)
+		for i, t := range tags {
 			gets[i] = p.Get(ctx, tagKey(c.store.prefix, t))
 		}
 		return nil
