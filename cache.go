@@ -5,20 +5,34 @@
 // and value type. [Cache.Get] returns the cached value, or calls the loader
 // (the slow repository call) on a miss, stores its result and returns it.
 //
-// A hit costs one Redis round trip (HGET) and a decode. A miss costs one
-// loader call per key per process — concurrent callers share it — plus one
-// write, made with a script so that it is atomic with the entry's TTL.
-//
 // Keys are self-describing and versioned: "prefix:name:vN:{key}". The user
 // key is escaped so that it can neither collide with another key, nor change
 // the Redis Cluster slot, nor act as a SCAN pattern; build multi-part keys
 // with [Key]. Bumping the version ([WithVersion]) makes every old entry
 // unreachable at once.
 //
+// A hit costs one round trip (HGET) and a decode — or nothing with the
+// local tier ([WithL1]). A miss takes a lease in the entry's own Redis key:
+// across every process one caller loads while the others wait for its
+// value, and the value is written with a compare-and-set on the lease, so a
+// load that read a row before an invalidation can never write it back.
+// Entries refresh early (XFetch), may be served stale while one caller
+// reloads them ([Profile].StaleWindow), and a loader's [ErrNotFound] is
+// cached for a while.
+//
+// Invalidation is by key ([Cache.Invalidate]), by tag ([Tags],
+// [Store.InvalidateTags]: one command whatever the number of tagged
+// entries), by namespace (version, [Cache.Purge]), hard or soft
+// ([Cache.MarkStale]); [Store.Write] runs it after the write it follows.
+// Once an invalidation has returned, no Get that starts afterwards returns
+// the old value from Redis; local tiers of other processes follow within a
+// pub/sub delivery.
+//
 // Redis is an optimisation, never a dependency: every Redis call has its own
-// timeout ([WithOpTimeout]); a failed call is counted and the request is
-// served by the loader; after repeated failures a circuit breaker stops
-// calling Redis until a probe succeeds.
+// timeout ([WithOpTimeout]); a failed read is counted and served by the
+// loader; after repeated failures a circuit breaker stops calling Redis until
+// a probe succeeds; an invalidation that could not reach Redis is returned
+// as an error and replayed before Redis is read again.
 //
 // All methods are safe for concurrent use.
 package aside
