@@ -65,7 +65,11 @@ func TestMain(m *testing.M) {
 		if err == nil {
 			clusterAddrs = strings.Split(strings.TrimSpace(string(out)), ",")
 		} else {
-			fmt.Fprintln(os.Stderr, "aside tests: no Redis Cluster:", err)
+			var stderr []byte
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = ee.Stderr
+			}
+			fmt.Fprintf(os.Stderr, "aside tests: no Redis Cluster: %v\n%s", err, stderr)
 		}
 	}
 	code := m.Run()

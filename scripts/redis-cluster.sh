@@ -11,11 +11,29 @@ set -euo pipefail
 cmd=${1:-}; dir=${2:-}; replicas=${3:-1}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 
-free_port() {
-	# A free port below 55536: the cluster bus listens on port + 10000.
-	for p in $(seq 20000 54999 | shuf -n 500); do
-		(exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null || { echo "$p"; return; }
+# is_free PORT: nothing listens on PORT.
+is_free() { ! (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
+# start_node: starts one node on a free port (its cluster bus port, +10000,
+# free too, so below 55536) and prints the port once it answers PING.
+start_node() {
+	for _ in $(seq 20); do
+		local port=$((20000 + RANDOM % 35000))
+		is_free "$port" && is_free $((port + 10000)) || continue
+		redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+			--cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 2000 \
+			--save "" --appendonly no --dir "$dir" --logfile "$dir/redis-$port.log" \
+			--daemonize yes --pidfile "$dir/redis-$port.pid" --protected-mode no || continue
+		for _ in $(seq 50); do
+			if redis-cli -p "$port" ping >/dev/null 2>&1; then
+				echo "$port"
+				return 0
+			fi
+			sleep 0.1
+		done
+		[ -f "$dir/redis-$port.pid" ] && kill "$(cat "$dir/redis-$port.pid")" 2>/dev/null || true
 	done
+	echo "no free port for a node" >&2
 	return 1
 }
 
@@ -23,16 +41,9 @@ case "$cmd" in
 start)
 	mkdir -p "$dir"
 	addrs=()
-	for i in $(seq $((3 * (1 + replicas)))); do
-		port=$(free_port)
-		redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
-			--cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 2000 \
-			--save "" --appendonly no --dir "$dir" --logfile "$dir/redis-$port.log" \
-			--daemonize yes --pidfile "$dir/redis-$port.pid" --protected-mode no
+	for _ in $(seq $((3 * (1 + replicas)))); do
+		port=$(start_node)
 		addrs+=("127.0.0.1:$port")
-	done
-	for a in "${addrs[@]}"; do
-		for _ in $(seq 50); do redis-cli -p "${a##*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
 	done
 	redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1
 	first=${addrs[0]##*:}
