@@ -58,7 +58,7 @@ func TestBlackholedRedis(t *testing.T) {
 	heal()
 	px.SetBlackhole(true) // then silent
 	before := run(3)      // the breaker opens after 3 failures
-	after := run(200)
+	after := run(1000)
 	slices.Sort(after)
 	t.Logf("slow Redis: max %v; black hole, before the breaker opens: max %v; after: p50 %v, p99 %v",
 		slices.Max(slow), slices.Max(before), after[len(after)/2], after[len(after)*99/100])

@@ -3,6 +3,7 @@ package aside_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,53 +34,67 @@ func TestStampedeAcrossProcesses(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		prefix := uniquePrefix()
 		const stores, perStore, loadTime = 4, 64, 50 * time.Millisecond
-		var calls atomic.Int32
-		load := func(context.Context) (string, error) {
-			calls.Add(1)
-			time.Sleep(loadTime)
-			return "value", nil
-		}
 		var caches []*aside.Cache[string]
 		for range stores {
 			store, rdb := b.newStore(t, aside.WithPrefix(prefix))
 			caches = append(caches, newCache[string](t, store))
 			warmPool(t, rdb, perStore) // running processes have warm connection pools
 		}
-		start := make(chan struct{})
-		errs := make(chan error, stores*perStore)
-		var wg sync.WaitGroup
-		for _, c := range caches {
-			for range perStore {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					<-start
-					v, err := c.Get(bgCtx, "cold", load)
-					if err == nil && v != "value" {
-						err = errors.New("wrong value " + v)
-					}
-					errs <- err
-				}()
+		// Every round must make exactly one loader call; the wall time is a
+		// latency measured on a shared machine, so the best of 3 rounds
+		// counts.
+		best := time.Hour
+		for round := range 3 {
+			calls, wall := stampedeRound(t, caches, perStore, fmt.Sprint("cold", round), loadTime)
+			if calls != 1 {
+				t.Fatalf("round %d: loader calls = %d across %d stores, want 1", round, calls, stores)
 			}
+			best = min(best, wall)
 		}
-		t0 := time.Now()
-		close(start)
-		waitGroup(t, &wg)
-		wall := time.Since(t0)
-		close(errs)
-		for err := range errs {
-			if err != nil {
-				t.Fatal(err)
-			}
+		if b.mini == nil && best >= 2*loadTime { // miniredis runs every script under one lock: too slow to time
+			t.Errorf("best wall time of 3 rounds %v, want < %v", best, 2*loadTime)
 		}
-		if calls.Load() != 1 {
-			t.Errorf("loader calls = %d across %d stores, want 1", calls.Load(), stores)
-		}
-		if b.mini == nil && wall >= 2*loadTime { // miniredis runs every script under one lock: too slow to time
-			t.Errorf("wall time %v, want < %v", wall, 2*loadTime)
-		}
-		t.Logf("%d stores × %d goroutines: %d loader call, wall %v", stores, perStore, calls.Load(), wall)
+		t.Logf("%d stores × %d goroutines: 1 loader call per round, best wall %v", stores, perStore, best)
 	})
+}
+
+// stampedeRound sends perStore goroutines per cache at one cold key at
+// once and returns the loader calls and the time until all had the value.
+func stampedeRound(t *testing.T, caches []*aside.Cache[string], perStore int, key string, loadTime time.Duration) (int32, time.Duration) {
+	var calls atomic.Int32
+	load := func(context.Context) (string, error) {
+		calls.Add(1)
+		time.Sleep(loadTime)
+		return "value", nil
+	}
+	start := make(chan struct{})
+	errs := make(chan error, len(caches)*perStore)
+	var wg sync.WaitGroup
+	for _, c := range caches {
+		for range perStore {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				v, err := c.Get(bgCtx, key, load)
+				if err == nil && v != "value" {
+					err = errors.New("wrong value " + v)
+				}
+				errs <- err
+			}()
+		}
+	}
+	t0 := time.Now()
+	close(start)
+	waitGroup(t, &wg)
+	wall := time.Since(t0)
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return calls.Load(), wall
 }
 
 // warmPool opens up to n connections of rdb, as a running service has.
