@@ -388,9 +388,7 @@ func (b *batch[T]) loadLeased(ctx context.Context, leased map[string]*leasedKey[
 		if !found {
 			lk.f.err = ErrNotFound
 			if c.profile.NegativeTTL > 0 && tokErr == nil {
-				neg := encodeEnvelope(envelope{flags: flagNegative, typeID: c.typeID, createdMs: start.UnixMilli(),
-					freshMs: start.Add(c.profile.NegativeTTL).UnixMilli(), tags: recorded}, 0)
-				fills = append(fills, fill{lk, neg, c.profile.NegativeTTL})
+				fills = append(fills, fill{lk, c.negativeEntry(start, recorded), c.profile.NegativeTTL})
 			}
 			continue
 		}
@@ -434,21 +432,9 @@ func (b *batch[T]) loadLeased(ctx context.Context, leased map[string]*leasedKey[
 	}
 }
 
-// timedBatchLoad calls the batch loader under LoadTimeout, recovering
-// panics, and counts it as one load.
+// timedBatchLoad calls the batch loader once, as timedLoad does a loader.
 func (c *Cache[T]) timedBatchLoad(ctx context.Context, load BatchLoader[T], keys []string) (map[string]T, error) {
-	lctx, cancel := context.WithTimeout(ctx, c.profile.LoadTimeout)
-	defer cancel()
-	start := time.Now()
-	m, err := safeLoad(lctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
-	c.stats.observeLoad(time.Since(start))
-	if err != nil {
-		c.stats.loadErrors.Add(1)
-		c.store.emit(Event{Kind: EventLoadError, Cache: c.name, Err: err})
-		return nil, err
-	}
-	c.stats.loads.Add(1)
-	return m, nil
+	return timed(ctx, c, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
 }
 
 // loadWithoutRedis serves keys while Redis cannot be used: one loader call,

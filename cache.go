@@ -441,7 +441,7 @@ func (c *Cache[T]) write(ctx context.Context, rk string, b []byte, ttl time.Dura
 			c.store.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: c.name, Names: key})
 			return nil
 		})
-		c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: key})
+		c.store.bus.apply(busMessage{Kind: busKeys, Cache: c.name, Names: key})
 	}
 	cancel()
 	c.record(ctx, err)

@@ -26,7 +26,7 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 		c.keyFlights.Forget(rk) // degraded reads must not join a load that began before
 	}
 	if !c.store.breaker.allow() {
-		c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
+		c.store.bus.apply(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 		c.store.pending.add(pendingKeys(c.name, keys, rks))
 		return ErrUnavailable
 	}
@@ -40,7 +40,7 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 		c.store.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 		return nil
 	})
-	c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys}) // read-your-writes
+	c.store.bus.apply(busMessage{Kind: busKeys, Cache: c.name, Names: keys}) // read-your-writes
 	c.record(ctx, err)
 	if err != nil {
 		c.store.pending.add(pendingKeys(c.name, keys, rks)) // it may or may not have run: DEL again is harmless
@@ -90,7 +90,7 @@ func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 		c.store.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 		return nil
 	})
-	c.store.bus.applyLocal(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
+	c.store.bus.apply(busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 	c.record(ctx, err)
 	if err != nil {
 		c.store.pending.add(pendingKeys(c.name, keys, rks))
@@ -220,7 +220,7 @@ func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd 
 		return nil
 	}
 	if !s.breaker.allow() {
-		s.bus.applyLocal(busMessage{Kind: busTags, Names: o.tags})
+		s.bus.apply(busMessage{Kind: busTags, Names: o.tags})
 		s.pending.add(pendingTags(o.tags))
 		return ErrUnavailable
 	}
@@ -234,7 +234,7 @@ func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd 
 		s.bus.publish(octx, p, busMessage{Kind: busTags, Names: o.tags})
 		return nil
 	})
-	s.bus.applyLocal(busMessage{Kind: busTags, Names: o.tags})
+	s.bus.apply(busMessage{Kind: busTags, Names: o.tags})
 	if ctx.Err() == nil {
 		s.breaker.record(err)
 	}
@@ -425,7 +425,7 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 		err = purge(ctx, c.store.rdb)
 	}
 	msg := busMessage{Kind: busCache, Cache: c.name}
-	c.store.bus.applyLocal(msg)
+	c.store.bus.apply(msg)
 	if perr := c.store.rdb.Publish(ctx, c.store.bus.channel, c.store.bus.encode(msg)).Err(); err == nil {
 		err = perr
 	}

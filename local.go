@@ -309,10 +309,8 @@ func (b *bus) subscribe(ctx context.Context, s *Store) *redis.PubSub {
 	return ps
 }
 
-// applyLocal handles an invalidation made by this Store, before the call
-// that made it returns.
-func (b *bus) applyLocal(m busMessage) { b.apply(m) }
-
+// apply handles one invalidation: one heard on the channel, or one this
+// Store made (before the call that made it returns: read-your-writes).
 func (b *bus) apply(m busMessage) {
 	if m.Kind == busTags {
 		for _, t := range m.Names {

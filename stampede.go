@@ -295,9 +295,7 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, rk, token string, load Loade
 	}
 	switch {
 	case err != nil && errors.Is(err, ErrNotFound) && c.profile.NegativeTTL > 0 && tokErr == nil:
-		b := encodeEnvelope(envelope{flags: flagNegative, typeID: c.typeID, createdMs: start.UnixMilli(),
-			freshMs: start.Add(c.profile.NegativeTTL).UnixMilli(), tags: recorded}, 0)
-		r.filled = c.casFill(ctx, rk, token, b, c.profile.NegativeTTL)
+		r.filled = c.casFill(ctx, rk, token, c.negativeEntry(start, recorded), c.profile.NegativeTTL)
 		return r
 	case err != nil || tokErr != nil:
 		if !c.hooks.keepLease() {
@@ -486,21 +484,32 @@ func (c *Cache[T]) loadAlone(ctx context.Context, load Loader[T]) (T, error) {
 
 // timedLoad calls load under the profile's LoadTimeout and counts it.
 func (c *Cache[T]) timedLoad(ctx context.Context, load Loader[T]) (T, error) {
+	return timed(ctx, c, load)
+}
+
+// timed runs one loader call — single or batch — under the profile's
+// LoadTimeout, recovering panics, and counts it. ErrNotFound is an answer,
+// not a failure.
+func timed[T, V any](ctx context.Context, c *Cache[T], load Loader[V]) (V, error) {
 	lctx, cancel := context.WithTimeout(ctx, c.profile.LoadTimeout)
 	defer cancel()
 	start := time.Now()
 	v, err := safeLoad(lctx, load)
 	c.stats.observeLoad(time.Since(start))
-	switch {
-	case err == nil:
+	if err == nil || errors.Is(err, ErrNotFound) {
 		c.stats.loads.Add(1)
-	case errors.Is(err, ErrNotFound):
-		c.stats.loads.Add(1) // an answer, not a failure
-	default:
+	} else {
 		c.stats.loadErrors.Add(1)
 		c.store.emit(Event{Kind: EventLoadError, Cache: c.name, Err: err})
 	}
 	return v, err
+}
+
+// negativeEntry is the stored form of "the source has no such row", fresh
+// for the profile's NegativeTTL.
+func (c *Cache[T]) negativeEntry(start time.Time, tags []tagToken) []byte {
+	return encodeEnvelope(envelope{flags: flagNegative, typeID: c.typeID, createdMs: start.UnixMilli(),
+		freshMs: start.Add(c.profile.NegativeTTL).UnixMilli(), tags: tags}, 0)
 }
 
 // safeLoad calls load, turning a panic into ErrLoaderPanic and a loader that
