@@ -80,7 +80,9 @@ func (b *breaker) allow() bool {
 // record reports the outcome of a call that allow let through.
 func (b *breaker) record(err error) {
 	if !isOutage(err) {
-		b.failures.Store(0)
+		if b.failures.Load() != 0 { // a read first: every hit passes here, a store would bounce the cache line between cores
+			b.failures.Store(0)
+		}
 		if b.State() != BreakerClosed && b.transition(BreakerHalfOpen, BreakerClosed) {
 			b.probing.Store(false)
 		}
