@@ -3,10 +3,7 @@ package aside
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,8 +14,8 @@ import (
 type BreakerState int32
 
 // The breaker's states. While Open, reads go straight to the loader and
-// nothing is written; after the cooldown one probe runs (HalfOpen) and its
-// outcome closes or reopens the breaker.
+// nothing is written; once the cooldown has passed the Store sends one probe
+// of its own (HalfOpen), whose outcome closes or reopens the breaker.
 const (
 	BreakerClosed BreakerState = iota
 	BreakerOpen
@@ -38,8 +35,18 @@ func (s BreakerState) String() string {
 	return "unknown"
 }
 
-// breaker counts consecutive Redis failures. It is lock-free: allow is on
+// breaker counts consecutive Redis outages. It is lock-free: allow is on
 // every request's path.
+//
+//	closed    --threshold consecutive outages-->            open
+//	open      --cooldown passed, first allow starts probe--> half-open
+//	half-open --probe answered--> closed   --probe failed--> open
+//	half-open --probe cut short--> open, due at once
+//
+// The probe is a PING on a context of the Store's, sent by the first caller
+// after the cooldown: no caller's cancellation can cut it short, so the
+// breaker closes within cooldown + op timeout of Redis being healthy (given
+// one call), whatever callers do with their contexts.
 type breaker struct {
 	threshold int32
 	cooldown  time.Duration
@@ -48,8 +55,7 @@ type breaker struct {
 
 	state    atomic.Int32
 	failures atomic.Int32
-	openedAt atomic.Int64 // UnixNano
-	probing  atomic.Bool
+	openedAt atomic.Int64 // UnixNano; a probe is due once cooldown has passed
 }
 
 func newBreaker(threshold int, cooldown time.Duration, onChange func(BreakerState)) *breaker {
@@ -58,47 +64,55 @@ func newBreaker(threshold int, cooldown time.Duration, onChange func(BreakerStat
 
 func (b *breaker) State() BreakerState { return BreakerState(b.state.Load()) }
 
-// allow reports whether a Redis call may be made now. When the cooldown of
-// an open breaker has passed, exactly one caller is let through as a probe.
-func (b *breaker) allow() bool {
+// allow reports whether a Redis call may be made now, and whether the
+// caller must start the probe (exactly one caller is told so per cooldown).
+func (b *breaker) allow() (use, probe bool) {
 	switch BreakerState(b.state.Load()) {
 	case BreakerClosed:
-		return true
+		return true, false
 	case BreakerOpen:
-		if b.now().UnixNano()-b.openedAt.Load() < int64(b.cooldown) {
-			return false
-		}
-		if !b.probing.CompareAndSwap(false, true) {
-			return false
-		}
-		b.transition(BreakerOpen, BreakerHalfOpen)
-		return true
+		due := b.now().UnixNano()-b.openedAt.Load() >= int64(b.cooldown)
+		return false, due && b.transition(BreakerOpen, BreakerHalfOpen)
 	}
-	return false // half-open: a probe is in flight
+	return false, false // half-open: the probe is in flight
 }
 
-// record reports the outcome of a call that allow let through.
-func (b *breaker) record(err error) {
-	if !isOutage(err) {
-		if b.failures.Load() != 0 { // a read first: every hit passes here, a store would bounce the cache line between cores
-			b.failures.Store(0)
-		}
-		if b.State() != BreakerClosed && b.transition(BreakerHalfOpen, BreakerClosed) {
-			b.probing.Store(false)
-		}
-		return
+// success records a call that Redis answered (a value, a miss, or an error
+// reply about that one command).
+func (b *breaker) success() {
+	if b.failures.Load() != 0 { // a read first: every hit passes here, a store would bounce the cache line between cores
+		b.failures.Store(0)
 	}
-	if b.State() == BreakerHalfOpen {
-		b.openedAt.Store(b.now().UnixNano())
-		b.transition(BreakerHalfOpen, BreakerOpen)
-		b.probing.Store(false)
-		return
-	}
+}
+
+// failure records an outage; the threshold-th in a row opens the breaker.
+func (b *breaker) failure() {
 	if b.failures.Add(1) >= b.threshold {
-		b.openedAt.Store(b.now().UnixNano())
-		if b.transition(BreakerClosed, BreakerOpen) {
-			b.failures.Store(0)
-		}
+		b.open(BreakerClosed)
+	}
+}
+
+// probed records the probe's answer.
+func (b *breaker) probed(ok bool) {
+	if !ok {
+		b.open(BreakerHalfOpen)
+		return
+	}
+	b.failures.Store(0)
+	b.transition(BreakerHalfOpen, BreakerClosed)
+}
+
+// probeAbandoned gives the probe slot back without a verdict: the next
+// caller starts a probe at once.
+func (b *breaker) probeAbandoned() {
+	b.openedAt.Store(b.now().Add(-b.cooldown).UnixNano())
+	b.transition(BreakerHalfOpen, BreakerOpen)
+}
+
+func (b *breaker) open(from BreakerState) {
+	b.openedAt.Store(b.now().UnixNano())
+	if b.transition(from, BreakerOpen) {
+		b.failures.Store(0)
 	}
 }
 
@@ -110,6 +124,107 @@ func (b *breaker) transition(from, to BreakerState) bool {
 		b.onChange(to)
 	}
 	return true
+}
+
+// errOpTimeout is the cause of an op context (see [Store.opContext]) whose
+// own deadline passed: Redis took longer than the op timeout.
+var errOpTimeout = errors.New("aside: redis op timeout")
+
+// opContext derives the context of one Redis call: the caller's values and
+// cancellation, plus the Store's op timeout, recorded as the cause when it
+// is what ends the call.
+func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, s.opTimeout, errOpTimeout)
+}
+
+// detachedOpContext is opContext for calls whose result must be known
+// whatever the caller does: calls that create state in Redis (a lease), or
+// that the Store makes for itself (the probe, the replay).
+func (s *Store) detachedOpContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return s.opContext(context.WithoutCancel(ctx))
+}
+
+// usable reports whether this call may use Redis: the breaker lets it, and
+// no failed invalidation waits to be replayed (or this call replayed them).
+func (s *Store) usable(ctx context.Context) bool {
+	return s.redisUp(ctx) && (s.pending.n.Load() == 0 || s.replayPending(ctx))
+}
+
+// redisUp reports whether the breaker lets a call through now. The caller
+// that finds a probe due sends it — on a context of the Store's, which its
+// own cancellation cannot cut short — and uses Redis if it answered.
+func (s *Store) redisUp(ctx context.Context) bool {
+	use, probe := s.breaker.allow()
+	if probe {
+		s.probe(ctx)
+		use = s.breaker.State() == BreakerClosed
+	}
+	return use
+}
+
+// probe sends the breaker's PING and records its answer. ctx is not used
+// for the call, only by the broken variant the tests switch on.
+func (s *Store) probe(ctx context.Context) {
+	pctx := context.Background()
+	if s.hooks.callerProbe() {
+		pctx = ctx
+	}
+	octx, cancel := s.opContext(pctx)
+	defer cancel()
+	err := s.rdb.Ping(octx).Err()
+	switch {
+	case cutShort(octx, err):
+		if !s.hooks.callerProbe() { // the broken variant keeps the slot: stuck half-open
+			s.breaker.probeAbandoned()
+		}
+	case isOutage(err):
+		s.breaker.probed(false)
+	default:
+		s.breaker.probed(true)
+	}
+}
+
+// record is the one place where the outcome of a Redis call is recorded: in
+// the breaker, and — for a failure — in st's counters when st is not nil,
+// and as an event. The
+// call's own result decides. A call that its caller cut short (octx ended
+// for a cause other than the op timeout) says nothing about Redis and is not
+// recorded.
+func (s *Store) record(octx context.Context, err error, st *counters, cache string) {
+	switch {
+	case err == nil || errors.Is(err, redis.Nil):
+		s.breaker.success()
+		return
+	case cutShort(octx, err):
+		return
+	case isOutage(err):
+		s.breaker.failure()
+	default: // an error reply about this command (OOM, NOPERM): the server answers
+		s.breaker.success()
+	}
+	if st != nil {
+		st.redisErrors.Add(1)
+		if isTimeout(err) {
+			st.redisTimeouts.Add(1)
+		}
+	}
+	s.emit(Event{Kind: EventRedisError, Cache: cache, Err: err})
+}
+
+// cutShort reports whether a failed call was ended by its caller's context
+// rather than by Redis or the op timeout.
+func cutShort(octx context.Context, err error) bool {
+	if err == nil {
+		return false
+	}
+	if octx.Err() == nil && isTimeout(err) {
+		// go-redis sets the socket deadline from the context: the socket can
+		// time out a moment before the context's own timer marks it done.
+		if dl, ok := octx.Deadline(); ok && time.Until(dl) < 2*time.Millisecond {
+			<-octx.Done()
+		}
+	}
+	return octx.Err() != nil && !errors.Is(context.Cause(octx), errOpTimeout)
 }
 
 // isTimeout reports whether err is a deadline: the op timeout, or a socket
@@ -129,9 +244,8 @@ func isOutage(err error) bool {
 	}
 	var reply redis.Error
 	if errors.As(err, &reply) {
-		msg := reply.Error()
-		for _, p := range []string{"LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"} {
-			if strings.HasPrefix(msg, p) {
+		for _, p := range []string{"LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY"} {
+			if redis.HasErrorPrefix(err, p) {
 				return true
 			}
 		}
@@ -140,113 +254,95 @@ func isOutage(err error) bool {
 	return true
 }
 
-// pendingOp is an invalidation that could not reach Redis: a key to delete
-// or a tag whose token to replace.
-type pendingOp struct {
-	tag   bool
-	name  string // the Redis key, or the tag
-	cache string // for a key: its cache and user key, to tell the other Stores' L1
-	key   string
-}
-
-func pendingKeys(cache string, keys, rks []string) []pendingOp {
-	ops := make([]pendingOp, len(rks))
-	for i, rk := range rks {
-		ops[i] = pendingOp{name: rk, cache: cache, key: keys[i]}
-	}
-	return ops
-}
-
-func pendingTags(tags []string) []pendingOp {
-	ops := make([]pendingOp, len(tags))
-	for i, t := range tags {
-		ops[i] = pendingOp{tag: true, name: t}
-	}
-	return ops
-}
-
-// maxPending bounds the replay queue. Past it the Store can no longer
-// vouch for what Redis holds, and it stops reading from Redis (every read
-// goes to its loader) until the process restarts — a safe, loud fallback.
-const maxPending = 100_000
-
-// replayQueue holds the invalidations that failed, to be replayed before the
-// Store reads from Redis again.
-type replayQueue struct {
-	mu        sync.Mutex
-	ops       []pendingOp
-	overflow  bool
-	n         atomic.Int64 // len(ops), or -1 after an overflow: read on every Get
-	replaying atomic.Bool
-}
-
-func (q *replayQueue) add(ops []pendingOp) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.overflow {
+// loadDegraded serves calls while Redis cannot be used: from the loader,
+// writing nothing. A lone key shares its load with the other callers of
+// this process, forward only (see forwardLoad); a batch makes one loader
+// call of its own, which starts after each of its callers arrived.
+func (c *Cache[T]) loadDegraded(ctx context.Context, calls []*call[T], src source[T]) {
+	if len(calls) == 1 && src.one != nil {
+		v, err := c.forwardLoad(ctx, calls[0].rk, src.one)
+		calls[0].finish(v, err)
 		return
 	}
-	if len(q.ops)+len(ops) > maxPending {
-		q.overflow, q.ops = true, nil
-		q.n.Store(-1)
-		return
+	keys := make([]string, len(calls))
+	for i, cl := range calls {
+		keys[i] = cl.key
 	}
-	q.ops = append(q.ops, ops...)
-	q.n.Store(int64(len(q.ops)))
+	for i, o := range c.loadFrom(context.WithoutCancel(ctx), src, keys) {
+		calls[i].finish(o.v, o.err)
+	}
 }
 
-// Pending reports how many failed invalidations wait to be replayed, and
-// whether the queue overflowed (the Store then no longer reads from Redis).
-func (s *Store) Pending() (n int, overflowed bool) {
-	v := s.pending.n.Load()
-	return int(max(v, 0)), v < 0
+// degradedKey is the degraded loads of one key: the one running, and the
+// one queued behind it, which callers that arrive meanwhile join.
+type degradedKey[T any] struct {
+	running, queued *degradedLoad[T]
 }
 
-// drained reports whether Redis may be read: nothing waits to be replayed,
-// or this call replayed it. One caller replays at a time; the others are
-// served by their loaders meanwhile.
-func (s *Store) drained(ctx context.Context) bool {
-	n := s.pending.n.Load()
-	if n == 0 {
-		return true
+type degradedLoad[T any] struct {
+	load Loader[T]
+	done chan struct{}
+	v    T // written before done is closed
+	err  error
+}
+
+// forwardLoad shares degraded loads of a key, forward only: a caller joins
+// a load that has not started yet — the one queued behind the running load
+// — never one already running, which may have read the source before
+// another process's invalidation. So at most two loads of a key run or
+// wait per process, and none that a caller gets began before it arrived.
+func (c *Cache[T]) forwardLoad(ctx context.Context, rk string, load Loader[T]) (T, error) {
+	if c.hooks.degradedBackward() { // the broken variant: join whatever runs
+		ch := c.hooks.flights.DoChan(rk, func() (any, error) { return timed(context.WithoutCancel(ctx), c, load) })
+		r := <-ch
+		v, _ := r.Val.(T)
+		return v, r.Err
 	}
-	if n < 0 || !s.pending.replaying.CompareAndSwap(false, true) {
-		return false
+	c.mu.Lock()
+	k := c.degraded[rk]
+	if k == nil {
+		k = &degradedKey[T]{}
+		c.degraded[rk] = k
 	}
-	defer s.pending.replaying.Store(false)
-	s.pending.mu.Lock()
-	ops := append([]pendingOp(nil), s.pending.ops...)
-	s.pending.mu.Unlock()
-	octx, cancel := s.opContext(context.WithoutCancel(ctx))
-	defer cancel()
-	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
-		var tags []string
-		keys := map[string][]string{} // by cache
-		for _, op := range ops {
-			if op.tag {
-				p.Set(octx, tagKey(s.prefix, op.name), newTagToken(), 0)
-				tags = append(tags, op.name)
-			} else {
-				p.Del(octx, op.name)
-				keys[op.cache] = append(keys[op.cache], op.key)
-			}
-		}
-		if len(tags) > 0 {
-			s.bus.publish(octx, p, busMessage{Kind: busTags, Names: tags})
-		}
-		for cache, names := range keys {
-			s.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: cache, Names: names})
-		}
-		return nil
-	})
-	s.breaker.record(err)
-	if err != nil {
-		return false
+	var l *degradedLoad[T]
+	switch {
+	case k.running == nil:
+		l = &degradedLoad[T]{load: load, done: make(chan struct{})}
+		k.running = l
+		c.runDegraded(ctx, rk, k, l)
+	case k.queued == nil:
+		l = &degradedLoad[T]{load: load, done: make(chan struct{})}
+		k.queued = l
+	default:
+		l = k.queued
 	}
-	s.pending.mu.Lock()
-	s.pending.ops = s.pending.ops[len(ops):] // what was added meanwhile stays
-	s.pending.n.Store(int64(len(s.pending.ops)))
-	s.pending.mu.Unlock()
-	s.log(slog.LevelInfo, "aside: replayed invalidations that failed while Redis was unreachable", "count", len(ops))
-	return s.pending.n.Load() == 0
+	c.mu.Unlock()
+	select {
+	case <-l.done:
+		return l.v, l.err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
+}
+
+// runDegraded starts l, and when it ends the load queued behind it. Called
+// with c.mu held.
+func (c *Cache[T]) runDegraded(ctx context.Context, rk string, k *degradedKey[T], l *degradedLoad[T]) {
+	ctx = context.WithoutCancel(ctx)
+	run := func() {
+		l.v, l.err = timed(ctx, c, l.load)
+		c.mu.Lock()
+		k.running, k.queued = k.queued, nil
+		if k.running != nil {
+			c.runDegraded(ctx, rk, k, k.running)
+		} else {
+			delete(c.degraded, rk)
+		}
+		c.mu.Unlock()
+		close(l.done)
+	}
+	if !c.store.goTracked(run) {
+		go run() // closed Store: the callers still get their values
+	}
 }

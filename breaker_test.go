@@ -19,39 +19,46 @@ func TestBreakerTransitions(t *testing.T) {
 	var changes []BreakerState
 	b := newBreaker(3, time.Second, func(s BreakerState) { changes = append(changes, s) })
 	b.now = func() time.Time { return now }
-	down := errors.New("dial tcp: connection refused")
+	allow := func() (bool, bool) { return b.allow() }
 
 	for range 2 {
-		b.record(down)
+		b.failure()
 	}
-	b.record(nil) // a success resets the count
+	b.success() // a success resets the count
 	for range 2 {
-		b.record(down)
+		b.failure()
 	}
 	if b.State() != BreakerClosed {
 		t.Fatalf("state after 2 consecutive failures = %v, want closed", b.State())
 	}
-	b.record(down)
-	if b.State() != BreakerOpen || b.allow() {
-		t.Fatalf("after 3 failures: state %v, allow %v; want open, false", b.State(), b.allow())
+	b.failure()
+	if use, probe := allow(); b.State() != BreakerOpen || use || probe {
+		t.Fatalf("after 3 failures: state %v, use %v, probe %v; want open, false, false", b.State(), use, probe)
 	}
 	now = now.Add(time.Second)
-	if !b.allow() || b.allow() {
-		t.Fatal("after the cooldown exactly one probe must be allowed")
+	if use, probe := allow(); use || !probe {
+		t.Fatalf("after the cooldown: use %v, probe %v; want the caller to start the probe and not use Redis", use, probe)
 	}
-	b.record(down) // the probe fails: open again for a full cooldown
-	if b.State() != BreakerOpen || b.allow() {
+	if use, probe := allow(); use || probe {
+		t.Fatal("a second probe while the first is in flight")
+	}
+	b.probeAbandoned() // the probe was cut short: due again at once
+	if _, probe := allow(); !probe {
+		t.Fatal("an abandoned probe must give its slot back at once")
+	}
+	b.probed(false) // the probe fails: open again for a full cooldown
+	if _, probe := allow(); b.State() != BreakerOpen || probe {
 		t.Fatalf("after a failed probe: %v", b.State())
 	}
 	now = now.Add(time.Second)
-	if !b.allow() {
+	if _, probe := allow(); !probe {
 		t.Fatal("no second probe")
 	}
-	b.record(nil)
-	if b.State() != BreakerClosed || !b.allow() {
+	b.probed(true)
+	if use, _ := allow(); b.State() != BreakerClosed || !use {
 		t.Fatalf("after a good probe: %v", b.State())
 	}
-	want := []BreakerState{BreakerOpen, BreakerHalfOpen, BreakerOpen, BreakerHalfOpen, BreakerClosed}
+	want := []BreakerState{BreakerOpen, BreakerHalfOpen, BreakerOpen, BreakerHalfOpen, BreakerOpen, BreakerHalfOpen, BreakerClosed}
 	if len(changes) != len(want) {
 		t.Fatalf("transitions = %v, want %v", changes, want)
 	}
@@ -59,6 +66,28 @@ func TestBreakerTransitions(t *testing.T) {
 		if changes[i] != want[i] {
 			t.Fatalf("transitions = %v, want %v", changes, want)
 		}
+	}
+}
+
+func TestCutShort(t *testing.T) {
+	s := &Store{opTimeout: 50 * time.Millisecond}
+	caller, cancel := context.WithCancel(context.Background())
+	octx, ocancel := s.opContext(caller)
+	defer ocancel()
+	cancel()
+	if !cutShort(octx, context.Canceled) {
+		t.Error("a call whose caller cancelled is not cut short")
+	}
+	octx2, ocancel2 := s.opContext(context.Background())
+	defer ocancel2()
+	<-octx2.Done()
+	if cutShort(octx2, context.DeadlineExceeded) {
+		t.Error("a call ended by the op timeout counts as cut short: an outage would never open the breaker")
+	}
+	octx3, ocancel3 := s.opContext(context.Background())
+	defer ocancel3()
+	if cutShort(octx3, errors.New("connection refused")) || cutShort(octx3, nil) {
+		t.Error("a failure of Redis itself counts as cut short")
 	}
 }
 

@@ -42,12 +42,10 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/singleflight"
 )
 
 // Sentinel errors. Match them with errors.Is.
@@ -83,36 +81,12 @@ type Cache[T any] struct {
 	hooks   *testHooks // nil outside tests
 	l1      *local[T]  // nil unless WithL1
 
-	mu         sync.Mutex
-	leases     map[string]*flight[T] // fill attempts of this process, by lease token
-	polls      map[string]*poller    // shared pollers of keys leased elsewhere, by entry key
-	refreshing sync.Map              // entry keys with a background refresh running here
-	keyFlights singleflight.Group    // degraded mode only: one load per key while Redis is away
+	mu         sync.Mutex                 // protects leases, polls, degraded and the pollers' rounds
+	leases     map[string]*flight[T]      // fill attempts of this process, by lease token
+	polls      map[string]*poller         // shared pollers of keys leased elsewhere, by entry key
+	degraded   map[string]*degradedKey[T] // loads while Redis cannot be used, by entry key
+	refreshing sync.Map                   // entry keys with a background refresh running here
 }
-
-// Option configures a [Cache].
-type Option func(*cacheOptions)
-
-type cacheOptions struct {
-	version   int
-	profile   string
-	codec     Codec
-	l1Entries int
-	l1TTL     time.Duration
-}
-
-// WithVersion sets the schema version embedded in every key. Bump it when T
-// changes shape: old entries become unreachable at once and expire.
-// Default: 1.
-func WithVersion(v int) Option { return func(o *cacheOptions) { o.version = v } }
-
-// WithProfile selects the TTL profile by name: a built-in ([Default],
-// [Transactional], [Analytical], [Master]) or one registered with
-// [WithProfiles]. Default: [Default].
-func WithProfile(name string) Option { return func(o *cacheOptions) { o.profile = name } }
-
-// WithCodec replaces the msgpack payload codec. Default: msgpack.
-func WithCodec(c Codec) Option { return func(o *cacheOptions) { o.codec = c } }
 
 // New returns the cache for one namespace of store. name must be 1–64
 // letters, digits, '_', '-' or '.'.
@@ -149,17 +123,19 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		}
 	}
 	c := &Cache[T]{
-		store:   store,
-		name:    name,
-		profile: p,
-		keys:    newKeyspace(store.prefix, name, o.version),
-		codec:   o.codec,
-		typeID:  typeFingerprint[T](),
-		leases:  map[string]*flight[T]{},
-		polls:   map[string]*poller{},
+		store:    store,
+		name:     name,
+		profile:  p,
+		keys:     newKeyspace(store.prefix, name, o.version),
+		codec:    o.codec,
+		typeID:   typeFingerprint[T](),
+		hooks:    store.hooks,
+		leases:   map[string]*flight[T]{},
+		polls:    map[string]*poller{},
+		degraded: map[string]*degradedKey[T]{},
 	}
 	if o.l1Entries > 0 {
-		c.l1 = newLocal[T](o.l1Entries, o.l1TTL, store.bus)
+		c.l1 = newLocal[T](o.l1Entries, o.l1TTL, store.bus, store.hooks, store.now)
 		store.bus.register(store, name, c.l1)
 	}
 	return c, nil
@@ -205,56 +181,39 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T], opts ...
 	if err != nil {
 		return zero, err
 	}
-	if c.l1 == nil {
-		return c.get(ctx, &call[T]{rk: c.keys.entry(key), load: load, tags: o.tags})
+	if c.l1 != nil {
+		if v, ok := c.l1.get(key); ok {
+			c.stats.l1Hits.Add(1)
+			return v, nil
+		}
 	}
-	if v, ok := c.l1.get(key); ok {
-		c.stats.l1Hits.Add(1)
-		return v, nil
-	}
-	note := c.l1.note(key, o.tags) // before the Redis read: the fill rule
-	cl := &call[T]{rk: c.keys.entry(key), load: load, tags: o.tags}
-	v, err := c.get(ctx, cl)
-	if err == nil && cl.l1OK {
-		c.l1.set(key, v, note, cl.freshUntil)
-	}
-	return v, err
+	cl := &call[T]{key: key, rk: c.keys.entry(key), tags: o.tags}
+	c.getOne(ctx, cl, load)
+	return cl.v, cl.err
 }
 
-// get is Get below the L1 tier.
-func (c *Cache[T]) get(ctx context.Context, cl *call[T]) (T, error) {
-	var zero T
-	load := cl.load
-	if c.hooks.naive() {
-		return c.naiveGet(ctx, cl)
+// getOne resolves one call below the L1 tier and fills L1 with its answer.
+func (c *Cache[T]) getOne(ctx context.Context, cl *call[T], load Loader[T]) {
+	if c.l1 != nil {
+		cl.note = c.l1.note(cl.key) // before the Redis read: the fill rule
 	}
-	for {
-		if !c.store.breaker.allow() || !c.store.drained(ctx) {
-			c.stats.skipped.Add(1)
-			return c.loadDegraded(ctx, cl.rk, load)
-		}
-		b, err := c.read(ctx, cl)
-		switch {
-		case err != nil && ctx.Err() != nil:
-			return zero, ctx.Err()
-		case err != nil:
-			return c.loadDegraded(ctx, cl.rk, load)
-		case b != nil:
-			if v, err, ok := c.serve(ctx, cl, b); ok {
-				return v, err
-			}
-		}
-		if cl.deadline.IsZero() {
-			cl.deadline = time.Now().Add(c.profile.waitBudget())
-		}
-		if v, err, done := c.miss(ctx, cl, b, b != nil); done {
-			return v, err
-		}
-		if time.Now().After(cl.deadline) {
-			c.stats.waitTimeouts.Add(1)
-			return c.loadAlone(ctx, load)
+	c.resolve(ctx, cl.alone(), source[T]{one: load})
+	c.fillL1(cl)
+}
+
+// fillL1 keeps a call's answer in L1 when it may: see [call].
+func (c *Cache[T]) fillL1(cl *call[T]) {
+	if c.l1 == nil || cl.err != nil || !cl.l1OK {
+		return
+	}
+	tags := cl.entryTags
+	if c.hooks.callTagsOnly() { // the broken variant: guarded by the call's tags only
+		tags = nil
+		for _, t := range cl.tags {
+			tags = append(tags, tagToken{name: t})
 		}
 	}
+	c.l1.set(cl.key, cl.v, cl.note, cl.freshUntil, tags)
 }
 
 // Set stores v under key now (write-through, for values just written to the
@@ -285,7 +244,8 @@ func (c *Cache[T]) set(ctx context.Context, key string, v T, o callOptions) erro
 	if err != nil {
 		return err
 	}
-	b, err := c.encode(v, c.store.now(), c.profile.TTL, 0, tokens)
+	fresh := c.profile.freshFor() // jittered like a fill
+	b, err := c.encode(v, c.store.now(), fresh, 0, tokens)
 	if err != nil {
 		return err
 	}
@@ -293,7 +253,21 @@ func (c *Cache[T]) set(ctx context.Context, key string, v T, o callOptions) erro
 		c.stats.oversize.Add(1)
 		return fmt.Errorf("aside: entry of %d bytes exceeds MaxEntryBytes %d", len(b), max)
 	}
-	return c.write(ctx, c.keys.entry(key), b, c.profile.TTL+c.profile.StaleWindow, key)
+	if !c.store.usable(ctx) {
+		return ErrUnavailable
+	}
+	rk := c.keys.entry(key)
+	octx, cancel := c.store.opContext(ctx)
+	defer cancel()
+	err = c.store.writeAndTell(octx, func(p redis.Pipeliner) {
+		setScript.Eval(octx, p, []string{rk}, b, (fresh + c.profile.StaleWindow).Milliseconds())
+	}, busMessage{Kind: busKeys, Cache: c.name, Names: []string{key}})
+	c.store.record(octx, err, &c.stats, c.name)
+	if err != nil {
+		return fmt.Errorf("aside: set: %w", err)
+	}
+	c.stats.bytesWritten.Add(uint64(len(b)))
+	return nil
 }
 
 // setScript replaces the entry and its TTL atomically and revokes any
@@ -305,151 +279,14 @@ redis.call('HSET', KEYS[1], 'v', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`)
 
-// read fetches the stored bytes of one entry: nil when absent. A key of
-// another Redis type reads as absent (the miss path deletes it); err is set
-// only when Redis failed. With tags, the tags' current tokens come in the
-// same round trip (one pipeline) and are kept in cl.snap.
-func (c *Cache[T]) read(ctx context.Context, cl *call[T]) ([]byte, error) {
+// writeEntry stores encoded bytes unconditionally, revoking any lease. Only
+// the broken variants of the tests write without a lease.
+func (c *Cache[T]) writeEntry(ctx context.Context, rk string, b []byte, ttl time.Duration) error {
 	octx, cancel := c.store.opContext(ctx)
-	var b []byte
-	var err error
-	if len(cl.tags) == 0 {
-		b, err = c.store.rdb.HGet(octx, cl.rk, fieldValue).Bytes()
-	} else {
-		b, err = c.readTagged(octx, cl)
-	}
-	cancel()
-	switch {
-	case errors.Is(err, redis.Nil):
-		c.store.breaker.record(nil)
-		c.stats.misses.Add(1)
-		return nil, nil
-	case err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE"):
-		c.store.breaker.record(nil)
-		c.decodeFailed(fmt.Errorf("%w: key holds another Redis type", errCorrupt))
-		return nil, nil
-	case err != nil:
-		c.record(ctx, err)
-		return nil, err
-	}
-	c.store.breaker.record(nil)
-	return b, nil
-}
-
-// readTagged reads the entry and the call's tag tokens in one pipeline.
-func (c *Cache[T]) readTagged(ctx context.Context, cl *call[T]) ([]byte, error) {
-	var entry *redis.StringCmd
-	rk, tags := cl.rk, cl.tags // the closure must not capture cl: it would move every call to the heap
-	gets := make([]*redis.StringCmd, len(tags))
-	_, _ = c.store.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		entry = p.HGet(ctx, rk, fieldValue)
-		for i, t := range tags {
-			gets[i] = p.Get(ctx, tagKey(c.store.prefix, t))
-		}
-		return nil
-	})
-	cl.snap = tagSnap{names: cl.tags, tokens: make([]string, len(cl.tags))}
-	for i, g := range gets {
-		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) {
-			return nil, err
-		}
-		cl.snap.tokens[i] = g.Val() // "" when the tag key is missing
-	}
-	return entry.Bytes()
-}
-
-// serve turns stored bytes into Get's answer. ok is false when they do not
-// decode, or their tags were invalidated (counted; the miss path replaces
-// them). A stale, soft-invalidated or soon-expiring entry is served as it is
-// while a background refresh reloads it.
-func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte) (v T, err error, ok bool) {
-	e, err := decodeEnvelope(b)
-	if err == nil && e.typeID != c.typeID {
-		err = fmt.Errorf("%w: written for another type", errCorrupt)
-	}
-	if err != nil {
-		c.decodeFailed(err)
-		return v, nil, false
-	}
-	tags := c.checkTags(ctx, &e, cl.snap)
-	if tags == tagsInvalid || tags == tagsSoftStale && e.negative() {
-		c.stats.tagMisses.Add(1)
-		return v, nil, false
-	}
-	if e.negative() {
-		c.stats.negativeHits.Add(1)
-		return v, ErrNotFound, true
-	}
-	if err := c.codec.Unmarshal(e.payload, &v); err != nil {
-		var zero T
-		c.decodeFailed(fmt.Errorf("aside: decode: %w", err))
-		return zero, nil, false
-	}
-	now, freshUntil := c.store.now(), time.UnixMilli(e.freshMs)
-	switch {
-	case e.stale() || tags == tagsSoftStale || !now.Before(freshUntil):
-		c.stats.staleServed.Add(1)
-		c.refreshInBackground(ctx, cl, b)
-	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
-		c.stats.hits.Add(1)
-		c.refreshInBackground(ctx, cl, b)
-	default:
-		c.stats.hits.Add(1)
-	}
-	if !e.stale() && tags == tagsFresh && now.Before(freshUntil) {
-		cl.l1OK, cl.freshUntil = true, freshUntil
-	}
-	return v, nil, true
-}
-
-func (c *Cache[T]) decodeFailed(err error) {
-	c.stats.decodeErrors.Add(1)
-	c.stats.misses.Add(1)
-	c.store.emit(Event{Kind: EventDecodeError, Cache: c.name, Err: err})
-}
-
-// record feeds the breaker and the counters with the outcome of one Redis
-// call. A call cut short by the caller's own cancellation says nothing about
-// Redis and is not recorded.
-func (c *Cache[T]) record(ctx context.Context, err error) {
-	if err != nil && ctx.Err() != nil {
-		return
-	}
-	c.store.breaker.record(err)
-	if err != nil {
-		c.stats.redisErrors.Add(1)
-		if isTimeout(err) {
-			c.stats.redisTimeouts.Add(1)
-		}
-		c.store.emit(Event{Kind: EventRedisError, Cache: c.name, Err: err})
-	}
-}
-
-// write stores encoded bytes unconditionally, revoking any lease; with
-// key set it also tells other Stores' L1 (Set), in the same round trip.
-func (c *Cache[T]) write(ctx context.Context, rk string, b []byte, ttl time.Duration, key ...string) error {
-	if !c.store.breaker.allow() || !c.store.drained(ctx) {
-		return ErrUnavailable
-	}
-	octx, cancel := c.store.opContext(ctx)
-	var err error
-	if len(key) == 0 {
-		err = setScript.Run(octx, c.store.rdb, []string{rk}, b, ttl.Milliseconds()).Err()
-	} else {
-		_, err = c.store.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
-			setScript.Eval(octx, p, []string{rk}, b, ttl.Milliseconds())
-			c.store.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: c.name, Names: key})
-			return nil
-		})
-		c.store.bus.apply(busMessage{Kind: busKeys, Cache: c.name, Names: key})
-	}
-	cancel()
-	c.record(ctx, err)
-	if err != nil {
-		return fmt.Errorf("aside: write: %w", err)
-	}
-	c.stats.bytesWritten.Add(uint64(len(b)))
-	return nil
+	defer cancel()
+	err := setScript.Run(octx, c.store.rdb, []string{rk}, b, ttl.Milliseconds()).Err()
+	c.store.record(octx, err, &c.stats, c.name)
+	return err
 }
 
 func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration, tags []tagToken) ([]byte, error) {

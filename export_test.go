@@ -10,20 +10,23 @@ import (
 // TestHooks is testHooks, exported to the tests.
 type TestHooks = testHooks
 
-// SetTestHooks installs hooks on c; call it before c is used.
+// SetTestHooks installs hooks on c (its protocol and its L1); call it before
+// c is used.
 func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
 	h.flights = new(singleflight.Group)
 	c.hooks = h
+	if c.l1 != nil {
+		c.l1.hooks = h
+	}
 }
 
-// UseCounterTokens switches s to the broken variant of tag tokens:
-// counters, which a tag key's eviction can make valid again.
-func UseCounterTokens(s *Store) { s.counterTokens = true }
-
-// SetL1Hooks installs L1 test hooks on c: beforeFill runs between the Redis
-// read and the L1 fill; unchecked fills without the generation check.
-func SetL1Hooks[T any](c *Cache[T], beforeFill func(key string), unchecked bool) {
-	c.l1.beforeFill, c.l1.unchecked = beforeFill, unchecked
+// SetStoreHooks installs the Store-wide hooks on s (breaker, bus, tag
+// tokens) and on the caches created from s afterwards; call it right after
+// NewStore.
+func SetStoreHooks(s *Store, h *TestHooks) {
+	h.flights = new(singleflight.Group)
+	s.hooks = h
+	s.bus.hooks = h
 }
 
 // BusState reports whether s's subscription is up, its epoch, and how many
@@ -31,6 +34,9 @@ func SetL1Hooks[T any](c *Cache[T], beforeFill func(key string), unchecked bool)
 func BusState(s *Store) (up bool, epoch, received uint64) {
 	return s.bus.up.Load(), s.bus.epoch.Load(), s.bus.received.Load()
 }
+
+// BusResets reports how many times s doubted its invalidation stream.
+func BusResets(s *Store) uint64 { return s.bus.resets.Load() }
 
 // DropPending is the broken variant of the replay queue: it forgets the
 // invalidations that failed.

@@ -184,26 +184,26 @@ func TestMarkStaleServesOldWhileOneRefreshReloads(t *testing.T) {
 // stale window, so an entry not refreshed before it expires is a miss, or
 // (inside the clock-skew margin) a stale read. It returns the loads and the
 // reads after the first fill that were not fresh hits.
-func xfetchRun(t *testing.T, beta float64, cycles int) (loads int32, missed uint64) {
+func xfetchRun(t *testing.T, p readPath, beta float64, cycles int) (loads int32, missed uint64) {
 	srv := miniredis.RunT(t)
 	b := &backend{addr: srv.Addr(), mini: srv}
 	prefix := uniquePrefix()
-	p := aside.Profile{Name: "hot", TTL: 10 * time.Second, LoadTimeout: time.Second, EarlyRefresh: beta}
+	prof := aside.Profile{Name: "hot", TTL: 10 * time.Second, LoadTimeout: time.Second, EarlyRefresh: beta}
 	clk := &clock{}
 	var caches []*aside.Cache[int]
 	for range 4 {
-		store, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(p), aside.WithClock(clk.now))
+		store, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(prof), aside.WithClock(clk.now))
 		c, _ := aside.New[int](store, "hot", aside.WithProfile("hot"))
 		caches = append(caches, c)
 	}
 	var n atomic.Int32
 	var freshUntil atomic.Int64
 	load := func(context.Context) (int, error) {
-		freshUntil.Store(clk.now().Add(p.TTL).UnixNano())
+		freshUntil.Store(clk.now().Add(prof.TTL).UnixNano())
 		time.Sleep(20 * time.Millisecond) // δ: the recorded load time
 		return int(n.Add(1)), nil
 	}
-	mustGet(t, caches[0], "hot", load)
+	mustGetVia(t, p, caches[0], "hot", load)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, c := range caches {
@@ -216,7 +216,7 @@ func xfetchRun(t *testing.T, beta float64, cycles int) (loads int32, missed uint
 					return
 				default:
 				}
-				if _, err := c.Get(bgCtx, "hot", load); err != nil {
+				if _, err := p.get(bgCtx, c, "hot", load); err != nil {
 					t.Error(err)
 					return
 				}
@@ -242,7 +242,7 @@ func xfetchRun(t *testing.T, beta float64, cycles int) (loads int32, missed uint
 		s := c.Stats()
 		missed += s.Misses + s.StaleServed
 	}
-	return n.Load(), missed - 1 // the first fill's miss
+	return n.Load(), missed - uint64(p.keys) // the first fill's misses
 }
 
 // TestT9XFetch: with early refresh, a hot key read by 4 processes is
@@ -250,14 +250,16 @@ func xfetchRun(t *testing.T, beta float64, cycles int) (loads int32, missed uint
 // (the broken variant) readers miss or get stale values at each expiry.
 func TestT9XFetch(t *testing.T) {
 	const cycles = 4
-	loads, missed := xfetchRun(t, 1, cycles)
-	t.Logf("XFetch β=1: %d loads over %d cycles, %d reads not fresh", loads, cycles, missed)
-	if loads != 1+cycles || missed != 0 {
-		t.Errorf("XFetch: %d loads and %d reads not fresh over %d cycles; want %d loads, 0", loads, missed, cycles, 1+cycles)
-	}
-	loads, missed = xfetchRun(t, 0, cycles)
-	t.Logf("no early refresh: %d loads over %d cycles, %d reads not fresh", loads, cycles, missed)
-	if missed == 0 {
-		t.Error("without early refresh every read was fresh: the test cannot fail")
-	}
+	forEachPath(t, func(t *testing.T, p readPath) {
+		loads, missed := xfetchRun(t, p, 1, cycles)
+		t.Logf("XFetch β=1: %d loads over %d cycles, %d reads not fresh", loads, cycles, missed)
+		if want := 1 + int32(p.keys*cycles); loads != want || missed != 0 { // one fill, then one refresh per key and cycle
+			t.Errorf("XFetch: %d loads and %d reads not fresh over %d cycles; want %d loads, 0", loads, missed, cycles, want)
+		}
+		loads, missed = xfetchRun(t, p, 0, cycles)
+		t.Logf("no early refresh: %d loads over %d cycles, %d reads not fresh", loads, cycles, missed)
+		if missed == 0 {
+			t.Error("without early refresh every read was fresh: the test cannot fail")
+		}
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -40,6 +41,12 @@ func (quietLogger) Printf(context.Context, string, ...any) {}
 
 func TestMain(m *testing.M) {
 	redis.SetLogger(quietLogger{})
+	flag.Parse()
+	if fuzzing() {
+		// Fuzz targets need no server, and every fuzz worker runs TestMain:
+		// servers started here would outlive the workers the fuzzer kills.
+		os.Exit(m.Run())
+	}
 	var srv *redisProc
 	realAddr = os.Getenv("ASIDE_REDIS_ADDR")
 	if realAddr == "" {
@@ -87,6 +94,13 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// fuzzing reports whether this test binary is fuzzing, as coordinator or
+// worker.
+func fuzzing() bool {
+	f, w := flag.Lookup("test.fuzz"), flag.Lookup("test.fuzzworker")
+	return f != nil && f.Value.String() != "" || w != nil && w.Value.String() == "true"
 }
 
 // requireReal skips a test that needs a real Redis — or fails it under CI,

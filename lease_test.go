@@ -147,38 +147,38 @@ func (it *interleaving) commit(t *testing.T, version int32) {
 
 // runT1: A holds the lease and has loaded v1; the source becomes v2 and
 // Invalidate returns; A fills. Returns what the next Get sees.
-func runT1(t *testing.T, b *backend, broken aside.TestHooks) int {
+func runT1(t *testing.T, b *backend, p readPath, broken aside.TestHooks) int {
 	store, _ := b.newStore(t)
 	it := newInterleaving(t, store, broken)
 	a := make(chan int, 1)
-	go func() { v, _ := it.c.Get(bgCtx, "k", it.load); a <- v }()
+	go func() { v, _ := p.get(bgCtx, it.c, "k", it.load); a <- v }()
 	recv(t, it.loaded, "A's load")
 	it.commit(t, 2)
 	close(it.proceed)
 	recv(t, a, "A")
-	return mustGet(t, it.c, "k", it.load)
+	return mustGetVia(t, p, it.c, "k", it.load)
 }
 
 // runT2: as T1, but after the invalidation B in the same process leases and
 // loads v2 before A fills. Returns the final value.
-func runT2(t *testing.T, b *backend, broken aside.TestHooks) int {
+func runT2(t *testing.T, b *backend, p readPath, broken aside.TestHooks) int {
 	store, _ := b.newStore(t)
 	it := newInterleaving(t, store, broken)
 	a := make(chan int, 1)
-	go func() { v, _ := it.c.Get(bgCtx, "k", it.load); a <- v }()
+	go func() { v, _ := p.get(bgCtx, it.c, "k", it.load); a <- v }()
 	recv(t, it.loaded, "A's load")
 	it.commit(t, 2)
-	if got := mustGet(t, it.c, "k", it.load); got != 2 {
+	if got := mustGetVia(t, p, it.c, "k", it.load); got != 2 {
 		t.Fatalf("B = %d, want 2", got)
 	}
 	close(it.proceed)
 	recv(t, a, "A")
-	return mustGet(t, it.c, "k", it.load)
+	return mustGetVia(t, p, it.c, "k", it.load)
 }
 
 // runT3: A's load (v1) is in flight; Invalidate returns; C in the same
 // process calls Get. Returns what C gets.
-func runT3(t *testing.T, b *backend, broken aside.TestHooks) int {
+func runT3(t *testing.T, b *backend, p readPath, broken aside.TestHooks) int {
 	store, _ := b.newStore(t)
 	c := newCache[int](t, store)
 	h := broken
@@ -198,14 +198,14 @@ func runT3(t *testing.T, b *backend, broken aside.TestHooks) int {
 		return v, nil
 	}
 	a := make(chan int, 1)
-	go func() { v, _ := c.Get(bgCtx, "k", load); a <- v }()
+	go func() { v, _ := p.get(bgCtx, c, "k", load); a <- v }()
 	recv(t, inLoad, "A's load")
 	db.Store(2)
 	if err := c.Invalidate(bgCtx, "k"); err != nil {
 		t.Fatal(err)
 	}
 	cres := make(chan int, 1)
-	go func() { v, _ := c.Get(bgCtx, "k", load); cres <- v }()
+	go func() { v, _ := p.get(bgCtx, c, "k", load); cres <- v }()
 	select {
 	case v := <-cres: // C did not wait for A
 		close(release)
@@ -221,7 +221,7 @@ func runT3(t *testing.T, b *backend, broken aside.TestHooks) int {
 func TestInterleavingsT1T2T3(t *testing.T) {
 	cases := []struct {
 		name   string
-		run    func(*testing.T, *backend, aside.TestHooks) int
+		run    func(*testing.T, *backend, readPath, aside.TestHooks) int
 		broken aside.TestHooks
 	}{
 		{"T1 revoked fill is refused", runT1, aside.TestHooks{UnconditionalFill: true}},
@@ -231,12 +231,14 @@ func TestInterleavingsT1T2T3(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			forEachBackend(t, func(t *testing.T, b *backend) {
-				if got := tc.run(t, b, aside.TestHooks{}); got != 2 {
-					t.Errorf("with leases: got v%d, want v2", got)
-				}
-				if got := tc.run(t, b, tc.broken); got != 1 {
-					t.Errorf("broken variant: got v%d, want the stale v1 (the test must be able to fail)", got)
-				}
+				forEachPath(t, func(t *testing.T, p readPath) {
+					if got := tc.run(t, b, p, aside.TestHooks{}); got != 2 {
+						t.Errorf("with leases: got v%d, want v2", got)
+					}
+					if got := tc.run(t, b, p, tc.broken); got != 1 {
+						t.Errorf("broken variant: got v%d, want the stale v1 (the test must be able to fail)", got)
+					}
+				})
 			})
 		})
 	}
@@ -272,16 +274,18 @@ func TestT6FailedHolders(t *testing.T) {
 			}
 		})
 		t.Run("loader panics", func(t *testing.T) {
-			for _, broken := range []bool{false, true} {
-				waited, loads, timeouts := panickingHolder(t, b, broken)
-				t.Logf("broken=%v: B waited %v, %d loads, %d wait timeouts", broken, waited, loads, timeouts)
-				switch {
-				case !broken && (loads != 2 || timeouts != 0 || waited > 250*time.Millisecond):
-					t.Errorf("B waited %v with %d loads, %d timeouts; want the released lease taken over at once", waited, loads, timeouts)
-				case broken && timeouts != 1:
-					t.Errorf("broken variant (lease kept after the panic): %d wait timeouts, want 1 — the test must be able to fail", timeouts)
+			forEachPath(t, func(t *testing.T, p readPath) {
+				for _, broken := range []bool{false, true} {
+					waited, loads, timeouts := panickingHolder(t, b, p, broken)
+					t.Logf("broken=%v: B waited %v, %d loads, %d wait timeouts", broken, waited, loads, timeouts)
+					switch {
+					case !broken && (loads != 2 || timeouts != 0 || waited > 250*time.Millisecond):
+						t.Errorf("B waited %v with %d loads, %d timeouts; want the released lease taken over at once", waited, loads, timeouts)
+					case broken && timeouts != uint64(p.keys):
+						t.Errorf("broken variant (lease kept after the panic): %d wait timeouts, want %d — the test must be able to fail", timeouts, p.keys)
+					}
 				}
-			}
+			})
 		})
 		t.Run("holder dies without releasing", func(t *testing.T) {
 			prefix := uniquePrefix()
@@ -325,36 +329,46 @@ func TestT6FailedHolders(t *testing.T) {
 
 // panickingHolder: A's loader panics while B (another process) waits on A's
 // lease. With broken set, A keeps its lease after the failure.
-func panickingHolder(t *testing.T, b *backend, broken bool) (waited time.Duration, loads int32, timeouts uint64) {
+func panickingHolder(t *testing.T, b *backend, p readPath, broken bool) (waited time.Duration, loads int32, timeouts uint64) {
 	prefix := uniquePrefix()
-	p := aside.Profile{Name: "p", TTL: time.Minute, LoadTimeout: 300 * time.Millisecond}
-	sa, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(p))
-	sb, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(p))
-	ca, _ := aside.New[string](sa, "items", aside.WithProfile("p"))
-	cb, _ := aside.New[string](sb, "items", aside.WithProfile("p"))
+	prof := aside.Profile{Name: "p", TTL: time.Minute, LoadTimeout: 300 * time.Millisecond}
+	sa, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(prof))
+	sb, _ := b.newStore(t, aside.WithPrefix(prefix), aside.WithProfiles(prof))
+	ca, _ := aside.New[int](sa, "items", aside.WithProfile("p"))
+	cb, _ := aside.New[int](sb, "items", aside.WithProfile("p"))
 	aside.SetTestHooks(ca, &aside.TestHooks{KeepLeaseOnError: broken})
 	var n atomic.Int32
 	inA := make(chan struct{})
-	panicking := func(context.Context) (string, error) {
+	panicking := func(context.Context) (int, error) {
 		n.Add(1)
 		close(inA)
 		time.Sleep(20 * time.Millisecond)
 		panic("holder crashed")
 	}
 	a := make(chan error, 1)
-	go func() { _, err := ca.Get(bgCtx, "k", panicking); a <- err }()
+	go func() { _, err := p.get(bgCtx, ca, "k", panicking); a <- err }()
 	recv(t, inA, "A's load")
 	start := time.Now()
-	bres := make(chan string, 1)
+	bres := make(chan int, 1)
 	go func() {
-		v, _ := cb.Get(bgCtx, "k", func(context.Context) (string, error) { n.Add(1); return "v", nil })
+		v, _ := p.get(bgCtx, cb, "k", func(context.Context) (int, error) { n.Add(1); return 1, nil })
 		bres <- v
 	}()
 	if err := recv(t, a, "A"); !errors.Is(err, aside.ErrLoaderPanic) {
 		t.Fatalf("A = %v, want ErrLoaderPanic", err)
 	}
-	if v := recv(t, bres, "B"); v != "v" {
-		t.Fatalf("B = %q, want v", v)
+	if v := recv(t, bres, "B"); v != 1 {
+		t.Fatalf("B = %d, want 1", v)
 	}
 	return time.Since(start), n.Load(), cb.Stats().WaitTimeouts
+}
+
+// mustGetVia reads key through p and fails the test on an error.
+func mustGetVia(t *testing.T, p readPath, c *aside.Cache[int], key string, load aside.Loader[int]) int {
+	t.Helper()
+	v, err := p.get(bgCtx, c, key, load)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

@@ -146,7 +146,7 @@ func TestL1FlushedWhenSubscriptionDrops(t *testing.T) {
 // runT8: B reads the old value from Redis; before B fills its L1, A
 // invalidates the key and the bus delivers the message to B; then B fills.
 // Returns what B's next Get returns.
-func runT8(t *testing.T, b *backend, broken bool) int {
+func runT8(t *testing.T, b *backend, p readPath, broken bool) int {
 	stores, caches := l1Stores(t, b, 2)
 	a, bc := caches[0], caches[1]
 	var db atomic.Int32
@@ -155,14 +155,14 @@ func runT8(t *testing.T, b *backend, broken bool) int {
 	mustGet(t, a, "k", load) // v1 in Redis
 	read, proceed := make(chan struct{}), make(chan struct{})
 	var once atomic.Bool
-	aside.SetL1Hooks(bc, func(string) {
+	aside.SetTestHooks(bc, &aside.TestHooks{BeforeL1Fill: func(string) {
 		if once.CompareAndSwap(false, true) {
 			close(read)
 			<-proceed
 		}
-	}, broken)
+	}, UncheckedL1: broken})
 	done := make(chan int, 1)
-	go func() { v, _ := bc.Get(bgCtx, "k", load); done <- v }()
+	go func() { v, _ := p.get(bgCtx, bc, "k", load); done <- v }()
 	recv(t, read, "B's Redis read")
 	_, _, before := aside.BusState(stores[1])
 	db.Store(2)
@@ -172,17 +172,19 @@ func runT8(t *testing.T, b *backend, broken bool) int {
 	eventually(t, "delivery to B", func() bool { _, _, n := aside.BusState(stores[1]); return n > before })
 	close(proceed)
 	recv(t, done, "B")
-	return mustGet(t, bc, "k", load)
+	return mustGetVia(t, p, bc, "k", load)
 }
 
 func TestInterleavingT8(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		if got := runT8(t, b, false); got != 2 {
-			t.Errorf("B's L1 served v%d after the invalidation, want v2", got)
-		}
-		if got := runT8(t, b, true); got != 1 {
-			t.Errorf("broken variant (fill without the generation check): v%d, want the stale v1 — the test must be able to fail", got)
-		}
+		forEachPath(t, func(t *testing.T, p readPath) {
+			if got := runT8(t, b, p, false); got != 2 {
+				t.Errorf("B's L1 served v%d after the invalidation, want v2", got)
+			}
+			if got := runT8(t, b, p, true); got != 1 {
+				t.Errorf("broken variant (fill without the generation check): v%d, want the stale v1 — the test must be able to fail", got)
+			}
+		})
 	})
 }
 

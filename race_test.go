@@ -254,12 +254,15 @@ func failOverOneMaster(b *backend) error {
 // TestClusterReshardUnderLoad moves a third of the slots between masters of a
 // real Cluster while the stale-set race runs on it: no Get fails (MOVED and
 // ASK are followed, anything else is served by the loader) and no read is
-// stale, during the run or after it.
+// stale, during the run or after it. An invalidation may outlast its op
+// timeout while a slot migrates (seen on a 2-core machine under -race): it
+// returns its error, sets no floor, is queued and replayed, and is counted.
 func TestClusterReshardUnderLoad(t *testing.T) {
 	requireCluster(t)
 	if testing.Short() {
 		t.Skip("a reshard under load")
 	}
+	var failed atomic.Int64
 	b := &backend{cluster: clusterAddrs}
 	var reshardErr error
 	var out []byte
@@ -276,12 +279,13 @@ func TestClusterReshardUnderLoad(t *testing.T) {
 			out, reshardErr = exec.Command("redis-cli", "--cluster", "reshard", clusterAddrs[0],
 				"--cluster-from", from, "--cluster-to", to, "--cluster-slots", "5000", "--cluster-yes").CombinedOutput()
 		}()
-	}, nil)
+	}, &failed)
 	<-done
 	if reshardErr != nil {
 		t.Fatalf("reshard: %v\n%s", reshardErr, out)
 	}
-	t.Logf("reshard of 5000 slots under load: %d stale of %d reads, %d stale keys at the end", stale, reads, staleKeys)
+	t.Logf("reshard of 5000 slots under load: %d stale of %d reads, %d stale keys at the end, %d invalidations failed (queued, replayed)",
+		stale, reads, staleKeys, failed.Load())
 	if stale != 0 || staleKeys != 0 || reads < 500 {
 		t.Errorf("%d stale reads of %d, %d stale keys; want 0 of at least 500, 0", stale, reads, staleKeys)
 	}
@@ -292,22 +296,32 @@ func TestClusterReshardUnderLoad(t *testing.T) {
 func twoMasters(b *backend) (from, to string, err error) {
 	rdb := redis.NewClient(&redis.Options{Addr: b.cluster[0], DisableIdentity: true})
 	defer rdb.Close()
-	slots, err := rdb.ClusterSlots(bgCtx).Result()
+	shards, err := rdb.ClusterShards(bgCtx).Result()
 	if err != nil {
 		return "", "", err
 	}
-	for _, s := range slots {
-		if s.Start == 0 {
-			from = s.Nodes[0].ID
+	master := func(sh redis.ClusterShard) string {
+		for _, n := range sh.Nodes {
+			if n.Role == "master" {
+				return n.ID
+			}
+		}
+		return ""
+	}
+	for _, sh := range shards {
+		for _, r := range sh.Slots {
+			if r.Start == 0 {
+				from = master(sh)
+			}
 		}
 	}
-	for _, s := range slots {
-		if s.Nodes[0].ID != from {
-			to = s.Nodes[0].ID
+	for _, sh := range shards {
+		if id := master(sh); id != "" && id != from && len(sh.Slots) > 0 {
+			to = id
 		}
 	}
 	if from == "" || to == "" {
-		return "", "", fmt.Errorf("masters not found in %v", slots)
+		return "", "", fmt.Errorf("masters not found in %v", shards)
 	}
 	return from, to, nil
 }

@@ -25,71 +25,17 @@ type Store struct {
 	bus       *bus             // carries invalidations to every Store's L1
 	pending   replayQueue      // invalidations that failed, replayed before Redis is read again
 	now       func() time.Time // the clock of freshness decisions; tests replace it
-	// counterTokens is a deliberately broken variant for tests: tag tokens
-	// that are counters, which eviction can make valid again.
-	counterTokens bool
+	hooks     *testHooks       // nil outside tests
 
-	// Background work (refreshes, lease pollers, loads) is tracked so that
-	// Close can wait for it: no goroutine outlives the Store.
-	mu      sync.Mutex
+	// Background work (refreshes, lease pollers, loads, the probe, the bus)
+	// is tracked so that Close can wait for it. What runs for a caller after
+	// Close (a load, a loader that ignores its ctx) is bounded by the
+	// profile's LoadTimeout instead; the tests check with goleak that
+	// nothing is left.
+	mu      sync.Mutex // protects closed, and orders running.Add before running.Wait
 	closed  bool
 	running sync.WaitGroup
 }
-
-// StoreOption configures a [Store].
-type StoreOption func(*storeOptions)
-
-type storeOptions struct {
-	prefix           string
-	opTimeout        time.Duration
-	profiles         []Profile
-	breakerThreshold int
-	breakerCooldown  time.Duration
-	observer         Observer
-	logger           *slog.Logger
-	clock            func() time.Time
-}
-
-// WithPrefix sets the first segment of every Redis key, so several
-// applications can share one Redis. Default: "aside".
-func WithPrefix(p string) StoreOption { return func(o *storeOptions) { o.prefix = p } }
-
-// WithOpTimeout bounds every single Redis call, independently of the
-// caller's context: when Redis is slow or unreachable a request waits at
-// most this long before it is served by the loader. Default: 100 ms.
-//
-// go-redis applies a context deadline to socket reads only when the client
-// has ContextTimeoutEnabled; [NewStore] therefore rejects a client whose read
-// or write timeout exceeds d unless ContextTimeoutEnabled is set.
-func WithOpTimeout(d time.Duration) StoreOption {
-	return func(o *storeOptions) { o.opTimeout = d }
-}
-
-// WithProfiles registers TTL profiles by name, adding to or replacing the
-// built-ins ([Default], [Transactional], [Analytical], [Master]).
-func WithProfiles(ps ...Profile) StoreOption {
-	return func(o *storeOptions) { o.profiles = append(o.profiles, ps...) }
-}
-
-// WithBreaker sets how many consecutive failed Redis calls open the circuit
-// breaker, and how long it stays open before a probe. Default: 5 and 1 s.
-func WithBreaker(failures int, cooldown time.Duration) StoreOption {
-	return func(o *storeOptions) { o.breakerThreshold, o.breakerCooldown = failures, cooldown }
-}
-
-// WithObserver receives every [Event] of the Store and its caches.
-// Default: none.
-func WithObserver(fn Observer) StoreOption { return func(o *storeOptions) { o.observer = fn } }
-
-// WithLogger logs what an operator should know — the breaker opening and
-// closing, the L1 subscription dropping and recovering, undecodable
-// entries — never keys, which may hold user data. Default: no logging.
-func WithLogger(l *slog.Logger) StoreOption { return func(o *storeOptions) { o.logger = l } }
-
-// WithClock replaces the clock that decides freshness (fresh-until, early
-// refresh, stale windows), so that tests can move time; Redis TTLs and
-// lease deadlines keep the server's clock. Default: time.Now.
-func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) { o.clock = now } }
 
 // NewStore wraps a go-redis client (a *redis.Client, *redis.ClusterClient,
 // *redis.Ring or a Sentinel failover client). The Store does not own the
@@ -114,6 +60,9 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	if err := checkClientTimeouts(rdb, o.opTimeout); err != nil {
 		return nil, err
 	}
+	if err := checkNoClientSideCache(rdb); err != nil {
+		return nil, err
+	}
 	profiles := builtinProfiles()
 	seen := map[string]bool{}
 	for _, p := range o.profiles {
@@ -129,7 +78,8 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	if o.clock == nil {
 		o.clock = time.Now
 	}
-	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger, now: o.clock, bus: newBus(o.prefix)}
+	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger, now: o.clock}
+	s.bus = newBus(s)
 	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
 		switch st {
 		case BreakerOpen:
@@ -202,12 +152,6 @@ func (s *Store) log(level slog.Level, msg string, args ...any) {
 	}
 }
 
-// opContext derives the context of one Redis call: the caller's values and
-// cancellation, plus the Store's op timeout.
-func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.opTimeout)
-}
-
 // checkClientTimeouts rejects a client whose socket timeouts would let one
 // Redis call outlast the op timeout: go-redis ignores context deadlines on
 // reads and writes unless ContextTimeoutEnabled is set, and its default read
@@ -235,6 +179,22 @@ func checkClientTimeouts(rdb redis.UniversalClient, op time.Duration) error {
 	// -1 for none at all.
 	if read <= 0 || read > op || write <= 0 || write > op {
 		return fmt.Errorf("aside: redis client read/write timeouts (%v/%v) exceed the op timeout %v; set ContextTimeoutEnabled: true in the client options, or lower ReadTimeout and WriteTimeout", read, write, op)
+	}
+	return nil
+}
+
+// checkNoClientSideCache refuses a client that answers reads from its own
+// cache (go-redis client-side caching, RESP3 tracking): such a cache is
+// invalidated by push messages that arrive after the write that caused
+// them, so a Get right after an Invalidate could read the old entry from it
+// — the one thing aside promises never happens.
+func checkNoClientSideCache(rdb redis.UniversalClient) error {
+	c, ok := rdb.(*redis.Client)
+	if !ok {
+		return nil // Cluster, Ring and Sentinel clients have no client-side cache
+	}
+	if o := c.Options(); o.ClientSideCacheConfig != nil || o.ClientSideCache != nil {
+		return errors.New("aside: the redis client has client-side caching on (ClientSideCacheConfig or ClientSideCache): its replies may be older than an invalidation that has returned; give aside a client without it")
 	}
 	return nil
 }

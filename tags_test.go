@@ -89,12 +89,12 @@ func mustGetTagged(t *testing.T, c *aside.Cache[string], key, value string, tags
 
 // runT4: A reads the tag tokens and loads v1; the tag is invalidated; A
 // fills. Returns what the next Get sees.
-func runT4(t *testing.T, b *backend, broken aside.TestHooks) int {
+func runT4(t *testing.T, b *backend, p readPath, broken aside.TestHooks) int {
 	store, _ := b.newStore(t)
 	it := newInterleaving(t, store, broken)
 	tag := aside.Tags("row")
 	a := make(chan int, 1)
-	go func() { v, _ := it.c.Get(bgCtx, "k", it.load, tag); a <- v }()
+	go func() { v, _ := p.get(bgCtx, it.c, "k", it.load, tag); a <- v }()
 	recv(t, it.loaded, "A's load")
 	it.db.Store(2)
 	if err := store.InvalidateTags(bgCtx, "row"); err != nil {
@@ -102,7 +102,7 @@ func runT4(t *testing.T, b *backend, broken aside.TestHooks) int {
 	}
 	close(it.proceed)
 	recv(t, a, "A")
-	v, err := it.c.Get(bgCtx, "k", it.load, tag)
+	v, err := p.get(bgCtx, it.c, "k", it.load, tag)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,18 +111,18 @@ func runT4(t *testing.T, b *backend, broken aside.TestHooks) int {
 
 // runT5: an entry's tag is invalidated, then its tag key is evicted and
 // recreated by another entry's miss; the old entry must not come back.
-func runT5(t *testing.T, b *backend, counter bool) int {
+func runT5(t *testing.T, b *backend, p readPath, counter bool) int {
 	prefix := uniquePrefix()
 	store, rdb := b.newStore(t, aside.WithPrefix(prefix))
 	if counter {
-		aside.UseCounterTokens(store)
+		aside.SetStoreHooks(store, &aside.TestHooks{CounterTokens: true})
 	}
 	c := newCache[int](t, store)
 	var db atomic.Int32
 	db.Store(1)
 	load := func(context.Context) (int, error) { return int(db.Load()), nil }
 	get := func(key string) int {
-		v, err := c.Get(bgCtx, key, load, aside.Tags("row"))
+		v, err := p.get(bgCtx, c, key, load, aside.Tags("row"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,21 +142,23 @@ func runT5(t *testing.T, b *backend, counter bool) int {
 
 func TestInterleavingsT4T5(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		t.Run("T4 tokens read before the load", func(t *testing.T) {
-			if got := runT4(t, b, aside.TestHooks{}); got != 2 {
-				t.Errorf("got v%d, want v2", got)
-			}
-			if got := runT4(t, b, aside.TestHooks{TokensAfterLoad: true}); got != 1 {
-				t.Errorf("broken variant (tokens read after the load): got v%d, want the stale v1 — the test must be able to fail", got)
-			}
-		})
-		t.Run("T5 evicted tag key", func(t *testing.T) {
-			if got := runT5(t, b, false); got != 2 {
-				t.Errorf("got v%d, want v2", got)
-			}
-			if got := runT5(t, b, true); got != 1 {
-				t.Errorf("broken variant (counter tokens): got v%d, want the stale v1 — the test must be able to fail", got)
-			}
+		forEachPath(t, func(t *testing.T, p readPath) {
+			t.Run("T4 tokens read before the load", func(t *testing.T) {
+				if got := runT4(t, b, p, aside.TestHooks{}); got != 2 {
+					t.Errorf("got v%d, want v2", got)
+				}
+				if got := runT4(t, b, p, aside.TestHooks{TokensAfterLoad: true}); got != 1 {
+					t.Errorf("broken variant (tokens read after the load): got v%d, want the stale v1 — the test must be able to fail", got)
+				}
+			})
+			t.Run("T5 evicted tag key", func(t *testing.T) {
+				if got := runT5(t, b, p, false); got != 2 {
+					t.Errorf("got v%d, want v2", got)
+				}
+				if got := runT5(t, b, p, true); got != 1 {
+					t.Errorf("broken variant (counter tokens): got v%d, want the stale v1 — the test must be able to fail", got)
+				}
+			})
 		})
 	})
 }

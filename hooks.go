@@ -1,0 +1,118 @@
+package aside
+
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+)
+
+// testHooks let tests force interleavings and switch on deliberately broken
+// variants, so that each test of a guarantee is seen to fail without it.
+// This is the one place they live; the protocol calls them at the same
+// points whatever the read path (Get, GetMany, refresh). nil in production:
+// every method is nil-safe and costs one comparison.
+type testHooks struct {
+	// Interleavings: after a load, before its fill, before a poll read,
+	// between a Redis read and its L1 fill.
+	AfterLoad, BeforeFill, BeforePoll func(rk string)
+	BeforeL1Fill                      func(key string)
+
+	// Broken variants of the lease protocol.
+	UnconditionalFill bool // T1/T2: write a loaded value even if its lease was revoked
+	KeepLeaseOnError  bool // T6: a failed load keeps its lease; waiters sit out the budget
+	TokensAfterLoad   bool // T4: read tag tokens after the load instead of before
+	Naive             bool // T3: plain cache-aside with one singleflight per key
+	JoinAnyResult     bool // T12: a joiner takes the flight's not-found without checking it
+	BudgetOnlyAcross  bool // WaitBudget bounds waits on other processes only
+	AcquireOnCaller   bool // the lease script runs on the caller's ctx; a lease taken as it ends is orphaned
+	DegradedBackward  bool // T15: degraded reads join a load already running
+
+	// Broken variants of L1 and the bus.
+	UncheckedL1    bool // T8: fill L1 without the generation check
+	CallTagsOnly   bool // T11: guard an entry by the tags the call named only, in L1 and when a refresh rewrites it
+	KeylessPublish bool // T17: PUBLISH routed as go-redis routes a keyless command
+	NoHeartbeat    bool // T16: trust the subscription's connection, not heartbeats
+	// SubscribeVia, when set, carries the bus's subscriptions until a
+	// heartbeat goes unheard: a client of one fixed node, as when go-redis
+	// resubscribes to a node it has not yet learnt is no longer master (T16).
+	SubscribeVia redis.UniversalClient
+
+	// Broken variants of the Store.
+	CounterTokens bool // T5: tag tokens are counters, which eviction can make valid again
+	CallerProbe   bool // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
+
+	flights *singleflight.Group // the Naive variant's
+}
+
+func (h *testHooks) afterLoad(rk string) {
+	if h != nil && h.AfterLoad != nil {
+		h.AfterLoad(rk)
+	}
+}
+
+func (h *testHooks) beforeFill(rk string) {
+	if h != nil && h.BeforeFill != nil {
+		h.BeforeFill(rk)
+	}
+}
+
+func (h *testHooks) beforePoll(rk string) {
+	if h != nil && h.BeforePoll != nil {
+		h.BeforePoll(rk)
+	}
+}
+
+func (h *testHooks) beforeL1Fill(key string) {
+	if h != nil && h.BeforeL1Fill != nil {
+		h.BeforeL1Fill(key)
+	}
+}
+
+func (h *testHooks) unconditionalFill() bool { return h != nil && h.UnconditionalFill }
+func (h *testHooks) naive() bool             { return h != nil && h.Naive }
+func (h *testHooks) keepLease() bool         { return h != nil && h.KeepLeaseOnError }
+func (h *testHooks) tokensAfterLoad() bool   { return h != nil && h.TokensAfterLoad }
+func (h *testHooks) joinAnyResult() bool     { return h != nil && h.JoinAnyResult }
+func (h *testHooks) budgetOnlyAcross() bool  { return h != nil && h.BudgetOnlyAcross }
+func (h *testHooks) acquireOnCaller() bool   { return h != nil && h.AcquireOnCaller }
+func (h *testHooks) degradedBackward() bool  { return h != nil && h.DegradedBackward }
+func (h *testHooks) uncheckedL1() bool       { return h != nil && h.UncheckedL1 }
+func (h *testHooks) callTagsOnly() bool      { return h != nil && h.CallTagsOnly }
+func (h *testHooks) keylessPublish() bool    { return h != nil && h.KeylessPublish }
+func (h *testHooks) noHeartbeat() bool       { return h != nil && h.NoHeartbeat }
+func (h *testHooks) subscribeVia() redis.UniversalClient {
+	if h == nil {
+		return nil
+	}
+	return h.SubscribeVia
+}
+func (h *testHooks) counterTokens() bool { return h != nil && h.CounterTokens }
+func (h *testHooks) callerProbe() bool   { return h != nil && h.CallerProbe }
+
+// naiveGet is the broken variant behind testHooks.Naive: read, then one
+// load per key shared by whoever asks while it runs, then an unconditional
+// write — the design DESIGN.md measures as unsafe. Get and GetMany both
+// take it when it is on.
+func (c *Cache[T]) naiveGet(ctx context.Context, cl *call[T], src source[T]) {
+	if b, err := c.readOne(ctx, cl); err == nil && b != nil && c.serve(ctx, cl, b, src) {
+		return
+	}
+	ch := c.hooks.flights.DoChan(cl.rk, func() (any, error) {
+		ctx := context.WithoutCancel(ctx)
+		start := c.store.now()
+		o := c.loadFrom(ctx, src, []string{cl.key})[0]
+		c.hooks.afterLoad(cl.rk)
+		if o.err == nil {
+			c.hooks.beforeFill(cl.rk)
+			fresh := c.profile.freshFor()
+			if b, ok := c.encodeForFill(o.v, start, fresh, 0, nil); ok {
+				_ = c.writeEntry(ctx, cl.rk, b, fresh+c.profile.StaleWindow)
+			}
+		}
+		return o.v, o.err
+	})
+	r := <-ch
+	v, _ := r.Val.(T)
+	cl.finish(v, r.Err)
+}

@@ -1,0 +1,146 @@
+package aside
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Option configures a [Cache].
+type Option func(*cacheOptions)
+
+type cacheOptions struct {
+	version   int
+	profile   string
+	codec     Codec
+	l1Entries int
+	l1TTL     time.Duration
+}
+
+// WithVersion sets the schema version embedded in every key. Bump it when T
+// changes shape: old entries become unreachable at once and expire.
+// Default: 1.
+func WithVersion(v int) Option { return func(o *cacheOptions) { o.version = v } }
+
+// WithProfile selects the TTL profile by name: a built-in ([Default],
+// [Transactional], [Analytical], [Master]) or one registered with
+// [WithProfiles]. Default: [Default].
+func WithProfile(name string) Option { return func(o *cacheOptions) { o.profile = name } }
+
+// WithCodec replaces the msgpack payload codec. Default: msgpack.
+func WithCodec(c Codec) Option { return func(o *cacheOptions) { o.codec = c } }
+
+// WithL1 enables the local tier for this cache: at most maxEntries decoded
+// values, each kept at most ttl (and never past its Redis freshness). ttl
+// must not exceed the profile's TTL. Values handed out from L1 are shared
+// between callers: treat them as read-only. Default: off.
+func WithL1(maxEntries int, ttl time.Duration) Option {
+	return func(o *cacheOptions) { o.l1Entries, o.l1TTL = maxEntries, ttl }
+}
+
+// StoreOption configures a [Store].
+type StoreOption func(*storeOptions)
+
+type storeOptions struct {
+	prefix           string
+	opTimeout        time.Duration
+	profiles         []Profile
+	breakerThreshold int
+	breakerCooldown  time.Duration
+	observer         Observer
+	logger           *slog.Logger
+	clock            func() time.Time
+}
+
+// WithPrefix sets the first segment of every Redis key, so several
+// applications can share one Redis. Default: "aside".
+func WithPrefix(p string) StoreOption { return func(o *storeOptions) { o.prefix = p } }
+
+// WithOpTimeout bounds every single Redis call, independently of the
+// caller's context: when Redis is slow or unreachable a request waits at
+// most this long before it is served by the loader. Default: 100 ms.
+//
+// go-redis applies a context deadline to socket reads only when the client
+// has ContextTimeoutEnabled; [NewStore] therefore rejects a client whose read
+// or write timeout exceeds d unless ContextTimeoutEnabled is set.
+func WithOpTimeout(d time.Duration) StoreOption {
+	return func(o *storeOptions) { o.opTimeout = d }
+}
+
+// WithProfiles registers TTL profiles by name, adding to or replacing the
+// built-ins ([Default], [Transactional], [Analytical], [Master]).
+func WithProfiles(ps ...Profile) StoreOption {
+	return func(o *storeOptions) { o.profiles = append(o.profiles, ps...) }
+}
+
+// WithBreaker sets how many consecutive failed Redis calls open the circuit
+// breaker, and how long it stays open before a probe. Default: 5 and 1 s.
+func WithBreaker(failures int, cooldown time.Duration) StoreOption {
+	return func(o *storeOptions) { o.breakerThreshold, o.breakerCooldown = failures, cooldown }
+}
+
+// WithObserver receives every [Event] of the Store and its caches.
+// Default: none.
+func WithObserver(fn Observer) StoreOption { return func(o *storeOptions) { o.observer = fn } }
+
+// WithLogger logs what an operator should know — the breaker opening and
+// closing, the L1 subscription dropping and recovering, undecodable
+// entries — never keys, which may hold user data. Default: no logging.
+func WithLogger(l *slog.Logger) StoreOption { return func(o *storeOptions) { o.logger = l } }
+
+// WithClock replaces the clock that decides freshness (fresh-until, early
+// refresh, stale windows), so that tests can move time; Redis TTLs and
+// lease deadlines keep the server's clock. Default: time.Now.
+func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) { o.clock = now } }
+
+// CallOption configures one call of [Cache.Get], [Cache.GetMany] or
+// [Cache.Set].
+type CallOption func(*callOptions)
+
+type callOptions struct{ tags []string }
+
+// Tags attaches tags to the entry, so that [Store.InvalidateTags] of any of
+// them invalidates it, whatever its key and cache. Pass the same tags at
+// every call site of a key: an entry read without one of its tags costs an
+// extra round trip, and a read with a tag the entry lacks is a miss. At most
+// 64 tags, each 1–512 bytes; duplicates are ignored.
+//
+// Tags must be known before the load: an entry records its tags' tokens as
+// they were before its load began, which is what makes an invalidation
+// during the load visible. That is why tags are not computed from the value.
+func Tags(tags ...string) CallOption {
+	return func(o *callOptions) { o.tags = append(o.tags, tags...) }
+}
+
+func collectCallOptions(opts []CallOption) (callOptions, error) {
+	if len(opts) == 0 {
+		return callOptions{}, nil // the common case costs no allocation
+	}
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if len(o.tags) == 0 {
+		return o, nil
+	}
+	seen := make(map[string]bool, len(o.tags))
+	tags := o.tags[:0:0]
+	for _, t := range o.tags {
+		switch {
+		case t == "":
+			return o, errors.New("aside: empty tag")
+		case len(t) > maxTagLen:
+			return o, fmt.Errorf("aside: tag longer than %d bytes", maxTagLen)
+		case seen[t]:
+			continue
+		}
+		seen[t] = true
+		tags = append(tags, t)
+	}
+	if len(tags) > maxTags {
+		return o, fmt.Errorf("aside: %d tags, at most %d", len(tags), maxTags)
+	}
+	o.tags = tags
+	return o, nil
+}

@@ -1,0 +1,450 @@
+package aside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The protocol, written once. Get resolves a group of one call, GetMany a
+// group of many (every step then is one pipeline); a background refresh
+// runs the load-and-fill step under a refresh lease. The states of one
+// entry's Redis key, and who moves it between them:
+//
+//	absent ──acquire (a reader)──▶ leased(T) ──fill CAS with T (holder of T)──▶ filled
+//	leased(T) ──release T (its holder, after a failed load)──▶ absent
+//	leased(T) ──lease deadline passes (holder died)──▶ absent, for the next acquire
+//	filled ──refresh lease (a reader of a stale or soon-expiring entry)──▶ filled+leased(R)
+//	filled+leased(R) ──fill CAS with R──▶ filled (new value)
+//	any ──Invalidate (DEL) / Set (DEL, then write)──▶ absent / filled, every lease revoked
+//
+// Why each move is safe: a lease token is new for every fill attempt, so
+// only the attempt that acquired it can fill; Invalidate deletes the lease
+// with the entry, so a load that began before an invalidation can never
+// write (its CAS fails) and a Get after the invalidation never finds it. Tag
+// invalidation leaves leases alone: there the entry records the tag tokens
+// read before its load, and every reader compares them with the current
+// ones. In process, a caller that finds another attempt's lease joins that
+// attempt only if its result was confirmed under its lease (a CAS fill, or
+// for an unstored not-found, the lease still held when it came back) and it
+// recorded the tokens this caller read; otherwise it reads again.
+
+// call is one key's way through the protocol: a Get, or one key of a GetMany.
+type call[T any] struct {
+	key, rk  string
+	tags     []string  // the tags the caller named; every call of one group names the same
+	snap     tagSnap   // tag tokens read with the entry: what every answer is validated against
+	raw      []byte    // bytes read but not served (undecodable, invalidated): the lease script drops them
+	deadline time.Time // end of the wait budget, set at the first miss
+	note     l1Note    // L1 generations before the first read
+
+	token string     // the lease this call holds (f set), or waits on
+	f     *flight[T] // the fill attempt this call holds
+
+	// The answer, and whether it may go to L1: it came fresh from Redis or
+	// from a fill that succeeded; it stays fresh until freshUntil and is
+	// guarded by the tags of its entry.
+	done       bool
+	v          T
+	err        error
+	l1OK       bool
+	freshUntil time.Time
+	entryTags  []tagToken
+
+	self [1]*call[T] // backs alone(): a Get's group without an allocation of its own
+}
+
+// alone returns the group of one call that a Get resolves.
+func (cl *call[T]) alone() []*call[T] {
+	cl.self[0] = cl
+	return cl.self[:]
+}
+
+func (cl *call[T]) finish(v T, err error) { cl.v, cl.err, cl.done = v, err, true }
+
+func finishAll[T any](calls []*call[T], err error) {
+	var zero T
+	for _, cl := range calls {
+		cl.finish(zero, err)
+	}
+}
+
+// source is where a group's values come from: the Loader of a Get, or the
+// BatchLoader of a GetMany.
+type source[T any] struct {
+	one  Loader[T]
+	many BatchLoader[T]
+}
+
+type outcome[T any] struct {
+	v   T
+	err error
+}
+
+// loadFrom calls the source once for keys, under the profile's LoadTimeout.
+// A key a batch loader leaves out is ErrNotFound.
+func (c *Cache[T]) loadFrom(ctx context.Context, src source[T], keys []string) []outcome[T] {
+	if src.many == nil {
+		v, err := timed(ctx, c, src.one)
+		return []outcome[T]{{v, err}}
+	}
+	m, err := timed(ctx, c, func(ctx context.Context) (map[string]T, error) { return src.many(ctx, keys) })
+	outs := make([]outcome[T], len(keys))
+	for i, k := range keys {
+		v, ok := m[k]
+		switch {
+		case err != nil:
+			outs[i].err = err
+		case !ok:
+			outs[i].err = ErrNotFound
+		default:
+			outs[i].v = v
+		}
+	}
+	return outs
+}
+
+// resolve answers every call of a group: read (one round trip), serve what
+// is usable, lease the misses (one round trip), load what this group
+// leased (one loader call) while waiting for what others load, and read
+// again where a wait ended without a usable result.
+func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T]) {
+	if c.hooks.naive() {
+		for _, cl := range calls {
+			c.naiveGet(ctx, cl, src)
+		}
+		return
+	}
+	for len(calls) > 0 {
+		if !c.store.usable(ctx) {
+			c.stats.skipped.Add(uint64(len(calls)))
+			c.loadDegraded(ctx, calls, src)
+			return
+		}
+		if err := c.readAll(ctx, calls); err != nil {
+			if ctx.Err() != nil {
+				finishAll(calls, ctx.Err())
+				return
+			}
+			c.loadDegraded(ctx, calls, src)
+			return
+		}
+		var misses []*call[T]
+		for _, cl := range calls {
+			if cl.raw == nil || !c.serve(ctx, cl, cl.raw, src) {
+				misses = append(misses, cl)
+			}
+		}
+		if len(misses) == 0 {
+			return // every call was served: the hit path stops here
+		}
+		again := c.lease(ctx, misses, src)
+		calls = again[:0]
+		for _, cl := range again {
+			if time.Now().After(cl.deadline) { // gone round past its wait budget: load alone
+				c.budgetSpent(ctx, cl, src)
+				continue
+			}
+			calls = append(calls, cl)
+		}
+	}
+}
+
+// readAll reads the entries of calls and the group's tag tokens: one HGET
+// for a lone untagged call, else one pipeline.
+func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
+	if len(calls) == 1 && len(calls[0].tags) == 0 {
+		b, err := c.readOne(ctx, calls[0])
+		calls[0].raw = b
+		return err
+	}
+	tags := calls[0].tags
+	octx, cancel := c.store.opContext(ctx)
+	defer cancel()
+	hgets := make([]*redis.StringCmd, len(calls))
+	gets := make([]*redis.StringCmd, len(tags))
+	_, _ = c.store.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+		for i, cl := range calls {
+			hgets[i] = p.HGet(octx, cl.rk, fieldValue)
+		}
+		for i, t := range tags {
+			gets[i] = p.Get(octx, tagKey(c.store.prefix, t))
+		}
+		return nil
+	})
+	var failed error
+	snap := tagSnap{names: tags, tokens: make([]string, len(tags))}
+	for i, g := range gets {
+		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && failed == nil {
+			failed = err
+		}
+		snap.tokens[i] = g.Val() // "" when the tag key is missing
+	}
+	for i, g := range hgets {
+		b, err := g.Bytes()
+		calls[i].snap, calls[i].raw = snap, nil
+		switch {
+		case err == nil:
+			calls[i].raw = b
+		case errors.Is(err, redis.Nil):
+			c.stats.misses.Add(1)
+		case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"): // the lease script deletes it
+			c.decodeFailed(fmt.Errorf("%w: key holds another Redis type", errCorrupt))
+		case failed == nil:
+			failed = err
+		}
+	}
+	c.store.record(octx, failed, &c.stats, c.name)
+	return failed
+}
+
+// readOne is the hit path: one HGET.
+func (c *Cache[T]) readOne(ctx context.Context, cl *call[T]) ([]byte, error) {
+	octx, cancel := c.store.opContext(ctx)
+	defer cancel()
+	b, err := c.store.rdb.HGet(octx, cl.rk, fieldValue).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		c.store.record(octx, nil, &c.stats, c.name)
+		c.stats.misses.Add(1)
+		return nil, nil
+	case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"): // the lease script deletes it (checked for nil first: it allocates)
+		c.store.record(octx, nil, &c.stats, c.name)
+		c.decodeFailed(fmt.Errorf("%w: key holds another Redis type", errCorrupt))
+		return nil, nil
+	}
+	c.store.record(octx, err, &c.stats, c.name)
+	return b, err
+}
+
+// serve answers cl from stored bytes and reports whether it could: not when
+// they do not decode or their tags were invalidated (counted; the miss path
+// replaces them). A stale, soft-invalidated or soon-expiring entry is served
+// as it is while a background refresh reloads it.
+func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[T]) bool {
+	e, err := decodeEnvelope(b)
+	if err == nil && e.typeID != c.typeID {
+		err = fmt.Errorf("%w: written for another type", errCorrupt)
+	}
+	if err != nil {
+		c.decodeFailed(err)
+		return false
+	}
+	tags := c.checkTags(ctx, &e, cl.snap)
+	if tags == tagsInvalid || tags == tagsSoftStale && e.negative() {
+		c.stats.tagMisses.Add(1)
+		return false
+	}
+	var v T
+	if e.negative() {
+		c.stats.negativeHits.Add(1)
+		cl.finish(v, ErrNotFound)
+		return true
+	}
+	if err := c.codec.Unmarshal(e.payload, &v); err != nil {
+		c.decodeFailed(fmt.Errorf("aside: decode: %w", err))
+		return false
+	}
+	now, freshUntil := c.store.now(), time.UnixMilli(e.freshMs)
+	switch {
+	case e.stale() || tags == tagsSoftStale || !now.Before(freshUntil):
+		c.stats.staleServed.Add(1)
+		c.refreshInBackground(ctx, cl, b, e.tags, src)
+	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
+		c.stats.hits.Add(1)
+		c.refreshInBackground(ctx, cl, b, e.tags, src)
+	default:
+		c.stats.hits.Add(1)
+	}
+	cl.finish(v, nil)
+	if !e.stale() && tags == tagsFresh && now.Before(freshUntil) {
+		cl.l1OK, cl.freshUntil, cl.entryTags = true, freshUntil, e.tags
+	}
+	return true
+}
+
+func (c *Cache[T]) decodeFailed(err error) {
+	c.stats.decodeErrors.Add(1)
+	c.stats.misses.Add(1)
+	c.store.emit(Event{Kind: EventDecodeError, Cache: c.name, Err: err})
+}
+
+// lease takes leases for the misses in one round trip, starts one load for
+// those this group now holds, waits for the others, and returns the calls
+// that must read again.
+func (c *Cache[T]) lease(ctx context.Context, misses []*call[T], src source[T]) (again []*call[T]) {
+	if len(misses) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		finishAll(misses, err)
+		return nil
+	}
+	now := time.Now()
+	for _, cl := range misses {
+		if cl.deadline.IsZero() {
+			cl.deadline = now.Add(c.profile.waitBudget())
+		}
+	}
+	degraded, err := c.acquire(ctx, misses, src)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		finishAll(misses, ctx.Err())
+		return nil
+	case err != nil:
+		c.loadDegraded(ctx, misses, src)
+		return nil
+	}
+	if len(degraded) > 0 {
+		c.loadDegraded(ctx, degraded, src)
+	}
+	var held []*call[T]
+	var waiting []*call[T]
+	for _, cl := range misses {
+		switch {
+		case cl.done:
+		case cl.f != nil:
+			held = append(held, cl)
+			waiting = append(waiting, cl)
+		case cl.token != "":
+			waiting = append(waiting, cl)
+		default:
+			again = append(again, cl) // the entry appeared but was unusable: read, and drop it, again
+		}
+	}
+	if len(held) > 0 {
+		c.startFlight(ctx, held, src)
+	}
+	if len(waiting) == 1 {
+		if c.wait(ctx, waiting[0], src) {
+			again = append(again, waiting[0])
+		}
+		return again
+	}
+	var mu sync.Mutex // protects again
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxWaiters)
+	for _, cl := range waiting {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if c.wait(ctx, cl, src) {
+				mu.Lock()
+				again = append(again, cl)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return again
+}
+
+// maxWaiters bounds the goroutines one GetMany uses to wait for keys that
+// other callers are loading.
+const maxWaiters = 16
+
+// acquire runs the lease script for every miss in one round trip, on a
+// context the caller cannot cut short: a lease taken in Redis always has a
+// holder here, which hands it to the detached load even if the caller has
+// given up by then. Each call ends up answered (the entry appeared), holding
+// a lease (f), waiting on one (token), or with neither (read again).
+// degraded are the calls whose script failed on its own (an error reply).
+func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]) (degraded []*call[T], err error) {
+	flights := make([]*flight[T], len(misses))
+	tokens := make([]string, len(misses))
+	rks := make([]string, len(misses))
+	c.mu.Lock()
+	for i, cl := range misses {
+		// Registered before the lease exists, so that a WAIT(token) seen by
+		// another goroutine of this process always finds the flight.
+		tokens[i], flights[i], rks[i] = newToken(), &flight[T]{done: make(chan struct{})}, cl.rk
+		c.leases[tokens[i]] = flights[i]
+	}
+	c.mu.Unlock()
+	actx := context.WithoutCancel(ctx)
+	if c.hooks.acquireOnCaller() {
+		actx = ctx
+	}
+	octx, cancel := c.store.opContext(actx)
+	defer cancel()
+	leaseMs := c.leaseTTL().Milliseconds()
+	cmds, err := c.store.evalEach(octx, acquireScript, rks, func(i int) []any {
+		if misses[i].raw != nil {
+			return []any{tokens[i], leaseMs, "1", misses[i].raw}
+		}
+		return []any{tokens[i], leaseMs, "0", ""}
+	})
+	c.store.record(octx, err, &c.stats, c.name)
+	if isOutage(err) || cutShort(octx, err) { // cut short: only the broken variant runs on the caller's ctx
+		c.unregister(tokens...)
+		if isTimeout(err) && !cutShort(octx, err) { // the scripts may still run: give back what they take
+			c.releaseLater(rks, tokens)
+		}
+		return nil, err
+	}
+	for i, cl := range misses {
+		res, cerr := cmds[i].Slice()
+		kind, payload := parseReply(res, cerr)
+		cl.raw, cl.token = nil, ""
+		if kind == replyLease {
+			cl.token, cl.f = tokens[i], flights[i]
+			continue
+		}
+		c.unregister(tokens[i])
+		switch kind {
+		case replyHit:
+			if !c.serve(ctx, cl, []byte(payload), src) {
+				cl.raw = []byte(payload)
+			}
+		case replyWait:
+			cl.token = payload
+		case replyFree:
+		default:
+			degraded = append(degraded, cl)
+		}
+	}
+	return degraded, nil
+}
+
+func (c *Cache[T]) unregister(tokens ...string) {
+	c.mu.Lock()
+	for _, t := range tokens {
+		delete(c.leases, t)
+	}
+	c.mu.Unlock()
+}
+
+// evalEach runs script once per key in one round trip: EVALSHA (falling
+// back to EVAL) for one key, a pipeline of EVALs for several (a pipeline
+// cannot fall back from EVALSHA).
+func (s *Store) evalEach(ctx context.Context, script *redis.Script, keys []string, args func(i int) []any) ([]*redis.Cmd, error) {
+	if len(keys) == 1 {
+		cmd := script.Run(ctx, s.rdb, keys, args(0)...)
+		return []*redis.Cmd{cmd}, cmd.Err()
+	}
+	cmds := make([]*redis.Cmd, len(keys))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = script.Eval(ctx, p, []string{k}, args(i)...)
+		}
+		return nil
+	})
+	return cmds, err
+}
+
+func parseReply(res []any, err error) (kind int64, payload string) {
+	if err != nil || len(res) == 0 {
+		return -1, ""
+	}
+	kind, _ = res[0].(int64)
+	if len(res) > 1 {
+		payload, _ = res[1].(string)
+	}
+	return kind, payload
+}

@@ -1,0 +1,232 @@
+package aside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Tags: each tag has a random token in its own key. An entry records the
+// tokens its load saw; InvalidateTags replaces them, so invalidating a tag
+// costs one command whatever the number of tagged entries.
+
+// A tag token is two random 128-bit halves in hex: "hard" and "soft".
+// InvalidateTags replaces both, so every entry recorded with the old token
+// is a miss; MarkTagsStale replaces only the soft half, so such entries are
+// served stale while they refresh. A token is random, never a counter: a tag
+// key that Redis evicts is recreated with a new random token, so eviction
+// can cause misses but never make an old entry's token valid again.
+const tokenHalf = 32
+
+func newTagToken() string { return newToken() + newToken() }
+
+func hardHalf(tok string) string {
+	if len(tok) == 2*tokenHalf {
+		return tok[:tokenHalf]
+	}
+	return tok
+}
+
+// markTagStaleScript replaces the soft half of a tag's token. A missing tag
+// key is left missing: entries of that tag are misses anyway.
+var markTagStaleScript = redis.NewScript(`
+local t = redis.call('GET', KEYS[1])
+if t and string.len(t) == 64 then
+  redis.call('SET', KEYS[1], string.sub(t, 1, 32) .. ARGV[1])
+  return 1
+end
+return 0`)
+
+// InvalidateTags invalidates every entry carrying any of tags, in every
+// cache of the Store, by replacing each tag's token: one command per tag,
+// whatever the number of tagged entries — no member sets, no SCAN. Once it
+// has returned, no Get that starts afterwards returns a value loaded before
+// it. Call it after the source of truth has committed. It fails closed.
+func (s *Store) InvalidateTags(ctx context.Context, tags ...string) error {
+	return s.updateTags(ctx, "invalidate tags", tags, func(p redis.Pipeliner, ctx context.Context, key string) {
+		if s.hooks.counterTokens() {
+			p.Incr(ctx, key)
+			return
+		}
+		p.Set(ctx, key, newTagToken(), 0)
+	})
+}
+
+// MarkTagsStale soft-invalidates every entry carrying any of tags: readers
+// keep getting the current values, counted as stale, while one refresher per
+// entry reloads it in the background. It fails closed.
+func (s *Store) MarkTagsStale(ctx context.Context, tags ...string) error {
+	return s.updateTags(ctx, "mark tags stale", tags, func(p redis.Pipeliner, ctx context.Context, key string) {
+		markTagStaleScript.Eval(ctx, p, []string{key}, newToken())
+	})
+}
+
+func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd func(redis.Pipeliner, context.Context, string)) error {
+	o, err := collectCallOptions([]CallOption{Tags(tags...)})
+	if err != nil {
+		return err
+	}
+	if len(o.tags) == 0 {
+		return nil
+	}
+	msg := busMessage{Kind: busTags, Names: o.tags}
+	if !s.redisUp(ctx) {
+		s.bus.apply(msg) // read-your-writes, even now
+		s.pending.add(pendingTags(o.tags))
+		return ErrUnavailable
+	}
+	octx, cancel := s.opContext(ctx)
+	defer cancel()
+	// One command per tag: the tag keys live in different Cluster slots.
+	err = s.writeAndTell(octx, func(p redis.Pipeliner) {
+		for _, t := range o.tags {
+			cmd(p, octx, tagKey(s.prefix, t))
+		}
+	}, msg)
+	s.record(octx, err, nil, "")
+	if err != nil {
+		s.pending.add(pendingTags(o.tags)) // replayed as a hard invalidation
+		return fmt.Errorf("aside: %s: %w", what, err)
+	}
+	return nil
+}
+
+// ensureTokens reads the current tokens of tags before a load, creating a
+// random one for each tag key that does not exist (never set, or evicted).
+// SETNX then GET of the same key travel in one pipeline, in order.
+func (s *Store) ensureTokens(ctx context.Context, tags []string) ([]tagToken, error) {
+	if len(tags) == 0 {
+		return nil, nil
+	}
+	if !s.redisUp(ctx) {
+		return nil, ErrUnavailable
+	}
+	octx, cancel := s.opContext(ctx)
+	defer cancel()
+	gets := make([]*redis.StringCmd, len(tags))
+	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+		for i, t := range tags {
+			key := tagKey(s.prefix, t)
+			fresh := newTagToken()
+			if s.hooks.counterTokens() {
+				fresh = "1"
+			}
+			p.SetNX(octx, key, fresh, 0)
+			gets[i] = p.Get(octx, key)
+		}
+		return nil
+	})
+	s.record(octx, err, nil, "")
+	if err != nil {
+		return nil, fmt.Errorf("aside: tag tokens: %w", err)
+	}
+	out := make([]tagToken, len(tags))
+	for i, t := range tags {
+		out[i] = tagToken{name: t, token: gets[i].Val()}
+	}
+	return out, nil
+}
+
+// fetchTokens reads the current tokens of tags; a missing tag key reads as
+// "". Entries whose tags the caller did not name are validated with it.
+func (s *Store) fetchTokens(ctx context.Context, tags []string) ([]string, error) {
+	octx, cancel := s.opContext(ctx)
+	defer cancel()
+	gets := make([]*redis.StringCmd, len(tags))
+	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+		for i, t := range tags {
+			gets[i] = p.Get(octx, tagKey(s.prefix, t))
+		}
+		return nil
+	})
+	if errors.Is(err, redis.Nil) {
+		err = nil // a missing tag key: its token reads as ""
+	}
+	s.record(octx, err, nil, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(tags))
+	for i, g := range gets {
+		out[i] = g.Val()
+	}
+	return out, nil
+}
+
+// tagSnap holds the tokens a Get read together with the entry: the
+// reference against which every value it may return is validated.
+type tagSnap struct {
+	names  []string
+	tokens []string // "" for a missing tag key
+}
+
+func (s tagSnap) lookup(name string) (string, bool) {
+	for i, n := range s.names {
+		if n == name {
+			return s.tokens[i], true
+		}
+	}
+	return "", false
+}
+
+// Validity of an entry against the current tag tokens.
+const (
+	tagsFresh = iota
+	tagsSoftStale
+	tagsInvalid
+)
+
+// checkTags compares the tokens an entry recorded with the current ones.
+// The entry must carry every tag of the call; its other tags are fetched
+// (an extra round trip) so that none is left unchecked.
+func (c *Cache[T]) checkTags(ctx context.Context, e *envelope, snap tagSnap) int {
+	if len(e.tags) == 0 && len(snap.names) == 0 {
+		return tagsFresh
+	}
+	for _, n := range snap.names {
+		if !e.hasTag(n) {
+			return tagsInvalid
+		}
+	}
+	var extra []string
+	for _, t := range e.tags {
+		if _, ok := snap.lookup(t.name); !ok {
+			extra = append(extra, t.name)
+		}
+	}
+	if len(extra) > 0 {
+		tokens, err := c.store.fetchTokens(ctx, extra)
+		if err != nil {
+			return tagsInvalid // cannot vouch for it: load instead
+		}
+		snap = tagSnap{names: append(append([]string{}, snap.names...), extra...), tokens: append(append([]string{}, snap.tokens...), tokens...)}
+	}
+	state := tagsFresh
+	for _, t := range e.tags {
+		cur, _ := snap.lookup(t.name)
+		switch {
+		case cur == t.token:
+		case cur != "" && hardHalf(cur) == hardHalf(t.token):
+			state = tagsSoftStale
+		default:
+			return tagsInvalid
+		}
+	}
+	return state
+}
+
+// sameTokens reports whether a flight recorded exactly the tokens of snap:
+// only then may a caller that joined it take its value.
+func sameTokens(recorded []tagToken, snap tagSnap) bool {
+	if len(recorded) != len(snap.names) {
+		return false
+	}
+	for _, t := range recorded {
+		if cur, ok := snap.lookup(t.name); !ok || cur != t.token {
+			return false
+		}
+	}
+	return true
+}
