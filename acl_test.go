@@ -15,11 +15,12 @@ import (
 // aclCommands are the only commands aside needs: the ACL the README
 // documents, and under which the whole real-Redis suite runs.
 const aclCommands = "+hget +hset +hdel +hmget +hexists +del +unlink +pexpire +type +get +set +setnx " +
-	"+eval +evalsha +time +scan +publish +subscribe +ping"
+	"+eval +evalsha +time +scan +publish +subscribe +spublish +ssubscribe +ping " +
+	"+zadd +zrem +zrangebyscore +zremrangebyscore"
 
-// aclRule limits a user to keys under prefix, its channel and aclCommands.
+// aclRule limits a user to keys under prefix, its channels and aclCommands.
 func aclRule(prefix string) string {
-	return "~" + prefix + ":* &" + prefix + ":#bus " + aclCommands
+	return "~" + prefix + ":* &" + prefix + ":#bus* " + aclCommands
 }
 
 // TestACLRestrictedUser runs every path of aside as a Redis user limited to

@@ -353,10 +353,15 @@ func BenchmarkL1(b *testing.B) {
 	addr := benchAddr(b)
 	ctx := context.Background()
 	load := func(context.Context) (benchUser, error) { return sampleUser, nil }
-	for _, on := range []bool{true, false} {
-		b.Run(fmt.Sprintf("l1=%v", on), func(b *testing.B) {
+	for _, mode := range []string{"strict", "relaxed", "off"} {
+		on := mode != "off"
+		b.Run("l1="+mode, func(b *testing.B) {
 			rdb := newClient(b, addr)
-			store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()))
+			storeOpts := []aside.StoreOption{aside.WithPrefix(uniquePrefix())}
+			if mode == "relaxed" {
+				storeOpts = append(storeOpts, aside.WithRelaxedL1())
+			}
+			store, err := aside.NewStore(rdb, storeOpts...)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,53 +19,87 @@ import (
 )
 
 // bus carries invalidations between Stores over Redis pub/sub. Every Store
-// publishes; a Store subscribes once its first cache with L1 is created.
+// publishes; a Store subscribes once its first cache with L1 is created, or
+// once an invalidation of its has to wait for another Store's L1.
 //
 // A Store trusts its subscription only while it hears its own heartbeats:
-// every busBeat it publishes one through the client's normal routing — the
-// way invalidations travel, to the current master of the channel's shard —
-// and expects it back on the subscription. A heartbeat not heard back in
-// time means invalidations may not be arriving either: the connection is
-// stalled, the subscription sits on a node that stopped being master (a
-// Sentinel failover moves pooled connections, not PubSub ones), or publishes
-// land on another shard than the subscription (a Ring). Any such doubt, and
-// any resubscription, resets the Store: L1 is bypassed and logically cleared
-// until a heartbeat sent after the reset has been heard back.
+// every beatEvery it publishes one on its own channel through the client's
+// normal routing — the way invalidations travel, to the current master of
+// the channels' shard — and expects it back. A heartbeat not heard back in
+// time, or one that reached nobody, means invalidations may not be arriving
+// either: the connection is stalled, the subscription sits on a node that
+// stopped being master (a Sentinel failover moves pooled connections, not
+// PubSub ones), or publishes land on another shard than the subscription (a
+// Ring). Any such doubt, and any resubscription, resets the Store: L1 is
+// bypassed and logically cleared until a heartbeat sent after the reset has
+// been heard back.
+//
+// Strict coherence (the default) adds leases, after Gray and Cheriton: a
+// Store serves from L1 only until L (leaseFor) after sending the last
+// heartbeat it heard back, and a heartbeat also records the Store in a
+// registry scored by the server's clock. An invalidation publishes and reads
+// the registry in one script, then waits until every Store listed has
+// acknowledged it or has passed its lease. Why that suffices — the order
+// argument — is in the README ("L1: strict coherence").
 type bus struct {
-	channel string
-	origin  string // this Store's id: its own messages are not applied twice
-	seed    maphash.Seed
-	hooks   *testHooks
+	channel  string // invalidations, heard by every Store
+	own      string // this Store's heartbeats and the acknowledgements it awaits
+	registry string // the Stores holding an L1 lease, scored by lease end (server ms)
+	origin   string // this Store's id: its own messages are not applied twice
+	seed     maphash.Seed
+	hooks    *testHooks
 	// ordered: one pipeline reaches one server, which runs it in order, so
 	// a publish may travel with the writes it announces. On a Cluster or a
 	// Ring a pipeline fans out to several nodes in parallel, so the publish
 	// goes after the writes have been acknowledged: a Store that hears it
 	// and re-reads must not find the old value still there.
 	ordered bool
+	// sharded: a Cluster, where only sharded pub/sub (SSUBSCRIBE, SPUBLISH)
+	// stays on the node of the channels' slot, in order; plain PUBLISH is
+	// relayed between nodes without order.
+	sharded   bool
+	strict    bool          // this Store's L1 serves only under a lease and is waited for
+	leaseFor  time.Duration // L
+	beatEvery time.Duration // L/4
+	base      time.Time     // lease times are monotonic nanoseconds since base
 
-	up         atomic.Bool   // subscribed and heard back: L1 may be used
-	epoch      atomic.Uint64 // bumped on every reset and recovery: L1 entries of older epochs are invalid
-	tagEpoch   atomic.Uint64 // bumped before the tag generations by every tag invalidation
-	tagGens    [genSlots]atomic.Uint64
-	received   atomic.Uint64 // foreign invalidations applied
-	resets     atomic.Uint64 // times the stream was doubted
-	beatMissed atomic.Bool   // a heartbeat went unheard once; only the SubscribeVia test hook reads it
+	up          atomic.Bool   // subscribed and heard back: L1 may be filled
+	lease       atomic.Int64  // L1 may serve while mono() < lease; 0: not at all
+	epoch       atomic.Uint64 // bumped on every reset and recovery: L1 entries of older epochs are invalid
+	tagEpoch    atomic.Uint64 // bumped before the tag generations by every tag invalidation
+	tagGens     [genSlots]atomic.Uint64
+	listening   atomic.Bool   // subscribed: acknowledgements can reach this Store
+	withL1      atomic.Bool   // a cache of this Store has L1: heartbeats run
+	seq         atomic.Uint64 // numbers this Store's invalidations that await acknowledgements
+	incarnation atomic.Uint64 // bumped by every reset; see member
+	received    atomic.Uint64 // foreign invalidations applied
+	resets      atomic.Uint64 // times the stream was doubted
+	beatMissed  atomic.Bool   // a heartbeat went unheard once; only the SubscribeVia test hook reads it
+	waitStats   waitStats
 
-	mu      sync.Mutex // protects tiers, started, cancel, ps
+	mu      sync.Mutex // protects tiers, started, cancel, ps, waits
 	tiers   map[string][]localTier
 	started bool
 	cancel  context.CancelFunc
 	ps      *redis.PubSub // closed by stop, to end a blocking read at once
+	waits   map[uint64]*ackWait
+
+	ackMu   sync.Mutex            // protects ackOut
+	ackOut  map[ackRoute][]uint64 // acknowledgements to send
+	ackWake chan struct{}
 }
 
 // busMessage is one published invalidation — keys of one cache, tags, or a
-// whole cache (Names empty) — or a heartbeat.
+// whole cache (Names empty) —, a heartbeat, or acknowledgements.
 type busMessage struct {
 	Origin string   `msgpack:"o"`
 	Kind   byte     `msgpack:"k"`
 	Cache  string   `msgpack:"c,omitempty"`
 	Names  []string `msgpack:"n,omitempty"`
 	Seq    uint64   `msgpack:"s,omitempty"`
+	Ack    bool     `msgpack:"a,omitempty"` // the sender waits for an acknowledgement of Seq
+	Seqs   []uint64 `msgpack:"q,omitempty"` // busAck: the invalidations acknowledged
+	From   string   `msgpack:"f,omitempty"` // busAck: the acknowledging Store's member name (see [bus.member])
 }
 
 const (
@@ -70,35 +107,88 @@ const (
 	busTags  = 't'
 	busCache = 'c'
 	busBeat  = 'h'
+	busAck   = 'a'
+	busReset = 'r' // a Store dropped its L1 and left the registry: nobody need wait for it
 	// busBatch bounds the names in one message, so that a mass invalidation
 	// is a few messages rather than one huge one or a storm of small ones.
 	busBatch = 512
-	// beatEvery is the heartbeat interval. A Store whose stream broke is
-	// reset within beatEvery + 2 op timeouts.
-	beatEvery = 250 * time.Millisecond
+	// defaultLease (L) is how long after sending a heartbeat it heard back a
+	// strict Store may serve from L1; heartbeats go every L/4, so one lost or
+	// slow heartbeat does not interrupt L1. It is also the longest an
+	// invalidation waits for a Store that has stopped answering (a paused
+	// process, a black-holed connection), plus leaseMargin; see the README
+	// for the measurements behind 1 s. A Store whose stream broke is reset
+	// within L/4 + 2 op timeouts.
+	defaultLease = time.Second
+	// leaseMargin covers what separates the clocks of the lease and of its
+	// registry: millisecond rounding and rate differences.
+	leaseMargin = 50 * time.Millisecond
+	// minLease and maxLease bound WithL1Lease.
+	minLease, maxLease = 100 * time.Millisecond, time.Minute
 
 	whyNotHeard = "heartbeat not heard back"
 )
 
-func newBus(s *Store) *bus {
+// waitStats counts what invalidations waited for; see [CoherenceStats].
+type waitStats struct {
+	waits, acksAwaited, silent, nanos atomic.Uint64
+	beats, ackMsgs                    atomic.Uint64
+}
+
+func newBus(s *Store, relaxed bool, lease time.Duration) *bus {
 	_, single := s.rdb.(*redis.Client)
-	return &bus{channel: s.prefix + ":#bus", origin: newToken()[:16], seed: maphash.MakeSeed(),
-		tiers: map[string][]localTier{}, ordered: single}
+	_, cluster := s.rdb.(*redis.ClusterClient)
+	// One hash tag for the three names: one slot, one node, one order.
+	channel := s.prefix + ":#bus{" + s.prefix + "}"
+	origin := newToken()[:16]
+	return &bus{channel: channel, own: channel + ":" + origin, registry: channel + ":leases", origin: origin,
+		seed: maphash.MakeSeed(), ordered: single, sharded: cluster, strict: !relaxed, base: time.Now(),
+		leaseFor: lease, beatEvery: lease / 4,
+		tiers: map[string][]localTier{}, waits: map[uint64]*ackWait{}, ackOut: map[ackRoute][]uint64{},
+		ackWake: make(chan struct{}, 1)}
+}
+
+// mono is the lease clock: monotonic, whatever the Store's clock says.
+func (b *bus) mono() int64 { return int64(time.Since(b.base)) }
+
+// leased reports whether L1 may answer now. It is on every L1 hit: two
+// atomic loads and, in strict mode, one monotonic clock read.
+func (b *bus) leased() bool {
+	l := b.lease.Load()
+	return l == math.MaxInt64 || l != 0 && (b.mono() < l || b.hooks.noLeaseCheck())
 }
 
 // register adds a cache's L1 and starts the subscription on first use.
 func (b *bus) register(s *Store, name string, t localTier) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.tiers[name] = append(b.tiers[name], t)
+	b.mu.Unlock()
+	b.withL1.Store(true)
+	b.start(s)
+}
+
+// start runs the subscription (and the acknowledgements' sender) once.
+func (b *bus) start(s *Store) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.started {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if s.goTracked(func() { b.run(ctx, s) }) {
+	if s.goTracked(func() { b.run(ctx, s) }) && s.goTracked(func() { b.sendAcks(ctx, s) }) {
 		b.started, b.cancel = true, cancel
 	} else {
 		cancel()
+	}
+}
+
+// listen starts the subscription if needed and waits, at most an op
+// timeout, until it is in place: acknowledgements sent before would be lost.
+func (b *bus) listen(ctx context.Context, s *Store) {
+	b.start(s)
+	deadline := time.Now().Add(s.opTimeout)
+	for !b.listening.Load() && ctx.Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -139,55 +229,339 @@ func (b *bus) apply(m busMessage) {
 
 func (b *bus) tagSlot(tag string) uint16 { return uint16(maphash.String(b.seed, tag) % genSlots) }
 
-// publish adds the PUBLISH commands for m to a pipeline. Each is routed by
-// its channel, like the subscription: go-redis routes PUBLISH as a command
-// without a key, which on a Ring lands on another shard than the one
-// subscribed to.
-func (b *bus) publish(ctx context.Context, p redis.Pipeliner, m busMessage) {
-	names := m.Names
-	for {
-		m.Names = names[:min(len(names), busBatch)]
-		cmd := p.Publish(ctx, b.channel, b.encode(m))
+// publish adds the commands that publish m on channel to a pipeline. Each
+// is routed by its channel, like the subscription: go-redis routes PUBLISH
+// as a command without a key, which on a Ring lands on another shard than
+// the one subscribed to.
+func (b *bus) publish(ctx context.Context, p redis.Pipeliner, channel string, m busMessage) {
+	for _, payload := range b.encode(m) {
+		if b.sharded {
+			p.SPublish(ctx, channel, payload)
+			continue
+		}
+		cmd := p.Publish(ctx, channel, payload)
 		if !b.hooks.keylessPublish() {
 			cmd.SetFirstKeyPos(1)
 		}
-		names = names[len(m.Names):]
-		if len(names) == 0 {
-			return
+	}
+}
+
+// encode returns m as one payload per busBatch names.
+func (b *bus) encode(m busMessage) [][]byte {
+	m.Origin = b.origin
+	names := m.Names
+	var out [][]byte
+	for {
+		m.Names = names[:min(len(names), busBatch)]
+		payload, _ := msgpack.Marshal(&m) // strings, bytes and integers only: cannot fail
+		out = append(out, payload)
+		if names = names[len(m.Names):]; len(names) == 0 {
+			return out
 		}
 	}
 }
 
-func (b *bus) encode(m busMessage) []byte {
-	m.Origin = b.origin
-	payload, _ := msgpack.Marshal(&m) // strings, bytes and integers only: cannot fail
-	return payload
+// tellScript publishes invalidations and lists, in the same atomic step,
+// the Stores whose L1 leases were live then (or within the margin): those
+// are the Stores that may hold a value older than the invalidations. It
+// returns the server's time (ms) followed by member, lease end pairs.
+var tellScript = redis.NewScript(`
+local cmd = ARGV[1] == '1' and 'SPUBLISH' or 'PUBLISH'
+for i = 4, #ARGV do redis.call(cmd, ARGV[2], ARGV[i]) end
+if not KEYS[1] then return {} end -- only the broken variant of the tests sends no key
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[3]), '+inf', 'WITHSCORES')
+table.insert(live, 1, tostring(now))
+return live`)
+
+// beatScript records the Store's lease in the registry (strict mode) and
+// publishes its heartbeat, atomically: a Store that hears the heartbeat is
+// listed for every invalidation published after it. It returns how many
+// subscribers the heartbeat reached.
+var beatScript = redis.NewScript(`
+if ARGV[4] ~= '0' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  redis.call('PEXPIRE', KEYS[1], 120000)
+end
+if ARGV[1] == '1' then return redis.call('SPUBLISH', ARGV[2], ARGV[3]) end
+return redis.call('PUBLISH', ARGV[2], ARGV[3])`)
+
+func (b *bus) flag(v bool) string {
+	if v {
+		return "1"
+	}
+	return "0"
 }
 
-// writeAndTell runs writes and publishes msgs, under ctx (an op context),
+// tellArgs are the tell script's arguments for msgs, which already carry
+// their sequence number.
+func (b *bus) tellArgs(msgs []busMessage) []any {
+	args := []any{b.flag(b.sharded), b.channel, leaseMargin.Milliseconds()}
+	for _, m := range msgs {
+		for _, payload := range b.encode(m) {
+			args = append(args, payload)
+		}
+	}
+	return args
+}
+
+// writeAndTell runs writes and publishes msgs under octx (an op context),
 // and applies msgs to this Store's own L1 (read-your-writes) whether or not
 // Redis answered. The publish travels in the writes' pipeline when one
-// server runs it in order, and after them otherwise.
-func (s *Store) writeAndTell(ctx context.Context, writes func(p redis.Pipeliner), msgs ...busMessage) error {
-	tell := func(p redis.Pipeliner) {
-		for _, m := range msgs {
-			s.bus.publish(ctx, p, m)
-		}
+// server runs it in order, and after them otherwise. It returns what the
+// caller must then wait for (see [ackWait.wait]) before it returns.
+func (s *Store) writeAndTell(octx context.Context, writes func(p redis.Pipeliner), msgs ...busMessage) (*ackWait, error) {
+	b := s.bus
+	seq := b.seq.Add(1)
+	msgs[len(msgs)-1].Seq, msgs[len(msgs)-1].Ack = seq, true // heard in order: the last acknowledges all
+	args, keys := b.tellArgs(msgs), []string{b.registry}
+	if b.hooks.keylessPublish() {
+		keys = nil // the broken variant: routed as go-redis routes a command without a key
 	}
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	w := b.expect(seq)
+	var tell *redis.Cmd
+	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
 		writes(p)
-		if s.bus.ordered {
-			tell(p)
+		if b.ordered {
+			tell = tellScript.EvalSha(octx, p, keys, args...)
 		}
 		return nil
 	})
-	if err == nil && !s.bus.ordered && len(msgs) > 0 {
-		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { tell(p); return nil })
-	}
+	// After the writes: a read of this Store that noted the generations
+	// before this point and read the old value cannot keep it in L1.
 	for _, m := range msgs {
-		s.bus.apply(m)
+		b.apply(m)
 	}
-	return err
+	if err == nil || isNoScript(err) && tell != nil && isNoScript(tell.Err()) {
+		// Alone when the pipeline could not carry it: unordered, or the
+		// script not yet loaded on that server (Run loads it).
+		if tell == nil || tell.Err() != nil {
+			tell = tellScript.Run(octx, s.rdb, keys, args...)
+		}
+		err = tell.Err()
+	}
+	if err != nil {
+		b.forget(w)
+		return nil, err
+	}
+	w.members(tell.Val(), time.Now())
+	if len(w.want) > 0 && !b.listening.Load() {
+		// The first invalidation that has someone to wait for: listen for
+		// acknowledgements and, once listening, tell again so that they
+		// can reach us. Until then the leases bound the wait.
+		if b.listen(octx, s); b.listening.Load() {
+			b.forget(w)
+			return s.writeAndTell(octx, func(redis.Pipeliner) {}, msgs...)
+		}
+	}
+	return w, nil
+}
+
+func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }
+
+// ackWait is one invalidation's wait for the Stores listed by its tell
+// script: each acknowledges it, or passes the end of its lease.
+type ackWait struct {
+	b    *bus
+	seq  uint64
+	mu   sync.Mutex
+	got  map[string]bool      // acknowledged, possibly before the list was known
+	want map[string]time.Time // listed Stores and when their lease ends at the latest, on this clock
+	wake chan struct{}
+}
+
+func (b *bus) expect(seq uint64) *ackWait {
+	w := &ackWait{b: b, seq: seq, got: map[string]bool{}, wake: make(chan struct{}, 1)}
+	b.mu.Lock()
+	b.waits[seq] = w
+	b.mu.Unlock()
+	return w
+}
+
+func (b *bus) forget(w *ackWait) {
+	b.mu.Lock()
+	delete(b.waits, w.seq)
+	b.mu.Unlock()
+}
+
+// members records the Stores of a tell script's reply. A Store's lease
+// ends, in real time, before its registry score plus the margin: it began
+// when the Store sent a heartbeat, before the server scored it.
+func (w *ackWait) members(reply any, received time.Time) {
+	r, _ := reply.([]any)
+	if len(r) == 0 {
+		return
+	}
+	str := func(v any) string { s, _ := v.(string); return s }
+	now, _ := strconv.ParseInt(str(r[0]), 10, 64)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.want = map[string]time.Time{}
+	for i := 1; i+1 < len(r); i += 2 {
+		id := str(r[i])
+		score, err := strconv.ParseFloat(str(r[i+1]), 64)
+		if strings.HasPrefix(id, w.b.origin+".") || id == "" || err != nil {
+			continue
+		}
+		left := min(time.Duration(int64(score)-now)*time.Millisecond, maxLease)
+		w.want[id] = received.Add(left + leaseMargin)
+	}
+}
+
+// acked records acknowledgements from Store from: of seqs, or of every
+// invalidation in progress when seqs is nil (from reset: it serves nothing
+// it held before).
+func (b *bus) acked(from string, seqs []uint64) {
+	b.mu.Lock()
+	var ws []*ackWait
+	if seqs == nil {
+		for _, w := range b.waits {
+			ws = append(ws, w)
+		}
+	}
+	for _, seq := range seqs {
+		if w := b.waits[seq]; w != nil {
+			ws = append(ws, w)
+		}
+	}
+	b.mu.Unlock()
+	for _, w := range ws {
+		w.mu.Lock()
+		w.got[from] = true
+		w.mu.Unlock()
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// member is this Store's name in the registry in its current incarnation:
+// a reset starts a new one, so that what is said of the old one (it left)
+// can never be taken for the new one.
+func (b *bus) member() string { return b.origin + "." + strconv.FormatUint(b.incarnation.Load(), 10) }
+
+// leave takes this Store's current incarnation out of the registry and,
+// with announce, tells the Stores waiting for it that it holds nothing
+// they must wait for (it has dropped its L1): one pipeline, on the
+// registry's node. Best effort: when it fails, their waits end with the
+// lease. Only run's goroutine calls it, before any heartbeat of the next
+// incarnation, so the next incarnation is never taken out or announced.
+func (b *bus) leave(s *Store, announce bool) {
+	octx, cancel := s.detachedOpContext(context.Background())
+	defer cancel()
+	member := b.member()
+	_, _ = s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+		p.ZRem(octx, b.registry, member)
+		if announce {
+			b.publish(octx, p, b.channel, busMessage{Kind: busReset, Names: []string{member}})
+		}
+		return nil
+	})
+	b.incarnation.Add(1)
+}
+
+// wait returns once every listed Store has acknowledged or passed its
+// lease, or with ctx's error. A nil w waits for nothing.
+func (w *ackWait) wait(ctx context.Context) error {
+	if w == nil {
+		return nil
+	}
+	b := w.b
+	defer b.forget(w)
+	if len(w.want) == 0 || b.hooks.noAckWait() {
+		return nil
+	}
+	start := time.Now()
+	b.waitStats.waits.Add(1)
+	b.waitStats.acksAwaited.Add(uint64(len(w.want)))
+	defer func() { b.waitStats.nanos.Add(uint64(time.Since(start))) }()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		w.mu.Lock()
+		var next time.Time
+		now := time.Now()
+		for id, until := range w.want {
+			switch {
+			case w.got[id]:
+				delete(w.want, id)
+			case !now.Before(until):
+				delete(w.want, id) // silent: its lease has ended, it serves nothing old
+				b.waitStats.silent.Add(1)
+			case next.IsZero() || until.Before(next):
+				next = until
+			}
+		}
+		w.mu.Unlock()
+		if next.IsZero() {
+			return nil
+		}
+		if timer == nil {
+			timer = time.NewTimer(time.Until(next))
+		} else {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-w.wake:
+		case <-timer.C:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for other Stores' L1 to acknowledge: %w", context.Cause(ctx))
+		}
+	}
+}
+
+// ackRoute is where acknowledgements go (a Store's origin) and whom they
+// are from (this Store's member name when it applied them).
+type ackRoute struct{ to, from string }
+
+// queueAck schedules an acknowledgement of invalidation seq to Store to.
+func (b *bus) queueAck(to string, seq uint64) {
+	r := ackRoute{to: to, from: b.member()} // the incarnation that applied it
+	b.ackMu.Lock()
+	b.ackOut[r] = append(b.ackOut[r], seq)
+	b.ackMu.Unlock()
+	select {
+	case b.ackWake <- struct{}{}:
+	default:
+	}
+}
+
+// sendAcks publishes queued acknowledgements, one message per Store and
+// round trip: those that arrive while one round trip is in flight go
+// together in the next, so acknowledgements do not grow with the rate of
+// invalidations faster than round trips allow.
+func (b *bus) sendAcks(ctx context.Context, s *Store) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.ackWake:
+		}
+		b.ackMu.Lock()
+		out := b.ackOut
+		b.ackOut = map[ackRoute][]uint64{}
+		b.ackMu.Unlock()
+		b.waitStats.ackMsgs.Add(uint64(len(out)))
+		octx, cancel := s.opContext(ctx)
+		_, _ = s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+			for r, seqs := range out {
+				b.publish(octx, p, b.channel+":"+r.to, busMessage{Kind: busAck, Seqs: seqs, From: r.from})
+			}
+			return nil
+		})
+		cancel()
+		// A lost acknowledgement costs its invalidation a wait until our
+		// lease ends; the lease, not the acknowledgement, is what is safe.
+	}
 }
 
 func (b *bus) subscribe(ctx context.Context, s *Store) (ps *redis.PubSub, err error) {
@@ -200,49 +574,69 @@ func (b *bus) subscribe(ctx context.Context, s *Store) (ps *redis.PubSub, err er
 	if via := b.hooks.subscribeVia(); via != nil && !b.beatMissed.Load() {
 		rdb = via
 	}
-	ps = rdb.Subscribe(ctx, b.channel)
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		ps = c.SSubscribe(ctx, b.channel, b.own)
+	} else {
+		ps = rdb.Subscribe(ctx, b.channel, b.own)
+	}
 	b.mu.Lock()
 	b.ps = ps
 	b.mu.Unlock()
 	return ps, nil
 }
 
-// beat publishes heartbeat seq the way invalidations travel.
-func (b *bus) beat(s *Store, seq uint64) error {
+// beat publishes heartbeat seq the way invalidations travel, recording the
+// lease it asks for; it returns how many subscribers heard it.
+func (b *bus) beat(s *Store, seq uint64) (int64, error) {
 	ctx, cancel := s.opContext(context.Background())
 	defer cancel()
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		b.publish(ctx, p, busMessage{Kind: busBeat, Seq: seq})
-		return nil
-	})
-	return err
+	lease := int64(0)
+	if b.strict {
+		lease = b.leaseFor.Milliseconds()
+	}
+	payload := b.encode(busMessage{Kind: busBeat, Seq: seq})[0]
+	b.waitStats.beats.Add(1)
+	return beatScript.Run(ctx, s.rdb, []string{b.registry}, b.flag(b.sharded), b.own, payload, lease, b.member()).Int64()
 }
 
 // run keeps the subscription and applies what arrives; see [bus] for the
 // heartbeats. The bus's own Redis calls do not feed the breaker: they run
 // whether or not the application does.
 func (b *bus) run(ctx context.Context, s *Store) {
-	var ps *redis.PubSub
+	var (
+		ps           *redis.PubSub
+		registered   bool   // a heartbeat of this incarnation was sent: it may be in the registry
+		seq, awaited uint64 // awaited: the heartbeat not yet heard back, 0 if none
+		sentAt       time.Time
+		backoff      = 10 * time.Millisecond
+		limit        = b.beatEvery + 2*s.opTimeout
+		// A heartbeat's receiver count is the node's: on a Cluster client
+		// that reads from replicas, the subscription is not counted there.
+		countable = !b.sharded
+	)
 	defer func() {
 		if ps != nil {
 			_ = ps.Close()
 		}
+		b.listening.Store(false)
+		b.drop()
+		if registered {
+			b.leave(s, true)
+		}
 	}()
-	var (
-		seq, awaited uint64 // awaited: the heartbeat not yet heard back, 0 if none
-		sentAt       time.Time
-		backoff      = 10 * time.Millisecond
-		limit        = beatEvery + 2*s.opTimeout
-	)
 	reset := func(why string) {
 		b.resets.Add(1)
 		if why == whyNotHeard {
 			b.beatMissed.Store(true)
 		}
-		if b.up.Swap(false) {
-			b.epoch.Add(1)
+		if b.drop() {
 			s.log(slog.LevelWarn, "aside: invalidation stream in doubt: L1 bypassed until it is back", "why", why)
 		}
+		if registered {
+			b.leave(s, true)
+			registered = false
+		}
+		b.listening.Store(false)
 		if ps != nil {
 			_ = ps.Close()
 			ps = nil
@@ -254,11 +648,6 @@ func (b *bus) run(ctx context.Context, s *Store) {
 		}
 		backoff = min(2*backoff, time.Second)
 	}
-	defer func() {
-		if b.up.Swap(false) {
-			b.epoch.Add(1)
-		}
-	}()
 	for ctx.Err() == nil {
 		if ps == nil {
 			var err error
@@ -267,20 +656,32 @@ func (b *bus) run(ctx context.Context, s *Store) {
 				continue
 			}
 		}
-		if b.hooks.noHeartbeat() {
+		switch {
+		case !b.withL1.Load() || !b.listening.Load():
+			// No L1 (this Store only awaits acknowledgements), or not
+			// subscribed yet: nothing to beat for.
+		case b.hooks.noHeartbeat():
 			awaited = 0 // the broken variant: trust the connection, as v1 did
-		} else if awaited == 0 && time.Since(sentAt) >= beatEvery {
+		case awaited == 0 && time.Since(sentAt) >= b.beatEvery:
 			seq++
-			if err := b.beat(s, seq); err != nil {
+			sent := time.Now()
+			registered = registered || b.strict
+			n, err := b.beat(s, seq)
+			if err != nil {
 				reset("heartbeat not sent: " + err.Error())
 				continue
 			}
-			awaited, sentAt = seq, time.Now()
-		} else if awaited != 0 && time.Since(sentAt) > limit {
+			if n == 0 && countable {
+				b.beatMissed.Store(true)
+				reset("heartbeat reached no subscriber")
+				continue
+			}
+			awaited, sentAt = seq, sent
+		case awaited != 0 && time.Since(sentAt) > limit:
 			reset(whyNotHeard)
 			continue
 		}
-		msg, err := ps.ReceiveTimeout(ctx, beatEvery/2)
+		msg, err := ps.ReceiveTimeout(ctx, b.beatEvery/2)
 		if err != nil {
 			var ne net.Error
 			if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
@@ -291,39 +692,69 @@ func (b *bus) run(ctx context.Context, s *Store) {
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind != "subscribe" {
+			if m.Kind != "subscribe" && m.Kind != "ssubscribe" {
+				if m.Kind == "sunsubscribe" || m.Kind == "unsubscribe" { // a slot moved, or the server dropped us
+					reset("unsubscribed by the server")
+				}
 				continue
 			}
 			// (Re)subscribed: messages may have been lost before. Anything
 			// cached earlier is dropped; a new heartbeat brings L1 back.
-			if b.up.Swap(false) {
-				b.epoch.Add(1)
-			}
+			b.drop()
+			b.listening.Store(true)
 			awaited, sentAt = 0, time.Time{}
-			if b.hooks.noHeartbeat() {
-				b.heard(s)
+			if b.hooks.noHeartbeat() && b.withL1.Load() {
+				b.heard(s, time.Now())
 			}
 		case *redis.Message:
 			var bm busMessage
 			if msgpack.Unmarshal([]byte(m.Payload), &bm) != nil {
 				continue
 			}
-			if bm.Origin != b.origin {
+			switch {
+			case bm.Kind == busAck:
+				b.acked(bm.From, bm.Seqs)
+			case bm.Kind == busReset && len(bm.Names) == 1:
+				b.acked(bm.Names[0], nil)
+			case bm.Origin != b.origin:
 				b.received.Add(1)
+				b.hooks.beforeApply()
 				b.apply(bm)
-			} else if bm.Kind == busBeat && bm.Seq == awaited && awaited != 0 {
+				if bm.Ack && b.strict && b.withL1.Load() {
+					b.queueAck(bm.Origin, bm.Seq)
+				}
+			case bm.Kind == busBeat && bm.Seq == awaited && awaited != 0:
 				awaited, backoff = 0, 10*time.Millisecond
-				b.heard(s)
+				b.heard(s, sentAt)
 			}
 		}
 	}
 }
 
-// heard marks the stream trusted after a heartbeat came back.
-func (b *bus) heard(s *Store) {
+// heard marks the stream trusted after a heartbeat sent at sent came back:
+// every invalidation published before it was sent has been applied.
+func (b *bus) heard(s *Store, sent time.Time) {
 	if !b.up.Load() {
 		b.epoch.Add(1) // entries filled while in doubt stay invalid
 		b.up.Store(true)
 		s.log(slog.LevelInfo, "aside: invalidation stream up: L1 in use")
 	}
+	if !b.strict || b.hooks.noHeartbeat() { // the broken variant trusts the connection for good
+		b.lease.Store(math.MaxInt64)
+		return
+	}
+	if until := int64(sent.Sub(b.base) + b.leaseFor); until > b.lease.Load() {
+		b.lease.Store(until) // only run's goroutine stores a lease
+	}
+}
+
+// drop stops L1 at once: no lease, and every entry of an older epoch. It
+// reports whether L1 was up.
+func (b *bus) drop() bool {
+	b.lease.Store(0)
+	if b.up.Swap(false) {
+		b.epoch.Add(1)
+		return true
+	}
+	return false
 }

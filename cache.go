@@ -135,7 +135,7 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		degraded: map[string]*degradedKey[T]{},
 	}
 	if o.l1Entries > 0 {
-		c.l1 = newLocal[T](o.l1Entries, o.l1TTL, store.bus, store.hooks, store.now)
+		c.l1 = newLocal[T](o.l1Entries, o.l1TTL, store)
 		store.bus.register(store, name, c.l1)
 	}
 	return c, nil
@@ -147,7 +147,7 @@ func (c *Cache[T]) Name() string { return c.name }
 // Stats returns a snapshot of the cache's counters.
 func (c *Cache[T]) Stats() Stats {
 	s := c.stats.snapshot()
-	s.Cache, s.Profile, s.Breaker = c.name, c.profile.Name, c.store.breaker.State()
+	s.Cache, s.Profile, s.Breaker, s.Coherence = c.name, c.profile.Name, c.store.breaker.State(), c.store.Coherence()
 	return s
 }
 
@@ -259,7 +259,7 @@ func (c *Cache[T]) set(ctx context.Context, key string, v T, o callOptions) erro
 	rk := c.keys.entry(key)
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	err = c.store.writeAndTell(octx, func(p redis.Pipeliner) {
+	acks, err := c.store.writeAndTell(octx, func(p redis.Pipeliner) {
 		setScript.Eval(octx, p, []string{rk}, b, (fresh + c.profile.StaleWindow).Milliseconds())
 	}, busMessage{Kind: busKeys, Cache: c.name, Names: []string{key}})
 	c.store.record(octx, err, &c.stats, c.name)
@@ -267,6 +267,9 @@ func (c *Cache[T]) set(ctx context.Context, key string, v T, o callOptions) erro
 		return fmt.Errorf("aside: set: %w", err)
 	}
 	c.stats.bytesWritten.Add(uint64(len(b)))
+	if err := acks.wait(ctx); err != nil {
+		return fmt.Errorf("aside: set: %w", err)
+	}
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -332,4 +333,30 @@ func realAddrOrMini(t *testing.T) string {
 		return realAddr
 	}
 	return miniredis.RunT(t).Addr()
+}
+
+// loopUntil runs fn(0), fn(1), … on a goroutine counted in wg until stop is
+// closed or fn returns false: the writers and readers of the races.
+func loopUntil(stop <-chan struct{}, wg *sync.WaitGroup, fn func(i int) bool) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if !fn(i) {
+				return
+			}
+		}
+	}()
+}
+
+// raise sets floor to v unless it is already higher: the version that an
+// invalidation which has returned protects.
+func raise(floor *atomic.Int64, v int64) {
+	for cur := floor.Load(); cur < v && !floor.CompareAndSwap(cur, v); cur = floor.Load() {
+	}
 }

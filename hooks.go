@@ -17,6 +17,7 @@ type testHooks struct {
 	// between a Redis read and its L1 fill.
 	AfterLoad, BeforeFill, BeforePoll func(rk string)
 	BeforeL1Fill                      func(key string)
+	BeforeApply                       func() // before a heard invalidation is applied
 
 	// Broken variants of the lease protocol.
 	UnconditionalFill bool // T1/T2: write a loaded value even if its lease was revoked
@@ -31,8 +32,10 @@ type testHooks struct {
 	// Broken variants of L1 and the bus.
 	UncheckedL1    bool // T8: fill L1 without the generation check
 	CallTagsOnly   bool // T11: guard an entry by the tags the call named only, in L1 and when a refresh rewrites it
-	KeylessPublish bool // T17: PUBLISH routed as go-redis routes a keyless command
+	KeylessPublish bool // T17: publishes (the tell script too) routed as go-redis routes a keyless command
 	NoHeartbeat    bool // T16: trust the subscription's connection, not heartbeats
+	NoAckWait      bool // T18: an invalidation returns without waiting for other Stores' L1
+	NoLeaseCheck   bool // T18: an L1 hit does not check the Store's lease
 	// SubscribeVia, when set, carries the bus's subscriptions until a
 	// heartbeat goes unheard: a client of one fixed node, as when go-redis
 	// resubscribes to a node it has not yet learnt is no longer master (T16).
@@ -69,6 +72,12 @@ func (h *testHooks) beforeL1Fill(key string) {
 	}
 }
 
+func (h *testHooks) beforeApply() {
+	if h != nil && h.BeforeApply != nil {
+		h.BeforeApply()
+	}
+}
+
 func (h *testHooks) unconditionalFill() bool { return h != nil && h.UnconditionalFill }
 func (h *testHooks) naive() bool             { return h != nil && h.Naive }
 func (h *testHooks) keepLease() bool         { return h != nil && h.KeepLeaseOnError }
@@ -81,6 +90,8 @@ func (h *testHooks) uncheckedL1() bool       { return h != nil && h.UncheckedL1 
 func (h *testHooks) callTagsOnly() bool      { return h != nil && h.CallTagsOnly }
 func (h *testHooks) keylessPublish() bool    { return h != nil && h.KeylessPublish }
 func (h *testHooks) noHeartbeat() bool       { return h != nil && h.NoHeartbeat }
+func (h *testHooks) noAckWait() bool         { return h != nil && h.NoAckWait }
+func (h *testHooks) noLeaseCheck() bool      { return h != nil && h.NoLeaseCheck }
 func (h *testHooks) subscribeVia() redis.UniversalClient {
 	if h == nil {
 		return nil

@@ -38,7 +38,7 @@ func (c *Cache[T]) invalidate(ctx context.Context, what string, keys []string, c
 	}
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	err = c.store.writeAndTell(octx, func(p redis.Pipeliner) {
+	acks, err := c.store.writeAndTell(octx, func(p redis.Pipeliner) {
 		for _, rk := range rks {
 			cmd(octx, p, rk)
 		}
@@ -46,6 +46,9 @@ func (c *Cache[T]) invalidate(ctx context.Context, what string, keys []string, c
 	c.store.record(octx, err, &c.stats, c.name)
 	if err != nil {
 		c.store.pending.add(pendingKeys(c.name, keys, rks)) // it may or may not have run: deleting again is harmless
+		return fmt.Errorf("aside: %s: %w", what, err)
+	}
+	if err := acks.wait(ctx); err != nil {
 		return fmt.Errorf("aside: %s: %w", what, err)
 	}
 	return nil
@@ -137,7 +140,11 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 	// nothing old left.
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	if perr := c.store.writeAndTell(octx, func(redis.Pipeliner) {}, busMessage{Kind: busCache, Cache: c.name}); err == nil {
+	acks, perr := c.store.writeAndTell(octx, func(redis.Pipeliner) {}, busMessage{Kind: busCache, Cache: c.name})
+	if perr == nil {
+		perr = acks.wait(ctx)
+	}
+	if err == nil {
 		err = perr
 	}
 	if err != nil {

@@ -2,6 +2,7 @@ package aside
 
 import (
 	"hash/maphash"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,7 +16,8 @@ import (
 // would wrap any library anyway.
 //
 // Coherence: every invalidation is published on the Store's channel; each
-// Store drops what it hears and ignores its own messages. Rather than
+// Store drops what it hears and ignores its own messages, and answers from
+// L1 only under its lease (see [bus]). Rather than
 // deleting eagerly, invalidations bump generations — per key (hashed),
 // per tag (hashed), per cache and per subscription epoch — and a hit is
 // valid only while the generations it recorded before its Redis read are
@@ -23,13 +25,15 @@ import (
 // clearing the whole tier when the subscription drops is O(1).
 
 const (
-	l1Shards = 16
-	genSlots = 1024 // hashed generation counters per cache (keys) and per Store (tags)
-	l1Sample = 5    // entries looked at per eviction
+	genSlots    = 1024 // hashed generation counters per cache (keys) and per Store (tags)
+	l1Sample    = 5    // entries looked at per eviction
+	l1PerShard  = 32   // target entries per shard: what a fill copies
+	l1MinShards = 16
+	l1MaxShards = 4096
 )
 
 type local[T any] struct {
-	shards   [l1Shards]l1Shard[T]
+	shards   []l1Shard[T] // a power of two
 	perShard int
 	ttl      time.Duration
 	bus      *bus
@@ -37,16 +41,24 @@ type local[T any] struct {
 	epoch    atomic.Uint64 // bumped by Purge and messages that clear the cache
 	hooks    *testHooks
 	now      func() time.Time // the Store's clock: an entry leaves L1 when its freshness ends, on that clock
+	// realClock: now is time.Now, so entries expire on the lease's
+	// monotonic clock and a hit reads one clock, once.
+	realClock bool
 }
 
+// l1Shard is read without a lock: a hit loads the map pointer, and a fill
+// copies the map (a few dozen entries) and swaps the pointer. Hits, the hot
+// path, then write no shared memory, so they scale with cores; a fill
+// already paid a Redis round trip.
 type l1Shard[T any] struct {
-	mu sync.RWMutex
-	m  map[string]*l1Entry[T]
+	mu sync.Mutex // serializes fills and clears
+	m  atomic.Pointer[map[string]*l1Entry[T]]
+	_  [48]byte // a cache line of its own: no false sharing between shards
 }
 
 type l1Entry[T any] struct {
 	v        T
-	expires  int64 // UnixNano
+	expires  int64 // on the clock of local.clock
 	keyGen   uint64
 	epoch    uint64
 	busEpoch uint64
@@ -66,28 +78,49 @@ type l1Note struct {
 	tagEpoch uint64
 }
 
-func newLocal[T any](entries int, ttl time.Duration, b *bus, h *testHooks, now func() time.Time) *local[T] {
-	l := &local[T]{perShard: max(1, (entries+l1Shards-1)/l1Shards), ttl: ttl, bus: b, hooks: h, now: now}
+func newLocal[T any](entries int, ttl time.Duration, s *Store) *local[T] {
+	n := l1MinShards
+	for n < l1MaxShards && n*l1PerShard < entries {
+		n *= 2
+	}
+	l := &local[T]{shards: make([]l1Shard[T], n), perShard: max(1, (entries+n-1)/n), ttl: ttl, bus: s.bus, hooks: s.hooks,
+		now: s.now, realClock: s.realClock}
 	for i := range l.shards {
-		l.shards[i].m = make(map[string]*l1Entry[T])
+		l.shards[i].m.Store(&map[string]*l1Entry[T]{})
 	}
 	return l
 }
 
+// clock is the time entries expire by, in nanoseconds: the lease's
+// monotonic clock (mono, already read) when the Store's clock is the real
+// one, and the Store's clock otherwise (tests move it).
+func (l *local[T]) clock(mono int64) int64 {
+	if l.realClock {
+		return mono
+	}
+	return l.now().UnixNano()
+}
+
 func (l *local[T]) slot(key string) uint64 { return maphash.String(l.bus.seed, key) }
 
-// get returns a valid, unexpired value; it allocates nothing.
+// get returns a valid, unexpired value while the Store holds its lease
+// (see [bus]); it allocates nothing.
 func (l *local[T]) get(key string) (T, bool) {
 	var zero T
-	if !l.bus.up.Load() {
+	lease := l.bus.lease.Load() // a lease extended meanwhile is not needed: the older one is the stricter
+	if lease == 0 {
 		return zero, false
 	}
 	h := l.slot(key)
-	sh := &l.shards[h%l1Shards]
-	sh.mu.RLock()
-	e := sh.m[key]
-	sh.mu.RUnlock()
-	if e == nil || !l.valid(e, h) || l.now().UnixNano() >= e.expires {
+	e := (*l.shard(h).m.Load())[key]
+	if e == nil || !l.valid(e, h) {
+		return zero, false
+	}
+	mono := l.bus.mono()
+	if lease != math.MaxInt64 && mono >= lease && !l.hooks.noLeaseCheck() {
+		return zero, false
+	}
+	if now := l.clock(mono); now >= e.expires {
 		return zero, false
 	}
 	if !e.used.Load() {
@@ -134,10 +167,11 @@ func (l *local[T]) set(key string, v T, n l1Note, freshUntil time.Time, tags []t
 	if !n.ok {
 		return
 	}
-	expires := l.now().Add(l.ttl).UnixNano()
-	if fu := freshUntil.UnixNano(); fu < expires {
-		expires = fu
+	life := l.ttl
+	if fresh := freshUntil.Sub(l.now()); fresh < life {
+		life = fresh
 	}
+	expires := l.clock(l.bus.mono()) + int64(life)
 	e := &l1Entry[T]{v: v, expires: expires, keyGen: n.keyGen, epoch: n.epoch, busEpoch: n.busEpoch}
 	if len(tags) > 0 {
 		e.tagSlots = make([]uint16, len(tags))
@@ -156,12 +190,18 @@ func (l *local[T]) set(key string, v T, n l1Note, freshUntil time.Time, tags []t
 	if !l.valid(e, h) || !l.bus.up.Load() {
 		return // an invalidation arrived during the read: do not keep its result
 	}
-	sh := &l.shards[h%l1Shards]
+	sh := l.shard(h)
 	sh.mu.Lock()
-	if _, exists := sh.m[key]; !exists && len(sh.m) >= l.perShard {
-		sh.evictOne()
+	old := *sh.m.Load()
+	m := make(map[string]*l1Entry[T], len(old)+1)
+	for k, v := range old {
+		m[k] = v
 	}
-	sh.m[key] = e
+	if _, exists := m[key]; !exists && len(m) >= l.perShard {
+		evictOne(m)
+	}
+	m[key] = e
+	sh.m.Store(&m)
 	sh.mu.Unlock()
 	// The generations may have moved while we inserted; valid() on every
 	// hit catches that, so no lock is held across the check.
@@ -170,11 +210,11 @@ func (l *local[T]) set(key string, v T, n l1Note, freshUntil time.Time, tags []t
 // evictOne removes one entry, sampled CLOCK: among a few entries (map
 // iteration starts at a random bucket), the first not used since it was
 // last sampled; failing that, the one expiring first.
-func (sh *l1Shard[T]) evictOne() {
+func evictOne[T any](m map[string]*l1Entry[T]) {
 	var victim string
 	var soonest int64
 	n := 0
-	for k, e := range sh.m {
+	for k, e := range m {
 		if !e.used.Load() {
 			victim = k
 			break
@@ -187,19 +227,18 @@ func (sh *l1Shard[T]) evictOne() {
 			break
 		}
 	}
-	delete(sh.m, victim)
+	delete(m, victim)
 }
 
-// invalidate drops keys at once (read-your-writes for this Store) and bumps
-// their generations, so that fills racing this call are refused.
+func (l *local[T]) shard(h uint64) *l1Shard[T] { return &l.shards[h&uint64(len(l.shards)-1)] }
+
+// invalidate bumps the keys' generations: their entries fail every later
+// check at once (read-your-writes for this Store), and fills racing this
+// call are refused. The entries stay until evicted — never hit again, they
+// are the first the sampled CLOCK takes — so an invalidation copies nothing.
 func (l *local[T]) invalidate(keys []string) {
 	for _, k := range keys {
-		h := l.slot(k)
-		l.keyGens[h%genSlots].Add(1)
-		sh := &l.shards[h%l1Shards]
-		sh.mu.Lock()
-		delete(sh.m, k)
-		sh.mu.Unlock()
+		l.keyGens[l.slot(k)%genSlots].Add(1)
 	}
 }
 
@@ -208,7 +247,7 @@ func (l *local[T]) clear() {
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
-		clear(sh.m)
+		sh.m.Store(&map[string]*l1Entry[T]{})
 		sh.mu.Unlock()
 	}
 }

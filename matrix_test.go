@@ -20,9 +20,9 @@ import (
 // fault, on every backend. In each cell Store A invalidates and Store B
 // reads; the row goes from version 1 to 2 before the invalidation. It must
 // show: no read that started after the invalidation returned gets version 1
-// — in the invalidating Store and in every Store without L1 (Stores with L1
-// that only hear of it over the bus may lag by a delivery: that is the
-// relaxed L1 mode); no key left stale in any Store; the breaker back to
+// — in any Store, with L1 or without (strict L1, with a 300 ms lease so that
+// a Store cut off by a fault costs the invalidation at most that); no key
+// left stale in any Store; the breaker back to
 // closed and the replay queue drained; no read past its wait budget. No
 // goroutine is left: TestMain checks with goleak.
 
@@ -191,7 +191,8 @@ func runCell(t *testing.T, top topology, p matrixPath, l1, inv, fault string, n 
 		down := new(atomic.Bool)
 		rdb.AddHook(faultHook{down})
 		store, err := aside.NewStore(rdb, aside.WithPrefix(prefix), aside.WithOpTimeout(time.Second),
-			aside.WithBreaker(2, cellCooldown), aside.WithClock(clk.now), aside.WithProfiles(prof))
+			aside.WithBreaker(2, cellCooldown), aside.WithClock(clk.now), aside.WithProfiles(prof),
+			aside.WithL1Lease(300*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -312,19 +313,19 @@ func runCell(t *testing.T, top topology, p matrixPath, l1, inv, fault string, n 
 	if fault == "caller-cancelled" { // callers that give up mid-call: errors, never the old value
 		for range 5 {
 			ctx, cancel := context.WithTimeout(bgCtx, time.Duration(rand.N(3000))*time.Microsecond)
-			check(bs, !bs.l1, ctx)
+			check(bs, true, ctx)
 			check(a, true, ctx)
 			cancel()
 		}
 	}
 	if fault == "breaker" {
-		check(bs, !bs.l1, bgCtx) // from the loader (or a relaxed L1), while Redis is away
+		check(bs, true, bgCtx) // from the loader, while Redis is away
 		bs.down.Store(false)
 		time.Sleep(cellCooldown)
 	}
 	for range 3 {
 		check(a, true, bgCtx)
-		check(bs, !bs.l1, bgCtx)
+		check(bs, true, bgCtx)
 	}
 
 	// No key left stale anywhere, once deliveries and refreshes are done.
@@ -360,6 +361,8 @@ func TestSeamMatrixCatchesBrokenVariants(t *testing.T) {
 		{"L1 guarded by the call's tags (T11)", subset, "every", "InvalidateTags", "none", aside.TestHooks{CallTagsOnly: true}, false},
 		{"refresh drops the entry's tags (T11)", matrixPaths[4], "off", "InvalidateTags", "none", aside.TestHooks{CallTagsOnly: true}, false},
 		{"bus routed as a keyless command, trusted without heartbeats (T17)", matrixPaths[0], "every", "Invalidate", "none", aside.TestHooks{KeylessPublish: true, NoHeartbeat: true}, true},
+		{"invalidation returns before other Stores' L1 acknowledge (T18)", matrixPaths[0], "reader", "Invalidate", "none",
+			aside.TestHooks{NoAckWait: true, BeforeApply: func() { time.Sleep(20 * time.Millisecond) }}, false},
 	}
 	var newRing func(testing.TB) redis.UniversalClient
 	for _, c := range cells {

@@ -11,6 +11,8 @@ type Stats struct {
 	Cache   string       // the cache's name
 	Profile string       // its TTL profile
 	Breaker BreakerState // the Store's circuit breaker, now
+	// Coherence is the Store's L1 coherence, now: shared by its caches.
+	Coherence CoherenceStats
 
 	L1Hits        uint64        // reads answered by the local tier, without Redis
 	Hits          uint64        // reads answered by a fresh Redis entry
@@ -34,6 +36,39 @@ type Stats struct {
 	OversizeSkips uint64        // values larger than the profile's MaxEntryBytes, returned but not stored
 	Degraded      uint64        // reads that skipped Redis because the breaker was open
 	BytesWritten  uint64        // envelope bytes written to Redis
+}
+
+// CoherenceStats reports how a Store keeps L1 tiers coherent: its own L1's
+// lease, and what its invalidations waited for (see the README, "L1: strict
+// coherence").
+type CoherenceStats struct {
+	Strict            bool          // leases on (the default), or off with WithRelaxedL1
+	L1Serving         bool          // this Store's L1 may answer now: its stream is trusted and, if strict, its lease held
+	StreamResets      uint64        // times the invalidation stream was doubted and L1 dropped
+	Received          uint64        // invalidations from other Stores applied to this Store's L1
+	InvalidationWaits uint64        // invalidations that waited for other Stores' L1 to acknowledge
+	AcksAwaited       uint64        // acknowledgements those invalidations waited for
+	SilentStores      uint64        // awaited Stores that did not acknowledge: the invalidation waited for their lease to end
+	WaitTime          time.Duration // total time invalidations spent waiting for acknowledgements
+	Heartbeats        uint64        // heartbeats this Store published (its share of the bus's traffic)
+	AckMessages       uint64        // acknowledgement messages this Store published (several acknowledgements each under load)
+}
+
+// Coherence returns a snapshot of the Store's L1 coherence (atomic loads).
+func (s *Store) Coherence() CoherenceStats {
+	b := s.bus
+	return CoherenceStats{
+		Strict:            b.strict,
+		L1Serving:         b.up.Load() && b.leased(),
+		StreamResets:      b.resets.Load(),
+		Received:          b.received.Load(),
+		InvalidationWaits: b.waitStats.waits.Load(),
+		AcksAwaited:       b.waitStats.acksAwaited.Load(),
+		SilentStores:      b.waitStats.silent.Load(),
+		WaitTime:          time.Duration(b.waitStats.nanos.Load()),
+		Heartbeats:        b.waitStats.beats.Load(),
+		AckMessages:       b.waitStats.ackMsgs.Load(),
+	}
 }
 
 type counters struct {

@@ -51,6 +51,8 @@ type storeOptions struct {
 	observer         Observer
 	logger           *slog.Logger
 	clock            func() time.Time
+	relaxedL1        bool
+	l1Lease          time.Duration
 }
 
 // WithPrefix sets the first segment of every Redis key, so several
@@ -93,6 +95,24 @@ func WithLogger(l *slog.Logger) StoreOption { return func(o *storeOptions) { o.l
 // refresh, stale windows), so that tests can move time; Redis TTLs and
 // lease deadlines keep the server's clock. Default: time.Now.
 func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) { o.clock = now } }
+
+// WithRelaxedL1 makes this Store's L1 tiers coherent within a pub/sub
+// delivery instead of strictly: they serve without a lease, and other
+// Stores' invalidations do not wait for them. An invalidation that has
+// returned may then be followed, for a delivery's time (0.2–0.5 ms on one
+// node, up to tens of ms on a Cluster, until a reset when the subscription
+// breaks), by reads of the old value from this Store's L1. Choose it for
+// data where that is acceptable and invalidations must stay as cheap as a
+// PUBLISH. Default: strict (see the README, "L1: strict coherence").
+func WithRelaxedL1() StoreOption { return func(o *storeOptions) { o.relaxedL1 = true } }
+
+// WithL1Lease sets how long this Store's L1 may answer after it last heard
+// its own heartbeat (sent every d/4): the longest an invalidation elsewhere
+// waits for this Store when it stops answering (a paused process, a
+// black-holed connection), plus 50 ms. Shorter makes such waits shorter and
+// costs more heartbeats; longer tolerates longer pauses without dropping
+// L1. Between 100 ms and 1 min. Default: 1 s.
+func WithL1Lease(d time.Duration) StoreOption { return func(o *storeOptions) { o.l1Lease = d } }
 
 // CallOption configures one call of [Cache.Get], [Cache.GetMany] or
 // [Cache.Set].

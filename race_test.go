@@ -72,57 +72,40 @@ func staleSetRaceOn(t *testing.T, b *backend, d time.Duration, hooks *aside.Test
 	var wg sync.WaitGroup
 	var staleN, readN atomic.Int64
 	for w := range 2 { // writers
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
+		loopUntil(stop, &wg, func(i int) bool {
+			k := rand.N(keys)
+			v := db[k].Add(1)
+			if err := invalidate(w+i, k); err != nil {
+				// Did not return: no floor for readers. It was queued and
+				// is replayed before Redis is read again.
+				if failed == nil {
+					t.Error(err)
+					return false
 				}
-				k := rand.N(keys)
-				v := db[k].Add(1)
-				if err := invalidate(w+i, k); err != nil {
-					// Did not return: no floor for readers. It was queued and
-					// is replayed before Redis is read again.
-					if failed == nil {
-						t.Error(err)
-						return
-					}
-					failed.Add(1)
-					continue
-				}
-				for cur := invalidated[k].Load(); cur < v && !invalidated[k].CompareAndSwap(cur, v); cur = invalidated[k].Load() {
-				}
-				time.Sleep(time.Duration(rand.N(2000)) * time.Microsecond)
+				failed.Add(1)
+				return true
 			}
-		}()
+			raise(&invalidated[k], v)
+			time.Sleep(time.Duration(rand.N(2000)) * time.Microsecond)
+			return true
+		})
 	}
 	for r := range 8 { // readers
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := caches[r%2]
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				k := rand.N(keys)
-				floor := invalidated[k].Load()
-				v, err := c.Get(bgCtx, name(k), loader(k), tags(k)...)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				readN.Add(1)
-				if v < floor {
-					staleN.Add(1)
-				}
+		c := caches[r%2]
+		loopUntil(stop, &wg, func(int) bool {
+			k := rand.N(keys)
+			floor := invalidated[k].Load()
+			v, err := c.Get(bgCtx, name(k), loader(k), tags(k)...)
+			if err != nil {
+				t.Error(err)
+				return false
 			}
-		}()
+			readN.Add(1)
+			if v < floor {
+				staleN.Add(1)
+			}
+			return true
+		})
 	}
 	if during != nil {
 		during()

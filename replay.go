@@ -106,10 +106,10 @@ func (s *Store) replayPending(ctx context.Context) bool {
 			}
 		}
 		if len(tags) > 0 {
-			s.bus.publish(octx, p, busMessage{Kind: busTags, Names: tags})
+			s.bus.publish(octx, p, s.bus.channel, busMessage{Kind: busTags, Names: tags})
 		}
 		for cache, names := range keys {
-			s.bus.publish(octx, p, busMessage{Kind: busKeys, Cache: cache, Names: names})
+			s.bus.publish(octx, p, s.bus.channel, busMessage{Kind: busKeys, Cache: cache, Names: names})
 		}
 		return nil
 	})

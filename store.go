@@ -25,6 +25,7 @@ type Store struct {
 	bus       *bus             // carries invalidations to every Store's L1
 	pending   replayQueue      // invalidations that failed, replayed before Redis is read again
 	now       func() time.Time // the clock of freshness decisions; tests replace it
+	realClock bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
 	hooks     *testHooks       // nil outside tests
 
 	// Background work (refreshes, lease pollers, loads, the probe, the bus)
@@ -41,7 +42,8 @@ type Store struct {
 // *redis.Ring or a Sentinel failover client). The Store does not own the
 // client: close it yourself after the last use of the Store.
 func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
-	o := storeOptions{prefix: "aside", opTimeout: 100 * time.Millisecond, breakerThreshold: 5, breakerCooldown: time.Second}
+	o := storeOptions{prefix: "aside", opTimeout: 100 * time.Millisecond, breakerThreshold: 5, breakerCooldown: time.Second,
+		l1Lease: defaultLease}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -56,6 +58,9 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	}
 	if o.breakerThreshold < 1 || o.breakerCooldown <= 0 {
 		return nil, fmt.Errorf("aside: breaker needs failures >= 1 and cooldown > 0, got %d and %v", o.breakerThreshold, o.breakerCooldown)
+	}
+	if o.l1Lease < minLease || o.l1Lease > maxLease {
+		return nil, fmt.Errorf("aside: L1 lease must be in [%v, %v], got %v", minLease, maxLease, o.l1Lease)
 	}
 	if err := checkClientTimeouts(rdb, o.opTimeout); err != nil {
 		return nil, err
@@ -75,11 +80,13 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		seen[p.Name] = true
 		profiles[p.Name] = p
 	}
-	if o.clock == nil {
+	realClock := o.clock == nil
+	if realClock {
 		o.clock = time.Now
 	}
-	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger, now: o.clock}
-	s.bus = newBus(s)
+	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger,
+		now: o.clock, realClock: realClock}
+	s.bus = newBus(s, o.relaxedL1, o.l1Lease)
 	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
 		switch st {
 		case BreakerOpen:

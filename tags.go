@@ -80,7 +80,7 @@ func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd 
 	octx, cancel := s.opContext(ctx)
 	defer cancel()
 	// One command per tag: the tag keys live in different Cluster slots.
-	err = s.writeAndTell(octx, func(p redis.Pipeliner) {
+	acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) {
 		for _, t := range o.tags {
 			cmd(p, octx, tagKey(s.prefix, t))
 		}
@@ -88,6 +88,9 @@ func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd 
 	s.record(octx, err, nil, "")
 	if err != nil {
 		s.pending.add(pendingTags(o.tags)) // replayed as a hard invalidation
+		return fmt.Errorf("aside: %s: %w", what, err)
+	}
+	if err := acks.wait(ctx); err != nil {
 		return fmt.Errorf("aside: %s: %w", what, err)
 	}
 	return nil

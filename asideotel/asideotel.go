@@ -54,6 +54,12 @@ func Register(meter metric.Meter, sources ...Source) (metric.Registration, error
 	written := counter("aside.bytes_written", "By", "Envelope bytes written to Redis.")
 	leases := counter("aside.lease.events", "{event}", "Lease outcomes: wait, wait_timeout, fill_refused, refresh.")
 	breaker := gauge("aside.breaker.state", "1", "The Store's circuit breaker: 0 closed, 1 open, 2 half-open.")
+	l1Serving := gauge("aside.l1.serving", "1", "1 while the Store's L1 may answer: stream trusted and, if strict, lease held.")
+	streamResets := counter("aside.l1.stream_resets", "{reset}", "Times the Store doubted its invalidation stream and dropped L1.")
+	invWaits := counter("aside.invalidation.waits", "{invalidation}", "Invalidations that waited for other Stores' L1 to acknowledge.")
+	acksAwaited := counter("aside.invalidation.acks_awaited", "{ack}", "Acknowledgements those invalidations waited for.")
+	silent := counter("aside.invalidation.silent_stores", "{store}", "Awaited Stores that did not acknowledge: the invalidation waited for their lease to end.")
+	waitTime := fcounter("aside.invalidation.wait_time", "s", "Time invalidations spent waiting for acknowledgements.")
 	for _, err := range errs {
 		if err != nil {
 			return nil, err
@@ -88,7 +94,19 @@ func Register(meter metric.Meter, sources ...Source) (metric.Registration, error
 			o.ObserveInt64(leases, int64(s.FillsRefused), with("event", "fill_refused"))
 			o.ObserveInt64(leases, int64(s.Refreshes), with("event", "refresh"))
 			o.ObserveFloat64(breaker, float64(s.Breaker), attrs)
+			co := s.Coherence
+			serving := 0.0
+			if co.L1Serving {
+				serving = 1
+			}
+			o.ObserveFloat64(l1Serving, serving, attrs)
+			o.ObserveInt64(streamResets, int64(co.StreamResets), attrs)
+			o.ObserveInt64(invWaits, int64(co.InvalidationWaits), attrs)
+			o.ObserveInt64(acksAwaited, int64(co.AcksAwaited), attrs)
+			o.ObserveInt64(silent, int64(co.SilentStores), attrs)
+			o.ObserveFloat64(waitTime, co.WaitTime.Seconds(), attrs)
 		}
 		return nil
-	}, reads, loads, loadErrors, loadTime, latency, saved, redisErrors, timeouts, problems, degraded, written, leases, breaker)
+	}, reads, loads, loadErrors, loadTime, latency, saved, redisErrors, timeouts, problems, degraded, written, leases, breaker,
+		l1Serving, streamResets, invWaits, acksAwaited, silent, waitTime)
 }

@@ -46,8 +46,15 @@ var (
 	bytesDesc      = desc("bytes_written_total", "Envelope bytes written to Redis.")
 	leaseDesc      = desc("lease_events_total", "Lease outcomes: wait, wait_timeout, fill_refused, refresh.", "event")
 	breakerDesc    = desc("breaker_state", "The Store's circuit breaker: 0 closed, 1 open, 2 half-open.")
+	l1ServingDesc  = desc("l1_serving", "1 while the Store's L1 may answer: stream trusted and, if strict, lease held.")
+	resetsDesc     = desc("l1_stream_resets_total", "Times the Store doubted its invalidation stream and dropped L1.")
+	invWaitsDesc   = desc("invalidation_waits_total", "Invalidations that waited for other Stores' L1 to acknowledge.")
+	acksDesc       = desc("invalidation_acks_awaited_total", "Acknowledgements those invalidations waited for.")
+	silentDesc     = desc("invalidation_silent_stores_total", "Awaited Stores that did not acknowledge: the invalidation waited for their lease to end.")
+	waitSecDesc    = desc("invalidation_wait_seconds_total", "Time invalidations spent waiting for acknowledgements.")
 	allDescriptors = []*prometheus.Desc{readsDesc, loadsDesc, loadErrDesc, loadSecDesc, latencyDesc, savedDesc,
-		redisErrDesc, timeoutDesc, problemsDesc, degradedDesc, bytesDesc, leaseDesc, breakerDesc}
+		redisErrDesc, timeoutDesc, problemsDesc, degradedDesc, bytesDesc, leaseDesc, breakerDesc,
+		l1ServingDesc, resetsDesc, invWaitsDesc, acksDesc, silentDesc, waitSecDesc}
 )
 
 // Describe sends the descriptors of every metric.
@@ -91,5 +98,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(leaseDesc, float64(s.FillsRefused), "fill_refused")
 		counter(leaseDesc, float64(s.Refreshes), "refresh")
 		gauge(breakerDesc, float64(s.Breaker))
+		co := s.Coherence
+		serving := 0.0
+		if co.L1Serving {
+			serving = 1
+		}
+		gauge(l1ServingDesc, serving)
+		counter(resetsDesc, float64(co.StreamResets))
+		counter(invWaitsDesc, float64(co.InvalidationWaits))
+		counter(acksDesc, float64(co.AcksAwaited))
+		counter(silentDesc, float64(co.SilentStores))
+		counter(waitSecDesc, co.WaitTime.Seconds())
 	}
 }
