@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -46,5 +47,28 @@ aside_loads_total{cache="product",profile="master"} 1
 	}
 	if n, err := testutil.GatherAndCount(reg); err != nil || n < 20 {
 		t.Errorf("gathered %d series, %v", n, err)
+	}
+}
+
+func TestCollectorScrapesL1Coherence(t *testing.T) {
+	store, _ := asidetest.New(t)
+	products, err := aside.New[string](store, "product", aside.WithL1(100, time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !store.Coherence().L1Serving; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the L1 never started serving")
+		}
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(asideprom.NewCollector(products))
+	want := `
+# HELP aside_l1_serving 1 while the Store's L1 may answer: stream trusted and, if strict, lease held.
+# TYPE aside_l1_serving gauge
+aside_l1_serving{cache="product",profile="default"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "aside_l1_serving"); err != nil {
+		t.Error(err)
 	}
 }
