@@ -78,7 +78,7 @@ func coherenceRun(ctx context.Context, newRDB func() redis.UniversalClient, n in
 	idle := min(window, 2*time.Second)
 	b0, _ := traffic()
 	time.Sleep(idle)
-	b1, a1 := traffic()
+	idleBeats, _ := traffic()
 	// Keys are read into every L1 first, so that every Store holds what is
 	// invalidated.
 	load := func(context.Context) (int, error) { return 1, nil }
@@ -89,7 +89,7 @@ func coherenceRun(ctx context.Context, newRDB func() redis.UniversalClient, n in
 	}
 	var mu sync.Mutex
 	var lat []time.Duration
-	b1, a1 = traffic()
+	b1, a1 := traffic()
 	start := time.Now()
 	var wg sync.WaitGroup
 	const workers = 4
@@ -119,7 +119,7 @@ func coherenceRun(ctx context.Context, newRDB func() redis.UniversalClient, n in
 	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
 	return coherenceResult{
 		p50: pct(0.5), p99: pct(0.99), max: lat[len(lat)-1],
-		idleBeats: perStore(b1-b0, idle), loadBeats: perStore(b2-b1, elapsed), loadAcks: perStore(a2-a1, elapsed),
+		idleBeats: perStore(idleBeats-b0, idle), loadBeats: perStore(b2-b1, elapsed), loadAcks: perStore(a2-a1, elapsed),
 		silent: stores[0].Coherence().SilentStores,
 	}
 }
