@@ -11,7 +11,11 @@ import (
 
 // Invalidate deletes the entries of keys together with any lease on them:
 // a load that started before cannot write its value afterwards, so once
-// Invalidate has returned no Get that starts later returns the old value.
+// Invalidate has returned no Get that starts later returns the old value —
+// in any process, L1 included: it returns once every Store whose strict L1
+// may hold the old value has acknowledged or lost its lease (at most the
+// lease, 1 s by default, for a Store that stopped answering). If ctx ends
+// first, ctx's error is returned; the invalidation itself was done.
 // Call it after the source of truth has committed the change. It fails
 // closed: when Redis cannot be reached the error is returned, and the
 // invalidation is also queued and replayed before the Store reads from

@@ -42,8 +42,9 @@ return 0`)
 // InvalidateTags invalidates every entry carrying any of tags, in every
 // cache of the Store, by replacing each tag's token: one command per tag,
 // whatever the number of tagged entries — no member sets, no SCAN. Once it
-// has returned, no Get that starts afterwards returns a value loaded before
-// it. Call it after the source of truth has committed. It fails closed.
+// has returned, no Get that starts afterwards, in any process (L1 included,
+// as for [Cache.Invalidate]), returns a value loaded before it. Call it
+// after the source of truth has committed. It fails closed.
 func (s *Store) InvalidateTags(ctx context.Context, tags ...string) error {
 	return s.updateTags(ctx, "invalidate tags", tags, func(p redis.Pipeliner, ctx context.Context, key string) {
 		if s.hooks.counterTokens() {
