@@ -84,6 +84,8 @@ type bus struct {
 	ps      *redis.PubSub // closed by stop, to end a blocking read at once
 	waits   map[uint64]*ackWait
 
+	wakers sync.Map // Redis key → chan struct{}: the poller of a key this Store waits on
+
 	ackMu   sync.Mutex            // protects ackOut
 	ackOut  map[ackRoute][]uint64 // acknowledgements to send
 	ackWake chan struct{}
@@ -109,6 +111,7 @@ const (
 	busBeat  = 'h'
 	busAck   = 'a'
 	busReset = 'r' // a Store dropped its L1 and left the registry: nobody need wait for it
+	busFill  = 'f' // entries (Redis keys in Names) were filled or released while callers waited
 	// busBatch bounds the names in one message, so that a mass invalidation
 	// is a few messages rather than one huge one or a storm of small ones.
 	busBatch = 512
@@ -151,8 +154,8 @@ func newBus(s *Store, relaxed bool, lease time.Duration) *bus {
 // mono is the lease clock: monotonic, whatever the Store's clock says.
 func (b *bus) mono() int64 { return int64(time.Since(b.base)) }
 
-// leased reports whether L1 may answer now. It is on every L1 hit: two
-// atomic loads and, in strict mode, one monotonic clock read.
+// leased reports whether L1 may answer now; an L1 hit makes the same check
+// inline (see local.get), reading the clock once for lease and expiry.
 func (b *bus) leased() bool {
 	l := b.lease.Load()
 	return l == math.MaxInt64 || l != 0 && (b.mono() < l || b.hooks.noLeaseCheck())
@@ -519,6 +522,46 @@ func (w *ackWait) wait(ctx context.Context) error {
 	}
 }
 
+// announceFills tells the waiters of rks, in every Store, that the lease
+// they wait on has ended (filled or released): their pollers read at once
+// instead of at their next interval. It travels on a goroutine of its own,
+// so that the holder's caller does not wait for it; a lost announcement
+// costs the waiters one poll interval.
+func (b *bus) announceFills(s *Store, rks []string) {
+	if len(rks) == 0 || b.hooks.noFillWake() {
+		return
+	}
+	s.goTracked(func() {
+		octx, cancel := s.detachedOpContext(context.Background())
+		defer cancel()
+		_, _ = s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+			b.publish(octx, p, b.channel, busMessage{Kind: busFill, Names: rks})
+			return nil
+		})
+	})
+}
+
+// waker returns the channel that wakes the poller of rk, and starts
+// listening to the bus if this Store did not yet.
+func (b *bus) waker(s *Store, rk string) chan struct{} {
+	b.start(s)
+	ch := make(chan struct{}, 1)
+	b.wakers.Store(rk, ch)
+	return ch
+}
+
+// wake wakes the pollers of rks, if this Store has any.
+func (b *bus) wake(rks []string) {
+	for _, rk := range rks {
+		if ch, ok := b.wakers.Load(rk); ok {
+			select {
+			case ch.(chan struct{}) <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
 // ackRoute is where acknowledgements go (a Store's origin) and whom they
 // are from (this Store's member name when it applied them).
 type ackRoute struct{ to, from string }
@@ -716,6 +759,8 @@ func (b *bus) run(ctx context.Context, s *Store) {
 				b.acked(bm.From, bm.Seqs)
 			case bm.Kind == busReset && len(bm.Names) == 1:
 				b.acked(bm.Names[0], nil)
+			case bm.Kind == busFill:
+				b.wake(bm.Names)
 			case bm.Origin != b.origin:
 				b.received.Add(1)
 				b.hooks.beforeApply()

@@ -2,6 +2,7 @@ package aside
 
 import (
 	"context"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
@@ -28,6 +29,10 @@ type testHooks struct {
 	BudgetOnlyAcross  bool // WaitBudget bounds waits on other processes only
 	AcquireOnCaller   bool // the lease script runs on the caller's ctx; a lease taken as it ends is orphaned
 	DegradedBackward  bool // T15: degraded reads join a load already running
+	NoFillWake        bool // T19: a fill that callers wait on does not announce itself; they learn of it by polling
+	// PollEvery, when set, replaces the pollers' intervals: a test of the
+	// wake-up makes them long, so that only the announcement can be quick.
+	PollEvery time.Duration
 
 	// Broken variants of L1 and the bus.
 	UncheckedL1    bool // T8: fill L1 without the generation check
@@ -86,12 +91,21 @@ func (h *testHooks) joinAnyResult() bool     { return h != nil && h.JoinAnyResul
 func (h *testHooks) budgetOnlyAcross() bool  { return h != nil && h.BudgetOnlyAcross }
 func (h *testHooks) acquireOnCaller() bool   { return h != nil && h.AcquireOnCaller }
 func (h *testHooks) degradedBackward() bool  { return h != nil && h.DegradedBackward }
-func (h *testHooks) uncheckedL1() bool       { return h != nil && h.UncheckedL1 }
-func (h *testHooks) callTagsOnly() bool      { return h != nil && h.CallTagsOnly }
-func (h *testHooks) keylessPublish() bool    { return h != nil && h.KeylessPublish }
-func (h *testHooks) noHeartbeat() bool       { return h != nil && h.NoHeartbeat }
-func (h *testHooks) noAckWait() bool         { return h != nil && h.NoAckWait }
-func (h *testHooks) noLeaseCheck() bool      { return h != nil && h.NoLeaseCheck }
+func (h *testHooks) noFillWake() bool        { return h != nil && h.NoFillWake }
+
+// pollDelays returns the pollers' first and longest interval.
+func (h *testHooks) pollDelays() (first, most time.Duration) {
+	if h != nil && h.PollEvery > 0 {
+		return h.PollEvery, h.PollEvery
+	}
+	return pollFirst, pollMax
+}
+func (h *testHooks) uncheckedL1() bool    { return h != nil && h.UncheckedL1 }
+func (h *testHooks) callTagsOnly() bool   { return h != nil && h.CallTagsOnly }
+func (h *testHooks) keylessPublish() bool { return h != nil && h.KeylessPublish }
+func (h *testHooks) noHeartbeat() bool    { return h != nil && h.NoHeartbeat }
+func (h *testHooks) noAckWait() bool      { return h != nil && h.NoAckWait }
+func (h *testHooks) noLeaseCheck() bool   { return h != nil && h.NoLeaseCheck }
 func (h *testHooks) subscribeVia() redis.UniversalClient {
 	if h == nil {
 		return nil

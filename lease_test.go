@@ -372,3 +372,55 @@ func mustGetVia(t *testing.T, p readPath, c *aside.Cache[int], key string, load 
 	}
 	return v
 }
+
+// TestT19WaitersWokenByTheFill: a caller on Store A loads a cold key while a
+// caller on Store B waits for A's lease; the pollers are slowed to one read
+// every 1.5 s. B has the value within 0.7 s of the fill (a few ms in
+// practice) only because the fill announces itself to the Stores whose callers wait. Broken variant:
+// no announcement (B learns of the fill at its next poll).
+func TestT19WaitersWokenByTheFill(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		forEachPath(t, func(t *testing.T, p readPath) {
+			expectBroken(t, "a waiter in another Store is woken by the fill", func(broken bool) bool {
+				prefix := uniquePrefix()
+				var caches []*aside.Cache[int]
+				for range 2 {
+					store, _ := b.newStore(t, aside.WithPrefix(prefix))
+					aside.SetStoreHooks(store, &aside.TestHooks{NoFillWake: broken, PollEvery: 1500 * time.Millisecond})
+					caches = append(caches, newCache[int](t, store))
+				}
+				started, release := make(chan struct{}), make(chan struct{})
+				slow := func(context.Context) (int, error) { close(started); <-release; return 7, nil }
+				done := make(chan error, 2)
+				go func() { _, err := p.get(bgCtx, caches[0], "k", slow); done <- err }()
+				<-started
+				waited := make(chan time.Time, 1)
+				go func() {
+					v, err := p.get(bgCtx, caches[1], "k", func(context.Context) (int, error) { return 0, errors.New("B loaded") })
+					waited <- time.Now()
+					if err == nil && v != 7 {
+						err = fmt.Errorf("B read %d, want 7", v)
+					}
+					done <- err
+				}()
+				eventually(t, "B waiting on A's lease", func() bool { return caches[1].Stats().LeaseWaits > 0 })
+				time.Sleep(100 * time.Millisecond) // B's poller registered, its Store listening
+				t0 := time.Now()
+				close(release)
+				for range 2 {
+					select {
+					case err := <-done:
+						if err != nil {
+							t.Fatal(err)
+						}
+					case <-time.After(10 * time.Second):
+						t.Fatal("a caller never returned")
+					}
+				}
+				d := (<-waited).Sub(t0)
+				t.Logf("broken=%v: B had the value %v after the load ended", broken, d)
+				return d < 700*time.Millisecond
+			})
+		})
+	})
+}

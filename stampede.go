@@ -19,6 +19,8 @@ import (
 //	v   the envelope, absent while the first load runs
 //	l   the lease token: the right to write v, held by one fill attempt
 //	le  the lease's deadline, in ms of the server's clock
+//	w   set when a caller found the lease held and waits: the fill (or the
+//	    release) of that lease then announces itself, waking the waiters
 //
 // Invalidate deletes the key, which revokes entry and lease at once.
 const (
@@ -50,8 +52,12 @@ if v then return {1, v} end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local l = redis.call('HMGET', KEYS[1], 'l', 'le')
-if l[1] and tonumber(l[2]) > ms then return {2, l[1]} end
+if l[1] and tonumber(l[2]) > ms then
+  redis.call('HSET', KEYS[1], 'w', '1')
+  return {2, l[1]}
+end
 redis.call('HSET', KEYS[1], 'l', ARGV[1], 'le', ms + tonumber(ARGV[2]))
+redis.call('HDEL', KEYS[1], 'w')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {3}`)
 
@@ -82,19 +88,25 @@ return 1`)
 // fillScript is the compare-and-set of a fill: the value is written only
 // while the caller's lease is still there. An invalidation in between
 // deleted the lease, so a load that read the old row can never write it back.
+// It answers 0 (refused), 1 (written) or 2 (written, and callers wait).
 var fillScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'l') ~= ARGV[1] then return 0 end
+local l = redis.call('HMGET', KEYS[1], 'l', 'w')
+if l[1] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2])
-redis.call('HDEL', KEYS[1], 'l', 'le')
+redis.call('HDEL', KEYS[1], 'l', 'le', 'w')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if l[2] then return 2 end
 return 1`)
 
 // releaseScript gives a lease back after a failed load, so that waiters
 // retry at once instead of waiting for the lease to expire. It answers 1
-// when the lease was still held: no invalidation came in between.
+// when the lease was still held: no invalidation came in between (2: and
+// callers wait), 0 otherwise.
 var releaseScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'l') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'l', 'le')
+local l = redis.call('HMGET', KEYS[1], 'l', 'w')
+if l[1] == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'l', 'le', 'w')
+  if l[2] then return 2 end
   return 1
 end
 return 0`)
@@ -234,16 +246,21 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 		return []any{tasks[fills[i].task].token, fills[i].b, fills[i].ttl.Milliseconds()}
 	})
 	c.store.record(octx, err, &c.stats, c.name)
+	var waited []string
 	for i, fc := range fills {
 		n, err := cmds[i].Int()
 		switch {
-		case err == nil && n == 1:
+		case err == nil && n >= 1:
 			tasks[fc.task].f.valid = true
 			c.stats.bytesWritten.Add(uint64(len(fc.b)))
+			if n == 2 {
+				waited = append(waited, rks[i])
+			}
 		case err == nil:
 			c.stats.fillsRefused.Add(1)
 		}
 	}
+	c.store.bus.announceFills(c.store, waited)
 }
 
 // release gives back the leases of the tasks at idx. A not-found that was
@@ -260,11 +277,17 @@ func (c *Cache[T]) release(ctx context.Context, tasks []leaseTask[T], idx []int)
 	defer cancel()
 	cmds, err := c.store.evalEach(octx, releaseScript, rks, func(i int) []any { return []any{tasks[idx[i]].token} })
 	c.store.record(octx, err, &c.stats, c.name)
+	var waited []string
 	for i, t := range idx {
-		if n, err := cmds[i].Int(); err == nil && n == 1 && errors.Is(tasks[t].f.err, ErrNotFound) {
+		n, err := cmds[i].Int()
+		if err == nil && n >= 1 && errors.Is(tasks[t].f.err, ErrNotFound) {
 			tasks[t].f.valid = true
 		}
+		if err == nil && n == 2 {
+			waited = append(waited, rks[i])
+		}
 	}
+	c.store.bus.announceFills(c.store, waited)
 }
 
 // releaseLater gives back leases whose acquisition timed out: the scripts

@@ -156,22 +156,31 @@ func (c *Cache[T]) poll(ctx context.Context, rk string, deadline time.Time) (*po
 }
 
 // Poll intervals: quick at first (most loads are short), backing off so a
-// slow load costs few reads.
+// slow load costs few reads. The fill of the lease wakes the poller at once
+// (see [bus.announceFills]); the intervals are the fallback when that
+// announcement is lost or this Store is not yet listening.
 const (
 	pollFirst = time.Millisecond
 	pollMax   = 10 * time.Millisecond
 )
 
 func (c *Cache[T]) runPoller(rk string, p *poller) {
-	delay := pollFirst
+	wake := c.store.bus.waker(c.store, rk)
+	delay, most := c.hooks.pollDelays()
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
 	for {
-		time.Sleep(delay)
-		delay = min(delay*3/2, pollMax)
+		select {
+		case <-timer.C:
+		case <-wake:
+		}
+		delay = min(delay*3/2, most)
 		c.mu.Lock()
 		r := p.next
 		p.next = nil
 		if r == nil {
 			delete(c.polls, rk)
+			c.store.bus.wakers.CompareAndDelete(rk, wake)
 			c.mu.Unlock()
 			return
 		}
@@ -184,5 +193,6 @@ func (c *Cache[T]) runPoller(rk string, p *poller) {
 		r.kind, r.payload = parseReply(res, err)
 		r.err = err
 		close(r.done)
+		timer.Reset(delay)
 	}
 }
