@@ -35,6 +35,10 @@ func BusState(s *Store) (up bool, epoch, received uint64) {
 	return s.bus.up.Load(), s.bus.epoch.Load(), s.bus.received.Load()
 }
 
+// BusListening reports whether s's subscription is in place (it hears the
+// bus and what is addressed to it), with or without L1.
+func BusListening(s *Store) bool { return s.bus.listening.Load() }
+
 // BusResets reports how many times s doubted its invalidation stream.
 func BusResets(s *Store) uint64 { return s.bus.resets.Load() }
 

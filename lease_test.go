@@ -384,10 +384,11 @@ func TestT19WaitersWokenByTheFill(t *testing.T) {
 			expectBroken(t, "a waiter in another Store is woken by the fill", func(broken bool) bool {
 				prefix := uniquePrefix()
 				var caches []*aside.Cache[int]
+				var stores []*aside.Store
 				for range 2 {
 					store, _ := b.newStore(t, aside.WithPrefix(prefix))
 					aside.SetStoreHooks(store, &aside.TestHooks{NoFillWake: broken, PollEvery: 1500 * time.Millisecond})
-					caches = append(caches, newCache[int](t, store))
+					caches, stores = append(caches, newCache[int](t, store)), append(stores, store)
 				}
 				started, release := make(chan struct{}), make(chan struct{})
 				slow := func(context.Context) (int, error) { close(started); <-release; return 7, nil }
@@ -404,7 +405,8 @@ func TestT19WaitersWokenByTheFill(t *testing.T) {
 					done <- err
 				}()
 				eventually(t, "B waiting on A's lease", func() bool { return caches[1].Stats().LeaseWaits > 0 })
-				time.Sleep(100 * time.Millisecond) // B's poller registered, its Store listening
+				eventually(t, "B's Store listening", func() bool { return aside.BusListening(stores[1]) })
+				time.Sleep(20 * time.Millisecond) // B's poller registered: it went on from LeaseWaits at once
 				t0 := time.Now()
 				close(release)
 				for range 2 {
