@@ -48,6 +48,9 @@ func TestMain(m *testing.M) {
 		// servers started here would outlive the workers the fuzzer kills.
 		os.Exit(m.Run())
 	}
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChild()) // a reader process of TestT18PausedProcess
+	}
 	var srv *redisProc
 	realAddr = os.Getenv("ASIDE_REDIS_ADDR")
 	if realAddr == "" {
