@@ -98,48 +98,87 @@ func BenchmarkHit(b *testing.B) {
 	})
 }
 
-// BenchmarkParallelHit measures hit throughput with every core busy.
+// BenchmarkParallelHit measures hit throughput with every core busy: 8
+// goroutines per core over 64 warm keys, each subject with and without
+// go-redis's automatic pipeliner (experimental in go-redis v9.22+), which
+// batches concurrent callers' commands.
 func BenchmarkParallelHit(b *testing.B) {
 	addr := benchAddr(b)
 	ctx := context.Background()
-	b.Run("floor", func(b *testing.B) {
-		rdb := newClient(b, addr)
-		key := uniquePrefix() + ":floor"
-		raw, _ := msgpack.Marshal(sampleUser)
-		rdb.Set(ctx, key, raw, time.Hour)
-		b.ReportAllocs()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				data, err := rdb.Get(ctx, key).Bytes()
-				var u benchUser
-				if err == nil {
-					err = msgpack.Unmarshal(data, &u)
-				}
-				if err != nil {
-					b.Error(err)
-					return
-				}
+	const keys = 64
+	for _, auto := range []bool{false, true} {
+		client := func(b *testing.B) redis.UniversalClient {
+			rdb := newClient(b, addr)
+			if !auto {
+				return rdb
 			}
-		})
-	})
-	b.Run("aside", func(b *testing.B) {
-		c := newBenchCache(b, addr)
-		load := func(context.Context) (benchUser, error) { return sampleUser, nil }
-		if _, err := c.Get(ctx, "hot", load); err != nil {
-			b.Fatal(err)
+			ap, err := rdb.AutoPipeline()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = ap.Close() })
+			return ap
 		}
-		b.ReportAllocs()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := c.Get(ctx, "hot", load); err != nil {
-					b.Error(err) // not Fatal: this goroutine is not the benchmark's
-					return
+		suffix := ""
+		if auto {
+			suffix = "+autopipeline"
+		}
+		b.Run("floor"+suffix, func(b *testing.B) {
+			rdb := client(b)
+			prefix := uniquePrefix() + ":floor:"
+			raw, _ := msgpack.Marshal(sampleUser)
+			for k := range keys {
+				rdb.Set(ctx, prefix+strconv.Itoa(k), raw, time.Hour)
+			}
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for i := 0; pb.Next(); i++ {
+					data, err := rdb.Get(ctx, prefix+strconv.Itoa(i%keys)).Bytes()
+					var u benchUser
+					if err == nil {
+						err = msgpack.Unmarshal(data, &u)
+					}
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+		b.Run("aside"+suffix, func(b *testing.B) {
+			store, err := aside.NewStore(client(b), aside.WithPrefix(uniquePrefix()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer store.Close()
+			c, err := aside.New[benchUser](store, "user")
+			if err != nil {
+				b.Fatal(err)
+			}
+			load := func(context.Context) (benchUser, error) { return sampleUser, nil }
+			for k := range keys {
+				if _, err := c.Get(ctx, strconv.Itoa(k), load); err != nil {
+					b.Fatal(err)
 				}
 			}
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for i := 0; pb.Next(); i++ {
+					if _, err := c.Get(ctx, strconv.Itoa(i%keys), load); err != nil {
+						b.Error(err) // not Fatal: this goroutine is not the benchmark's
+						return
+					}
+				}
+			})
+			if s := c.Stats(); s.Misses > keys {
+				b.Errorf("%d misses: the hits were not hits", s.Misses)
+			}
 		})
-	})
+	}
 }
 
 // BenchmarkMiss measures a miss with an instant loader: the read, the load
