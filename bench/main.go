@@ -56,7 +56,7 @@ var (
 	addr    = flag.String("addr", "127.0.0.1:6379", "Redis address (loopback only)")
 	repeats = flag.Int("repeats", 5, "repeats per measurement; the median is reported")
 	benchT  = flag.Duration("benchtime", 200*time.Millisecond, "time per repeat")
-	only    = flag.String("only", "", `run one section only: "stampede" or "coherence"`)
+	only    = flag.String("only", "", `run one section only: "stampede", "freshness" or "coherence"`)
 	counts  = flag.String("stores", "8", "coherence: numbers of Stores, comma-separated")
 	rate    = flag.Int("rate", 1000, "coherence: invalidations per second")
 	cluster = flag.String("cluster", "", "coherence: also on this Redis Cluster (comma-separated loopback addresses)")
@@ -204,8 +204,12 @@ func main() {
 	fmt.Printf("# aside benchmarks\n\n%s, %d cores, %s %s/%s, Redis %s on %s; medians of %d × %v; ~1 KB msgpack value.\n\n",
 		cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, version, *addr, *repeats, *benchT)
 
-	if *only == "stampede" {
+	switch *only {
+	case "stampede":
 		stampede(ctx)
+		return
+	case "freshness":
+		freshness(ctx, freshWindow())
 		return
 	}
 	if *only == "coherence" {
@@ -218,6 +222,7 @@ func main() {
 	misses(ctx, subs)
 	batch(ctx)
 	stampede(ctx)
+	freshness(ctx, freshWindow())
 	redisDown(ctx)
 	runCoherence(ctx)
 	for _, s := range subs {
