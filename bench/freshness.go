@@ -95,6 +95,12 @@ func freshSubjects() []freshSubject {
 			return asideOn(space, []aside.StoreOption{aside.WithRelaxedL1()}, aside.WithL1(10_000, time.Minute))
 		}},
 		{"go-redis/cache (Delete)", func(space string) instance { return grc(space, false) }},
+		{cscName + " (DEL)", func(space string) instance {
+			rdb := newCSCClient(*addr)
+			s := cacheAside(cscName, rdb, space+":")
+			return instance{get: s.get, close: s.close,
+				invalidate: func(ctx context.Context, key string) error { return rdb.Del(ctx, space+":"+key).Err() }}
+		}},
 		{"go-redis/cache + TinyLFU local (Delete)", func(space string) instance { return grc(space, true) }},
 		{"sturdyc, memory only (Delete)", func(string) instance {
 			c := sturdyc.New[user](10_000, 16, time.Minute, 10)

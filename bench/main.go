@@ -79,9 +79,16 @@ type subject struct {
 }
 
 func floor(rdb *redis.Client) subject {
-	return subject{name: "floor (GET/SET + msgpack)", get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
+	return cacheAside("floor (GET/SET + msgpack)", rdb, prefix+":floor:")
+}
+
+// cacheAside is hand-written cache-aside over rdb: GET, else load and SET.
+// Over a plain client it is the floor; over a client with go-redis's
+// client-side cache it is that cache's peer row.
+func cacheAside(name string, rdb *redis.Client, space string) subject {
+	return subject{name: name, get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
 		var u user
-		b, err := rdb.Get(ctx, prefix+":floor:"+key).Bytes()
+		b, err := rdb.Get(ctx, space+key).Bytes()
 		if err == nil {
 			err = msgpack.Unmarshal(b, &u)
 			return u, err
@@ -90,11 +97,21 @@ func floor(rdb *redis.Client) subject {
 			return u, err
 		}
 		if raw, err := msgpack.Marshal(u); err == nil {
-			rdb.Set(ctx, prefix+":floor:"+key, raw, time.Minute)
+			rdb.Set(ctx, space+key, raw, time.Minute)
 		}
 		return u, nil
-	}}
+	}, close: func() { _ = rdb.Close() }}
 }
+
+// newCSCClient is a client with go-redis's own client-side cache: RESP3,
+// server-assisted invalidation (tracking).
+func newCSCClient(a string) *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: a, Protocol: 3, DisableIdentity: true, ContextTimeoutEnabled: true,
+		MaxRetries: -1, DialTimeout: 100 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second,
+		ClientSideCacheConfig: &redis.ClientSideCacheConfig{MaxEntries: 10_000}})
+}
+
+const cscName = "go-redis client-side cache (GET/SET, RESP3)"
 
 func asideSubject(name string, rdb *redis.Client, tagged bool, opts ...aside.Option) subject {
 	store, err := aside.NewStore(rdb, aside.WithPrefix(prefix+strings.ReplaceAll(strings.ReplaceAll(name, " ", ""), "+", "")))
@@ -141,6 +158,7 @@ func subjects(a string) []subject {
 		asideSubject("aside + L1", newClient(a), false, aside.WithL1(10_000, time.Minute)),
 		goRedisCache("go-redis/cache", newClient(a), false),
 		goRedisCache("go-redis/cache + local", newClient(a), true),
+		cacheAside(cscName, newCSCClient(a), prefix+":csc:"),
 		sturdy(),
 	}
 }
