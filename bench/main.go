@@ -21,36 +21,16 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	rcache "github.com/go-redis/cache/v9"
 	"github.com/redis/go-redis/v9"
 	"github.com/viccon/sturdyc"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/asidecache/aside"
 )
-
-// user encodes to about 1 KB of msgpack.
-type user struct {
-	ID        int64
-	Name      string
-	Email     string
-	Bio       string
-	Interests []string
-	Score     float64
-	Created   time.Time
-}
-
-var sample = user{
-	ID: 123456, Name: "Ada Lovelace", Email: "ada@example.com",
-	Bio:       strings.Repeat("Analyst, metaphysician, founder of scientific computing. ", 14),
-	Interests: []string{"mathematics", "poetry", "engines", "music", "horses"},
-	Score:     98.6, Created: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
-}
 
 var (
 	addr    = flag.String("addr", "127.0.0.1:6379", "Redis address (loopback only)")
@@ -62,106 +42,6 @@ var (
 	cluster = flag.String("cluster", "", "coherence: also on this Redis Cluster (comma-separated loopback addresses)")
 	prefix  = "asidebench" + strconv.FormatInt(time.Now().UnixNano()%1e9, 10)
 )
-
-// newClient gives every subject the same client: bounded timeouts, as aside
-// requires and as any production client should have.
-func newClient(a string) *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: a, DisableIdentity: true, ContextTimeoutEnabled: true,
-		MaxRetries: -1, DialTimeout: 100 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
-}
-
-// subject is one library's read path: get returns the value of key, loading
-// it with load on a miss.
-type subject struct {
-	name  string
-	get   func(ctx context.Context, key string, load func() (user, error)) (user, error)
-	close func()
-}
-
-func floor(rdb *redis.Client) subject {
-	return cacheAside("floor (GET/SET + msgpack)", rdb, prefix+":floor:")
-}
-
-// cacheAside is hand-written cache-aside over rdb: GET, else load and SET.
-// Over a plain client it is the floor; over a client with go-redis's
-// client-side cache it is that cache's peer row.
-func cacheAside(name string, rdb *redis.Client, space string) subject {
-	return subject{name: name, get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
-		var u user
-		b, err := rdb.Get(ctx, space+key).Bytes()
-		if err == nil {
-			err = msgpack.Unmarshal(b, &u)
-			return u, err
-		}
-		if u, err = load(); err != nil {
-			return u, err
-		}
-		if raw, err := msgpack.Marshal(u); err == nil {
-			rdb.Set(ctx, space+key, raw, time.Minute)
-		}
-		return u, nil
-	}, close: func() { _ = rdb.Close() }}
-}
-
-// newCSCClient is a client with go-redis's own client-side cache: RESP3,
-// server-assisted invalidation (tracking).
-func newCSCClient(a string) *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: a, Protocol: 3, DisableIdentity: true, ContextTimeoutEnabled: true,
-		MaxRetries: -1, DialTimeout: 100 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second,
-		ClientSideCacheConfig: &redis.ClientSideCacheConfig{MaxEntries: 10_000}})
-}
-
-const cscName = "go-redis client-side cache (GET/SET, RESP3)"
-
-func asideSubject(name string, rdb *redis.Client, tagged bool, opts ...aside.Option) subject {
-	store, err := aside.NewStore(rdb, aside.WithPrefix(prefix+strings.ReplaceAll(strings.ReplaceAll(name, " ", ""), "+", "")))
-	must(err)
-	c, err := aside.New[user](store, "user", opts...)
-	must(err)
-	var call []aside.CallOption
-	if tagged {
-		call = append(call, aside.Tags("team:7", "region:eu"))
-	}
-	return subject{name: name, close: func() { _ = store.Close() }, get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
-		return c.Get(ctx, key, func(context.Context) (user, error) { return load() }, call...)
-	}}
-}
-
-func goRedisCache(name string, rdb *redis.Client, local bool) subject {
-	o := &rcache.Options{Redis: rdb}
-	if local {
-		o.LocalCache = rcache.NewTinyLFU(10_000, time.Minute)
-	}
-	c := rcache.New(o)
-	return subject{name: name, get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
-		var u user
-		err := c.Once(&rcache.Item{Ctx: ctx, Key: prefix + ":grc:" + name + ":" + key, Value: &u, TTL: time.Minute,
-			Do: func(*rcache.Item) (any, error) { return load() }})
-		return u, err
-	}}
-}
-
-func sturdy() subject {
-	c := sturdyc.New[user](10_000, 16, time.Minute, 10)
-	return subject{name: "sturdyc (memory only)", get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
-		return c.GetOrFetch(ctx, key, func(context.Context) (user, error) { return load() })
-	}}
-}
-
-// subjects returns every subject, each with a client of its own, so that
-// one's connection pool (or its failures) never affects another.
-func subjects(a string) []subject {
-	return []subject{
-		floor(newClient(a)),
-		asideSubject("aside", newClient(a), false),
-		asideSubject("aside + 2 tags", newClient(a), true),
-		asideSubject("aside + L1", newClient(a), false, aside.WithL1(10_000, time.Minute)),
-		goRedisCache("go-redis/cache", newClient(a), false),
-		goRedisCache("go-redis/cache + local", newClient(a), true),
-		cacheAside(cscName, newCSCClient(a), prefix+":csc:"),
-		sturdy(),
-	}
-}
 
 // result is the median of repeated testing.Benchmark runs.
 type result struct {
@@ -413,90 +293,6 @@ func batch(ctx context.Context) {
 		fmt.Printf("| %s | %s | %.2f |\n", r.name, dur(results[i].nsPerOp), results[i].nsPerOp/base)
 	}
 	fmt.Println()
-}
-
-// stampede: 4 instances (own clients and caches, as 4 processes) × 64
-// goroutines ask for one cold key; the loader takes 50 ms.
-func stampede(ctx context.Context) {
-	fmt.Println("## Stampede: 4 processes × 64 goroutines, one cold key, 50 ms loader")
-	fmt.Println()
-	fmt.Println("| subject | loader calls per key | all done: median (min – max) | errors |")
-	fmt.Println("|---|---|---|---|")
-	makers := []struct {
-		name string
-		make func(i int) subject
-	}{
-		{"floor (GET/SET + msgpack)", func(int) subject { return floor(newClient(*addr)) }},
-		{"aside", func(i int) subject { return asideShared(newClient(*addr)) }},
-		{"go-redis/cache", func(int) subject { return goRedisCache("go-redis/cache", newClient(*addr), false) }},
-		{"go-redis/cache + local", func(int) subject { return goRedisCache("go-redis/cache + local", newClient(*addr), true) }},
-		{"sturdyc (memory only)", func(int) subject { return sturdy() }},
-	}
-	for round, m := range makers {
-		var instances []subject
-		for i := range 4 {
-			instances = append(instances, m.make(i))
-		}
-		var calls, errs atomic.Int64
-		load := func() (user, error) {
-			calls.Add(1)
-			time.Sleep(50 * time.Millisecond)
-			return sample, nil
-		}
-		// warm the connection pools, as running services have them
-		for _, s := range instances {
-			var wg sync.WaitGroup
-			for range 64 {
-				wg.Add(1)
-				go func() { defer wg.Done(); _, _ = s.get(ctx, "warm", instant) }()
-			}
-			wg.Wait()
-		}
-		var walls []time.Duration
-		for rep := range *repeats { // a new cold key each repeat
-			key := "cold" + strconv.Itoa(round) + "-" + strconv.Itoa(rep)
-			go1 := make(chan struct{})
-			var wg sync.WaitGroup
-			for _, s := range instances {
-				for range 64 {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						<-go1
-						if _, err := s.get(ctx, key, load); err != nil {
-							errs.Add(1)
-						}
-					}()
-				}
-			}
-			t0 := time.Now()
-			close(go1)
-			wg.Wait()
-			walls = append(walls, time.Since(t0))
-		}
-		slices.Sort(walls)
-		fmt.Printf("| %s | %.1f | %v (%v – %v) | %d |\n", m.name, float64(calls.Load())/float64(len(walls)),
-			walls[len(walls)/2].Round(100*time.Microsecond), walls[0].Round(100*time.Microsecond),
-			walls[len(walls)-1].Round(100*time.Microsecond), errs.Load())
-		for _, s := range instances {
-			if s.close != nil {
-				s.close()
-			}
-		}
-	}
-	fmt.Println()
-}
-
-var sharedPrefix = prefix + "stampede"
-
-func asideShared(rdb *redis.Client) subject {
-	store, err := aside.NewStore(rdb, aside.WithPrefix(sharedPrefix))
-	must(err)
-	c, err := aside.New[user](store, "user")
-	must(err)
-	return subject{name: "aside", close: func() { _ = store.Close() }, get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
-		return c.Get(ctx, key, func(context.Context) (user, error) { return load() })
-	}}
 }
 
 // redisDown points every subject at a port where nothing listens and
