@@ -149,9 +149,12 @@ func (b *bus) mono() int64 { return int64(time.Since(b.base)) }
 
 // leased reports whether L1 may answer now; an L1 hit makes the same check
 // inline (see local.get), reading the clock once for lease and expiry.
-func (b *bus) leased() bool {
-	l := b.lease.Load()
-	return l == math.MaxInt64 || l != 0 && (b.mono() < l || b.hooks.noLeaseCheck())
+func (b *bus) leased() bool { return b.leaseHolds(b.lease.Load(), b.mono()) }
+
+// leaseHolds is the lease rule, for a lease read before the clock: relaxed
+// (MaxInt64), or strict and not yet over.
+func (b *bus) leaseHolds(lease, mono int64) bool {
+	return lease == math.MaxInt64 || lease != 0 && (mono < lease || b.hooks.noLeaseCheck())
 }
 
 // register adds a cache's L1 and starts the subscription on first use.

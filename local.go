@@ -2,7 +2,6 @@ package aside
 
 import (
 	"hash/maphash"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,7 +116,7 @@ func (l *local[T]) get(key string) (T, bool) {
 		return zero, false
 	}
 	mono := l.bus.mono()
-	if lease != math.MaxInt64 && mono >= lease && !l.hooks.noLeaseCheck() {
+	if !l.bus.leaseHolds(lease, mono) {
 		return zero, false
 	}
 	if now := l.clock(mono); now >= e.expires {
