@@ -14,7 +14,7 @@ import (
 
 // aclCommands are the only commands aside needs: the ACL the README
 // documents, and under which the whole real-Redis suite runs.
-const aclCommands = "+hget +hset +hdel +hmget +hexists +del +unlink +pexpire +type +get +set +setnx " +
+const aclCommands = "+get +mget +set +setnx +setrange +del +unlink +exists +pexpire +type +hget +hset +hmget " +
 	"+eval +evalsha +time +scan +publish +subscribe +spublish +ssubscribe +ping " +
 	"+zadd +zrem +zrangebyscore +zremrangebyscore"
 

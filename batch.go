@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -50,7 +51,7 @@ func (e *BatchError) Unwrap() []error {
 // protocol as [Cache.Get], a pipeline per step: keys that other callers —
 // concurrent Gets, other batches, other processes — are loading are awaited
 // within the profile's WaitBudget, not loaded twice; fills are
-// compare-and-sets; tags apply to every key.
+// compare-and-sets; [Tags] apply to every key, [KeyTags] to one.
 //
 // Keys that do not exist are absent from the map. Keys that failed are
 // absent too and reported in a *[BatchError]; the others are still
@@ -81,7 +82,11 @@ func (c *Cache[T]) GetMany(ctx context.Context, keys []string, load BatchLoader[
 				continue
 			}
 		}
-		cl := &call[T]{key: k, rk: c.keys.entry(k), tags: o.tags}
+		tags, err := o.tagsFor(k)
+		if err != nil {
+			return nil, err
+		}
+		cl := &call[T]{key: k, rk: c.keys.entry(k), tags: tags}
 		if c.l1 != nil {
 			cl.note = c.l1.note(k)
 		}
@@ -105,4 +110,65 @@ func (c *Cache[T]) GetMany(ctx context.Context, keys []string, load BatchLoader[
 		return out, &BatchError{Errs: errs}
 	}
 	return out, nil
+}
+
+// Batch is how [GetBatch] goes from the caller's own ids to cache keys, to
+// the source, and to each entry's tags.
+type Batch[K comparable, T any] struct {
+	// Key returns the cache key of an id, e.g. with [Key]. Required; two ids
+	// must not share a key.
+	Key func(id K) string
+	// Load fetches the values of ids from the source of truth, in one call.
+	// An id absent from the map does not exist ([ErrNotFound]). Required.
+	Load func(ctx context.Context, ids []K) (map[K]T, error)
+	// Tags returns an entry's own tags, beside those the call's [Tags]
+	// option gives every entry. Optional.
+	Tags func(id K) []string
+}
+
+// GetBatch is [Cache.GetMany] keyed by the caller's own ids: it derives
+// each key with b.Key, hands b.Load the ids — not the keys — of the misses,
+// tags each entry with b.Tags, and returns the values by id. So no caller
+// keeps a map from keys back to ids. A *[BatchError] names failed entries by
+// key. For sturdyc's GetOrFetchBatch.
+func GetBatch[K comparable, T any](ctx context.Context, c *Cache[T], ids []K, b Batch[K, T], opts ...CallOption) (map[K]T, error) {
+	if b.Key == nil || b.Load == nil {
+		return nil, errors.New("aside: GetBatch needs Batch.Key and Batch.Load")
+	}
+	keys := make([]string, 0, len(ids))
+	idOf := make(map[string]K, len(ids))
+	for _, id := range ids {
+		k := b.Key(id)
+		if prev, ok := idOf[k]; ok && prev != id {
+			return nil, fmt.Errorf("aside: GetBatch: ids %v and %v have the same key %q", prev, id, k)
+		}
+		if _, ok := idOf[k]; !ok {
+			idOf[k] = id
+			keys = append(keys, k)
+		}
+	}
+	if b.Tags != nil {
+		opts = append(slices.Clip(opts), KeyTags(func(key string) []string { return b.Tags(idOf[key]) }))
+	}
+	load := func(ctx context.Context, keys []string) (map[string]T, error) {
+		want := make([]K, len(keys))
+		for i, k := range keys {
+			want[i] = idOf[k]
+		}
+		got, err := b.Load(ctx, want)
+		if err != nil {
+			return nil, err
+		}
+		byKey := make(map[string]T, len(got))
+		for id, v := range got {
+			byKey[b.Key(id)] = v
+		}
+		return byKey, nil
+	}
+	m, err := c.GetMany(ctx, keys, load, opts...)
+	out := make(map[K]T, len(m))
+	for k, v := range m {
+		out[idOf[k]] = v
+	}
+	return out, err
 }

@@ -126,15 +126,38 @@ func (b *breaker) transition(from, to BreakerState) bool {
 	return true
 }
 
-// errOpTimeout is the cause of an op context (see [Store.opContext]) whose
-// own deadline passed: Redis took longer than the op timeout.
-var errOpTimeout = errors.New("aside: redis op timeout")
-
 // opContext derives the context of one Redis call: the caller's values and
-// cancellation, plus the Store's op timeout, recorded as the cause when it
-// is what ends the call.
+// cancellation, with a deadline no later than the op timeout. It starts no
+// timer — go-redis turns a context's deadline into the socket's read and
+// write deadlines (ContextTimeoutEnabled; without it [NewStore] demands
+// socket timeouts within the op timeout), and that is what ends a call to a
+// slow Redis, as a socket timeout. Done and Err stay the caller's: a call
+// its caller abandons still ends at once. A timer per call cost five
+// allocations and a timer-heap update on every hit.
 func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeoutCause(ctx, s.opTimeout, errOpTimeout)
+	d := time.Now().Add(s.opTimeout)
+	if dl, ok := ctx.Deadline(); ok && !dl.After(d) {
+		return ctx, noCancel // the caller's own deadline comes first
+	}
+	return &opCtx{Context: ctx, deadline: d}, noCancel
+}
+
+// opCtx is the caller's context with the op timeout as its deadline.
+type opCtx struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c *opCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func noCancel() {}
+
+// caller returns the caller's context under an op context.
+func caller(octx context.Context) context.Context {
+	if o, ok := octx.(*opCtx); ok {
+		return o.Context
+	}
+	return octx
 }
 
 // detachedOpContext is opContext for calls whose result must be known
@@ -217,14 +240,15 @@ func cutShort(octx context.Context, err error) bool {
 	if err == nil {
 		return false
 	}
-	if octx.Err() == nil && isTimeout(err) {
-		// go-redis sets the socket deadline from the context: the socket can
-		// time out a moment before the context's own timer marks it done.
-		if dl, ok := octx.Deadline(); ok && time.Until(dl) < 2*time.Millisecond {
-			<-octx.Done()
+	ctx := caller(octx)
+	if ctx.Err() == nil && isTimeout(err) {
+		// The socket deadline was the caller's: the socket can time out a
+		// moment before the context's own timer marks it done.
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < 2*time.Millisecond {
+			<-ctx.Done()
 		}
 	}
-	return octx.Err() != nil && !errors.Is(context.Cause(octx), errOpTimeout)
+	return ctx.Err() != nil
 }
 
 // isTimeout reports whether err is a deadline: the op timeout, or a socket
@@ -293,7 +317,7 @@ type degradedLoad[T any] struct {
 // wait per process, and none that a caller gets began before it arrived.
 func (c *Cache[T]) forwardLoad(ctx context.Context, rk string, load Loader[T]) (T, error) {
 	if c.hooks.degradedBackward() { // the broken variant: join whatever runs
-		ch := c.hooks.flights.DoChan(rk, func() (any, error) { return timed(context.WithoutCancel(ctx), c, load) })
+		ch := c.hooks.flights.DoChan(rk, func() (any, error) { return timed(context.WithoutCancel(ctx), c, load, nil) })
 		r := <-ch
 		v, _ := r.Val.(T)
 		return v, r.Err
@@ -331,7 +355,7 @@ func (c *Cache[T]) forwardLoad(ctx context.Context, rk string, load Loader[T]) (
 func (c *Cache[T]) runDegraded(ctx context.Context, rk string, k *degradedKey[T], l *degradedLoad[T]) {
 	ctx = context.WithoutCancel(ctx)
 	run := func() {
-		l.v, l.err = timed(ctx, c, l.load)
+		l.v, l.err = timed(ctx, c, l.load, nil)
 		c.mu.Lock()
 		k.running, k.queued = k.queued, nil
 		if k.running != nil {

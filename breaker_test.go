@@ -3,6 +3,7 @@ package aside
 import (
 	"context"
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -80,9 +81,16 @@ func TestCutShort(t *testing.T) {
 	}
 	octx2, ocancel2 := s.opContext(context.Background())
 	defer ocancel2()
-	<-octx2.Done()
-	if cutShort(octx2, context.DeadlineExceeded) {
-		t.Error("a call ended by the op timeout counts as cut short: an outage would never open the breaker")
+	if dl, ok := octx2.Deadline(); !ok || time.Until(dl) > s.opTimeout {
+		t.Fatalf("op context deadline = %v, %v; want within the op timeout", dl, ok)
+	}
+	if cutShort(octx2, os.ErrDeadlineExceeded) {
+		t.Error("a call ended by the op timeout (a socket deadline) counts as cut short: an outage would never open the breaker")
+	}
+	soon, cancelSoon := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancelSoon()
+	if octx, _ := s.opContext(soon); !cutShort(octx, os.ErrDeadlineExceeded) {
+		t.Error("a socket timeout at the caller's own, earlier deadline does not count as cut short")
 	}
 	octx3, ocancel3 := s.opContext(context.Background())
 	defer ocancel3()

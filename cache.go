@@ -11,7 +11,7 @@
 // with [Key]. Bumping the version ([WithVersion]) makes every old entry
 // unreachable at once.
 //
-// A hit costs one round trip (HGET) and a decode — or nothing with the
+// A hit costs one round trip (GET) and a decode — or nothing with the
 // local tier ([WithL1]). A miss takes a lease in the entry's own Redis key:
 // across every process one caller loads while the others wait for its
 // value, and the value is written with a compare-and-set on the lease, so a
@@ -39,13 +39,16 @@ package aside
 
 import (
 	"context"
+	"encoding"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Sentinel errors. Match them with errors.Is.
@@ -61,6 +64,34 @@ var (
 	// while the circuit breaker keeps the Store away from Redis.
 	ErrUnavailable = errors.New("aside: redis unavailable")
 )
+
+// notFoundError is a not-found answer of a cache with [WithNotFound]: it
+// reads as the error it carries — the loader's, or the cache's own — and
+// matches both ErrNotFound and the cache's own error with errors.Is.
+type notFoundError struct {
+	err, also error
+}
+
+func (e *notFoundError) Error() string   { return e.err.Error() }
+func (e *notFoundError) Unwrap() []error { return []error{e.err, e.also} }
+
+// notFound gives a loader's not-found error the cache's one identity: with
+// [WithNotFound], a loader may return either ErrNotFound or the cache's own
+// error, and every not-found answer — the loader's, a shared one, a cached
+// one — matches both.
+func (c *Cache[T]) notFound(err error) error {
+	if err == nil || c.ownNotFound == nil {
+		return err
+	}
+	own, aside := errors.Is(err, c.ownNotFound), errors.Is(err, ErrNotFound)
+	switch {
+	case own && !aside:
+		return &notFoundError{err: err, also: ErrNotFound}
+	case aside && !own:
+		return &notFoundError{err: err, also: c.ownNotFound}
+	}
+	return err
+}
 
 // Loader fetches a value from the source of truth after a miss. It runs on a
 // context detached from the caller's cancellation and bounded by the
@@ -79,7 +110,11 @@ type Cache[T any] struct {
 	typeID  uint32
 	stats   counters
 	hooks   *testHooks // nil outside tests
-	l1      *local[T]  // nil unless WithL1
+	// ownNotFound is the error of WithNotFound (nil without), and
+	// notFoundAnswer what a not-found that no loader returned just now (a
+	// negative entry, a key a batch loader left out) answers.
+	ownNotFound, notFoundAnswer error
+	l1                          *local[T] // nil unless WithL1
 
 	mu         sync.Mutex                 // protects leases, polls, degraded and the pollers' rounds
 	leases     map[string]*flight[T]      // fill attempts of this process, by lease token
@@ -108,6 +143,7 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 	if !ok {
 		return nil, fmt.Errorf("aside: unknown profile %q", o.profile)
 	}
+
 	if o.codec == nil {
 		if err := checkEncodable(reflect.TypeFor[T]()); err != nil {
 			return nil, err
@@ -122,17 +158,30 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 			return nil, fmt.Errorf("aside: L1 TTL must be in (0, %v] (the profile's TTL), got %v", p.TTL, o.l1TTL)
 		}
 	}
+	// One name, one type: the bus tells invalidations by cache name, and two
+	// types under one name would only ever read each other's entries as
+	// misses.
+	t := reflect.TypeFor[T]()
+	if prev, loaded := store.types.LoadOrStore(name, t); loaded && prev != t {
+		return nil, fmt.Errorf("aside: cache %q already holds %v in this Store, not %v: give it another name", name, prev, t)
+	}
 	c := &Cache[T]{
-		store:    store,
-		name:     name,
-		profile:  p,
-		keys:     newKeyspace(store.prefix, name, o.version),
-		codec:    o.codec,
-		typeID:   typeFingerprint[T](),
-		hooks:    store.hooks,
-		leases:   map[string]*flight[T]{},
-		polls:    map[string]*poller{},
-		degraded: map[string]*degradedKey[T]{},
+		store:   store,
+		name:    name,
+		profile: p,
+		keys:    newKeyspace(store.prefix, name, o.version),
+		codec:   o.codec,
+		typeID:  typeFingerprint[T](),
+		hooks:   store.hooks,
+
+		ownNotFound:    o.notFound,
+		notFoundAnswer: ErrNotFound,
+		leases:         map[string]*flight[T]{},
+		polls:          map[string]*poller{},
+		degraded:       map[string]*degradedKey[T]{},
+	}
+	if o.notFound != nil {
+		c.notFoundAnswer = &notFoundError{err: o.notFound, also: ErrNotFound}
 	}
 	if o.l1Entries > 0 {
 		c.l1 = newLocal[T](o.l1Entries, o.l1TTL, store)
@@ -177,28 +226,41 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T], opts ...
 	if load == nil {
 		return zero, errNilLoader
 	}
+	cl, v, err := c.start(key, opts)
+	if cl == nil {
+		return v, err
+	}
+	c.resolve(ctx, cl.alone(), source[T]{one: load})
+	c.fillL1(cl)
+	return cl.v, cl.err
+}
+
+// start checks a one-key read and answers it from L1 when it can (cl is
+// nil then); otherwise it returns the call to resolve, with its L1
+// generations noted before any Redis read (the fill rule).
+func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err error) {
+	if key == "" {
+		return nil, v, errEmptyKey
+	}
 	o, err := collectCallOptions(opts)
 	if err != nil {
-		return zero, err
+		return nil, v, err
 	}
 	if c.l1 != nil {
 		if v, ok := c.l1.get(key); ok {
 			c.stats.l1Hits.Add(1)
-			return v, nil
+			return nil, v, nil
 		}
 	}
-	cl := &call[T]{key: key, rk: c.keys.entry(key), tags: o.tags}
-	c.getOne(ctx, cl, load)
-	return cl.v, cl.err
-}
-
-// getOne resolves one call below the L1 tier and fills L1 with its answer.
-func (c *Cache[T]) getOne(ctx context.Context, cl *call[T], load Loader[T]) {
-	if c.l1 != nil {
-		cl.note = c.l1.note(cl.key) // before the Redis read: the fill rule
+	tags, err := o.tagsFor(key)
+	if err != nil {
+		return nil, v, err
 	}
-	c.resolve(ctx, cl.alone(), source[T]{one: load})
-	c.fillL1(cl)
+	cl = &call[T]{key: key, rk: c.keys.entry(key), tags: tags}
+	if c.l1 != nil {
+		cl.note = c.l1.note(key)
+	}
+	return cl, v, nil
 }
 
 // fillL1 keeps a call's answer in L1 when it may: see [call].
@@ -222,51 +284,96 @@ func (c *Cache[T]) fillL1(cl *call[T]) {
 // invalidation queued), so that the value it was meant to replace is not
 // served on.
 func (c *Cache[T]) Set(ctx context.Context, key string, v T, opts ...CallOption) error {
-	if key == "" {
-		return errEmptyKey
+	return c.SetMany(ctx, map[string]T{key: v}, opts...)
+}
+
+// SetMany stores several values at once, as [Cache.Set] does one: in one
+// round trip (per Cluster node), every entry replaced atomically with its
+// lease revoked, one notice to the other Stores' L1. Tags apply to every
+// value. It fails closed for the whole batch: on any error every key is
+// invalidated, so that none of the values it meant to replace is served on.
+func (c *Cache[T]) SetMany(ctx context.Context, values map[string]T, opts ...CallOption) error {
+	keys := make([]string, 0, len(values))
+	for k := range values {
+		if k == "" {
+			return errEmptyKey
+		}
+		keys = append(keys, k)
 	}
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.Sort(keys) // one order for the pipeline and the notice, whatever the map's
 	o, err := collectCallOptions(opts)
 	if err != nil {
 		return err
 	}
-	if err := c.set(ctx, key, v, o); err != nil {
-		// The caller meant to replace the entry: the old value must not
+	if err := c.set(ctx, keys, values, o); err != nil {
+		// The caller meant to replace the entries: the old values must not
 		// outlive a failed replacement. Invalidate queues itself if Redis
 		// is away.
-		_ = c.Invalidate(ctx, key)
+		_ = c.Invalidate(ctx, keys...)
 		return err
 	}
 	return nil
 }
 
-func (c *Cache[T]) set(ctx context.Context, key string, v T, o callOptions) error {
-	tokens, err := c.store.ensureTokens(ctx, o.tags)
+func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, o callOptions) error {
+	keyTags := make([][]string, len(keys))
+	all := o.tags
+	for i, k := range keys {
+		tags, err := o.tagsFor(k)
+		if err != nil {
+			return err
+		}
+		keyTags[i] = tags
+		for _, t := range tags {
+			if !slices.Contains(all, t) {
+				all = append(slices.Clip(all), t)
+			}
+		}
+	}
+	tokens, err := c.store.ensureTokens(ctx, all)
 	if err != nil {
 		return err
 	}
-	fresh := c.profile.freshFor() // jittered like a fill
-	b, err := c.encode(v, c.store.now(), fresh, 0, tokens)
-	if err != nil {
-		return err
-	}
-	if max := c.profile.MaxEntryBytes; max > 0 && len(b) > max {
-		c.stats.oversize.Add(1)
-		return fmt.Errorf("aside: entry of %d bytes exceeds MaxEntryBytes %d", len(b), max)
+	encoded := make([][]byte, len(keys))
+	ttls := make([]time.Duration, len(keys))
+	for i, k := range keys {
+		fresh := c.profile.freshFor() // jittered like a fill
+		b, err := c.encode(values[k], c.store.now(), fresh, 0, tokensOf(tokens, keyTags[i], len(keyTags[i]) == len(all)))
+		if err == nil {
+			err = c.checkSize(b)
+		}
+		if errors.Is(err, errOversize) {
+			c.stats.oversize.Add(1)
+		}
+		if err != nil {
+			if len(keys) > 1 {
+				return fmt.Errorf("%w (key %q)", err, k)
+			}
+			return err
+		}
+		encoded[i], ttls[i] = b, fresh+c.profile.StaleWindow
 	}
 	if !c.store.usable(ctx) {
 		return ErrUnavailable
 	}
-	rk := c.keys.entry(key)
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
 	acks, err := c.store.writeAndTell(octx, func(p redis.Pipeliner) {
-		setScript.Eval(octx, p, []string{rk}, b, (fresh + c.profile.StaleWindow).Milliseconds())
-	}, busMessage{Kind: busKeys, Cache: c.name, Names: []string{key}})
+		for i, k := range keys {
+			rk := c.keys.entry(k)
+			setScript.Eval(octx, p, []string{rk, leaseKey(rk)}, encoded[i], ttls[i].Milliseconds())
+		}
+	}, busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 	c.store.record(octx, err, &c.stats, c.name)
 	if err != nil {
 		return fmt.Errorf("aside: set: %w", err)
 	}
-	c.stats.bytesWritten.Add(uint64(len(b)))
+	for _, b := range encoded {
+		c.stats.bytesWritten.Add(uint64(len(b)))
+	}
 	if err := acks.wait(ctx); err != nil {
 		return fmt.Errorf("aside: set: %w", err)
 	}
@@ -274,12 +381,11 @@ func (c *Cache[T]) set(ctx context.Context, key string, v T, o callOptions) erro
 }
 
 // setScript replaces the entry and its TTL atomically and revokes any
-// lease, so that a load in flight cannot overwrite what Set wrote. DEL
-// first also overwrites a key of another Redis type planted under our name.
+// lease, so that a load in flight cannot overwrite what Set wrote. SET
+// also overwrites a key of another Redis type planted under our name.
 var setScript = redis.NewScript(`
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
 return 1`)
 
 // writeEntry stores encoded bytes unconditionally, revoking any lease. Only
@@ -287,7 +393,7 @@ return 1`)
 func (c *Cache[T]) writeEntry(ctx context.Context, rk string, b []byte, ttl time.Duration) error {
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	err := setScript.Run(octx, c.store.rdb, []string{rk}, b, ttl.Milliseconds()).Err()
+	err := setScript.Run(octx, c.store.rdb, []string{rk, leaseKey(rk)}, b, ttl.Milliseconds()).Err()
 	c.store.record(octx, err, &c.stats, c.name)
 	return err
 }
@@ -296,6 +402,9 @@ func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration,
 	payload, err := c.codec.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("aside: encode: %w", err)
+	}
+	if len(payload) > maxDecodedBytes { // stored, it could never be read back
+		return nil, fmt.Errorf("%w: a payload of %d bytes exceeds the %d MiB any entry may decode to", errOversize, len(payload), maxDecodedBytes>>20)
 	}
 	return encodeEnvelope(envelope{
 		typeID:     c.typeID,
@@ -312,17 +421,31 @@ func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration,
 // the caller has its value already.
 func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Duration, tags []tagToken) ([]byte, bool) {
 	b, err := c.encode(v, created, fresh, took, tags)
-	if err != nil {
+	if err == nil {
+		err = c.checkSize(b)
+	}
+	switch {
+	case errors.Is(err, errOversize):
+		c.stats.oversize.Add(1)
+		c.store.emit(Event{Kind: EventOversize, Cache: c.name, Err: err})
+		return nil, false
+	case err != nil:
 		c.stats.encodeErrors.Add(1)
 		c.store.emit(Event{Kind: EventEncodeError, Cache: c.name, Err: err})
 		return nil, false
 	}
-	if max := c.profile.MaxEntryBytes; max > 0 && len(b) > max {
-		c.stats.oversize.Add(1)
-		c.store.emit(Event{Kind: EventOversize, Cache: c.name, Err: fmt.Errorf("aside: entry of %d bytes exceeds MaxEntryBytes %d", len(b), max)})
-		return nil, false
-	}
 	return b, true
+}
+
+// errOversize marks a value that is returned to its caller but not stored.
+var errOversize = errors.New("aside: value too large to cache")
+
+// checkSize refuses an entry over the profile's MaxEntryBytes.
+func (c *Cache[T]) checkSize(b []byte) error {
+	if max := c.profile.MaxEntryBytes; max > 0 && len(b) > max {
+		return fmt.Errorf("%w: entry of %d bytes exceeds MaxEntryBytes %d", errOversize, len(b), max)
+	}
+	return nil
 }
 
 // checkEncodable rejects, at construction, value types that msgpack cannot
@@ -347,17 +470,41 @@ func checkEncodable(t reflect.Type) error {
 			}
 			return walk(t.Elem(), path+" value")
 		case reflect.Struct:
+			if encodesItself(t) {
+				return nil
+			}
+			encoded := 0
 			for i := range t.NumField() {
 				f := t.Field(i)
 				if !f.IsExported() || f.Tag.Get("msgpack") == "-" {
 					continue
 				}
+				encoded++
 				if err := walk(f.Type, path+"."+f.Name); err != nil {
 					return err
 				}
+			}
+			if encoded == 0 && t.NumField() > 0 {
+				// msgpack skips unexported fields: every value would be
+				// cached as the zero value, and served as if it were data.
+				return fmt.Errorf("aside: type %v cannot be cached: %s has no exported fields, so msgpack would store it empty (export a field, implement msgpack.CustomEncoder/CustomDecoder, or give the cache a Codec with WithCodec)", t, path)
 			}
 		}
 		return nil
 	}
 	return walk(t, "value")
+}
+
+// encodesItself reports whether msgpack encodes values of t through a
+// method of t's own rather than field by field.
+func encodesItself(t reflect.Type) bool {
+	for _, m := range []reflect.Type{
+		reflect.TypeFor[msgpack.CustomEncoder](), reflect.TypeFor[msgpack.Marshaler](),
+		reflect.TypeFor[encoding.BinaryMarshaler](), reflect.TypeFor[encoding.TextMarshaler](),
+	} {
+		if t.Implements(m) || reflect.PointerTo(t).Implements(m) {
+			return true
+		}
+	}
+	return false
 }

@@ -311,17 +311,18 @@ func TestUndecodableEntriesAreCountedMissesAndOverwritten(t *testing.T) {
 		store, rdb := b.newStore(t, aside.WithPrefix(prefix))
 		rk := func(key string) string { return prefix + ":items:v1:{" + key + "}" }
 		c := newCache[product](t, store)
-		other := newCacheNamed[string](t, store, "items") // same name, another type
+		store2, _ := b.newStore(t, aside.WithPrefix(prefix)) // another process: one Store holds one type per name
+		other := newCacheNamed[string](t, store2, "items")   // same name, another type
 		mustGet(t, other, "foreign", func(context.Context) (string, error) { return "a string", nil })
 		mustGet(t, c, "good", func(context.Context) (product, error) { return product{ID: 1}, nil })
-		goodBytes := hashValue(t, rdb, rk("good"))
+		goodBytes := entryValue(t, rdb, rk("good"))
 		plant := map[string]func(key string){
-			"garbage":   func(k string) { rdb.HSet(bgCtx, k, "v", "not an envelope") },
-			"empty":     func(k string) { rdb.HSet(bgCtx, k, "v", "") },
-			"truncated": func(k string) { rdb.HSet(bgCtx, k, "v", goodBytes[:len(goodBytes)-3]) },
-			"format":    func(k string) { rdb.HSet(bgCtx, k, "v", "\x7f"+goodBytes[1:]) },
-			"flags":     func(k string) { rdb.HSet(bgCtx, k, "v", goodBytes[:1]+"\xff"+goodBytes[2:]) },
-			"string":    func(k string) { rdb.Set(bgCtx, k, "a plain string", time.Minute) },
+			"garbage":   func(k string) { rdb.Set(bgCtx, k, "not an envelope", time.Minute) },
+			"empty":     func(k string) { rdb.Set(bgCtx, k, "", time.Minute) },
+			"truncated": func(k string) { rdb.Set(bgCtx, k, goodBytes[:len(goodBytes)-3], time.Minute) },
+			"format":    func(k string) { rdb.Set(bgCtx, k, "\x7f"+goodBytes[1:], time.Minute) },
+			"flags":     func(k string) { rdb.Set(bgCtx, k, goodBytes[:1]+"\xff"+goodBytes[2:], time.Minute) },
+			"hash":      func(k string) { rdb.HSet(bgCtx, k, "v", "a hash, as v1 stored entries") },
 			"foreign":   func(string) {}, // written above by the string cache
 		}
 		var calls atomic.Int32
@@ -352,9 +353,9 @@ func newCacheNamed[T any](t *testing.T, store *aside.Store, name string) *aside.
 	return c
 }
 
-func hashValue(t *testing.T, rdb redis.UniversalClient, rk string) string {
+func entryValue(t *testing.T, rdb redis.UniversalClient, rk string) string {
 	t.Helper()
-	v, err := rdb.HGet(bgCtx, rk, "v").Result()
+	v, err := rdb.Get(bgCtx, rk).Result()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,14 +18,14 @@ type versioned struct {
 	Pad     string // makes the data set outgrow maxmemory
 }
 
-// TestEvictionNeverServesStale runs a real redis-server with a 4 MB
+// TestEvictionNeverServesStale runs a real redis-server with a 3 MB
 // maxmemory and allkeys-lru — so tag keys and entries are evicted alike —
 // fills it well past its limit while tags are invalidated, and checks that
 // no read returns a value older than its tag's last invalidation, during
 // the run and after it.
 func TestEvictionNeverServesStale(t *testing.T) {
 	requireReal(t)
-	srv, err := startRedis(0, "--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "3")
+	srv, err := startRedis(0, "--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "3")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestEvictionNeverServesStale(t *testing.T) {
 	}
 	defer store.Close()
 	c := newCache[versioned](t, store)
-	const tags, keys = 40, 8000 // ~8000 × 1 KB = 2× maxmemory
+	const tags, keys = 40, 8000 // ~8000 × 1 KB: well past maxmemory
 	var db, invalidated [tags]atomic.Int64
 	pad := strings.Repeat("x", 1000)
 	tagOf := func(k int) int { return k % tags }

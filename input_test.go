@@ -24,6 +24,11 @@ func TestBadInputIsAClearError(t *testing.T) {
 	load := func(context.Context) (int, error) { return 1, nil }
 	type withFunc struct{ F func() }
 	type withChan struct{ Items map[string][]chan int }
+	type money struct{ cents int }
+	type priced struct {
+		SKU   string
+		Price money
+	}
 	cache, _ := aside.New[int](store, "ok")
 	tests := []struct {
 		name string
@@ -54,6 +59,9 @@ func TestBadInputIsAClearError(t *testing.T) {
 		{"unknown profile", func() error { _, err := aside.New[int](store, "x", aside.WithProfile("nope")); return err }, `unknown profile "nope"`},
 		{"func field", func() error { _, err := aside.New[withFunc](store, "x"); return err }, "value.F is a func"},
 		{"nested chan", func() error { _, err := aside.New[withChan](store, "x"); return err }, "chan"},
+		{"only unexported fields", func() error { _, err := aside.New[money](store, "x"); return err }, "value has no exported fields"},
+		{"nested unexported fields", func() error { _, err := aside.New[[]priced](store, "x"); return err }, "value[].Price has no exported fields"},
+		{"one name, two types", func() error { _, err := aside.New[string](store, "ok"); return err }, `cache "ok" already holds int`},
 		{"empty key", func() error { _, err := cache.Get(bgCtx, "", load); return err }, "empty key"},
 		{"nil loader", func() error { _, err := cache.Get(bgCtx, "k", nil); return err }, "nil loader"},
 		{"empty key in Set", func() error { return cache.Set(bgCtx, "", 1) }, "empty key"},
@@ -66,6 +74,56 @@ func TestBadInputIsAClearError(t *testing.T) {
 				t.Errorf("error = %v, want an aside: error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestTypesThatEncodeThemselvesAreAccepted: the check for types msgpack
+// would store empty lets through those it encodes through a method, and
+// the same name with the same type twice.
+func TestTypesThatEncodeThemselvesAreAccepted(t *testing.T) {
+	store, _ := (&backend{addr: miniredis.RunT(t).Addr()}).newStore(t)
+	if _, err := aside.New[time.Time](store, "when"); err != nil {
+		t.Error(err)
+	}
+	if _, err := aside.New[selfEncoded](store, "self"); err != nil {
+		t.Error(err)
+	}
+	if _, err := aside.New[struct{}](store, "empty"); err != nil {
+		t.Error(err)
+	}
+	if _, err := aside.New[time.Time](store, "when"); err != nil {
+		t.Errorf("the same name and type again: %v", err)
+	}
+}
+
+type selfEncoded struct{ n int }
+
+func (s selfEncoded) MarshalText() ([]byte, error) { return []byte{byte('0' + s.n)}, nil }
+func (s *selfEncoded) UnmarshalText(b []byte) error {
+	s.n = int(b[0] - '0')
+	return nil
+}
+
+// TestUndecodablySizedValuesAreNotStored: a value the decoder would refuse
+// (over its 64 MiB bound) is returned and counted, never stored — stored,
+// it would be reloaded and rewritten on every read.
+func TestUndecodablySizedValuesAreNotStored(t *testing.T) {
+	b := &backend{addr: miniredis.RunT(t).Addr()}
+	p := aside.Profile{Name: "huge", TTL: time.Minute, LoadTimeout: 10 * time.Second, CompressAbove: 1024} // no MaxEntryBytes
+	store, _ := b.newStore(t, aside.WithProfiles(p))
+	c := newCache[string](t, store, aside.WithProfile("huge"))
+	big := strings.Repeat("z", 65<<20) // compresses to little: only the decoded size is too big
+	if err := c.Set(bgCtx, "big", big); err == nil || !strings.Contains(err.Error(), "64 MiB") {
+		t.Errorf("Set = %v, want an error naming the 64 MiB bound", err)
+	}
+	var calls atomic.Int32
+	for range 2 {
+		if got := mustGet(t, c, "big", countingLoader(big, &calls)); len(got) != len(big) {
+			t.Fatal("value not returned")
+		}
+	}
+	if s := c.Stats(); calls.Load() != 2 || s.OversizeSkips != 3 || s.BytesWritten != 0 {
+		t.Errorf("loads %d, stats %+v; want 2 loads, 3 oversize skips, nothing written", calls.Load(), s)
 	}
 }
 

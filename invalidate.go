@@ -22,8 +22,9 @@ import (
 // Redis again (a Redis restored from an older snapshot would otherwise
 // serve the invalidated values).
 func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
-	// One DEL per key: keys of one call may live in different Cluster slots.
-	return c.invalidate(ctx, "invalidate", keys, func(ctx context.Context, p redis.Pipeliner, rk string) { p.Del(ctx, rk) })
+	// One DEL per entry (its value and its lease): the entries of one call
+	// may live in different Cluster slots.
+	return c.invalidate(ctx, "invalidate", keys, func(ctx context.Context, p redis.Pipeliner, rk string) { p.Del(ctx, rk, leaseKey(rk)) })
 }
 
 // invalidate runs one command per key in one pipeline, tells every Store's
@@ -63,16 +64,19 @@ func (c *Cache[T]) invalidate(ctx context.Context, what string, keys []string, c
 // a load that began before cannot write its older value. A negative entry,
 // or bytes that are not an envelope, are deleted instead.
 var markStaleScript = redis.NewScript(`
-local v = redis.call('HGET', KEYS[1], 'v')
-redis.call('HDEL', KEYS[1], 'l', 'le')
-if not v then return 0 end
+redis.call('DEL', KEYS[2])
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local v = redis.call('GET', KEYS[1])
 local f = string.byte(v, 2)
 if string.byte(v, 1) ~= 161 or not f or math.floor(f / 2) % 2 == 1 then
   redis.call('DEL', KEYS[1])
   return 0
 end
 if math.floor(f / 4) % 2 == 0 then
-  redis.call('HSET', KEYS[1], 'v', string.sub(v, 1, 1) .. string.char(f + 4) .. string.sub(v, 3))
+  redis.call('SETRANGE', KEYS[1], 1, string.char(f + 4))
 end
 return 1`)
 
@@ -85,7 +89,7 @@ func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 	// EVAL, not EVALSHA: a pipeline cannot fall back. Replayed as a hard
 	// invalidation if Redis cannot be reached: safe, if not soft.
 	return c.invalidate(ctx, "mark stale", keys, func(ctx context.Context, p redis.Pipeliner, rk string) {
-		markStaleScript.Eval(ctx, p, []string{rk})
+		markStaleScript.Eval(ctx, p, []string{rk, leaseKey(rk)})
 	})
 }
 
@@ -173,17 +177,37 @@ func (s *Store) TagsChanged(tags ...string) Change {
 	return Change{apply: func(ctx context.Context) error { return s.InvalidateTags(ctx, tags...) }}
 }
 
+// Later returns the changes that changes computes after the write has run,
+// for [Store.Write]: for invalidations that depend on the write's result,
+// such as the tag of the category a product was moved to. changes runs once,
+// after write returns, whether it failed or not.
+func Later(changes func() []Change) Change {
+	return Change{apply: func(ctx context.Context) error {
+		var errs []error
+		for _, c := range changes() {
+			if c.apply != nil {
+				errs = append(errs, c.apply(ctx))
+			}
+		}
+		return errors.Join(errs...)
+	}}
+}
+
 // Write runs write — the update of the source of truth — and then the
 // invalidations, in that order, which is the order that keeps caches
 // correct. The invalidations run even when write fails, because a failed
 // write may still have committed (a timeout after COMMIT); a needless
 // invalidation costs one miss. It returns write's error, joined with any
-// invalidation errors. The changes are built before write runs: when what to
-// invalidate depends on the write's result, invalidate after it by hand.
+// invalidation errors. Changes that depend on the write's result are
+// wrapped in [Later]:
 //
-//	err := store.Write(ctx, func(ctx context.Context) error {
-//		return repo.UpdatePrice(ctx, id, price)
-//	}, products.Changed(aside.Key(id)), store.TagsChanged("category:"+cat))
+//	var p Product
+//	err := store.Write(ctx, func(ctx context.Context) (err error) {
+//		p, err = repo.UpdatePrice(ctx, id, price)
+//		return err
+//	}, products.Changed(aside.Key(id)), aside.Later(func() []aside.Change {
+//		return []aside.Change{store.TagsChanged("category:" + p.Category)}
+//	}))
 func (s *Store) Write(ctx context.Context, write func(ctx context.Context) error, changes ...Change) error {
 	werr := write(ctx)
 	var errs []error

@@ -103,10 +103,19 @@ func (k keyspace) entry(key string) string {
 	return hashTagged(k.entryPrefix, key)
 }
 
+// leaseKey returns the key of an entry's lease, beside the entry under its
+// hash tag. An entry key ends in '}', so no entry key is a lease key.
+func leaseKey(rk string) string { return rk + ":l" }
+
 // tagKey returns the Redis key holding one tag's token: one key per tag,
 // shared by every cache of the Store. '#' cannot start a cache name, so tag
 // keys never collide with entries; the escaped tag is the key's hash tag.
-func tagKey(prefix, tag string) string { return hashTagged(prefix+":#tag:{", tag) }
+func tagKey(prefix, tag string) string {
+	if len(tag) <= maxKeyLen && isPlain(tag) {
+		return prefix + ":#tag:{" + tag + "}" // the common case: one allocation
+	}
+	return hashTagged(prefix+":#tag:{", tag)
+}
 
 // hashTagged returns head + the escaped user string + "}", hashing the user
 // string when its escaped form is longer than maxKeyLen.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 )
 
@@ -11,6 +12,7 @@ import (
 type Option func(*cacheOptions)
 
 type cacheOptions struct {
+	notFound  error
 	version   int
 	profile   string
 	codec     Codec
@@ -27,6 +29,15 @@ func WithVersion(v int) Option { return func(o *cacheOptions) { o.version = v } 
 // [Transactional], [Analytical], [Master]) or one registered with
 // [WithProfiles]. Default: [Default].
 func WithProfile(name string) Option { return func(o *cacheOptions) { o.profile = name } }
+
+// WithNotFound names the cache's own not-found error — the one its callers
+// already test for, such as a repository's ErrNoSuchProduct. A loader may
+// then return it (wrapped or not) instead of [ErrNotFound], and is cached
+// negatively alike; and every not-found answer of the cache, whether the
+// loader's own, shared with another caller, or read from a negative entry
+// later, matches both err and ErrNotFound with errors.Is. Without it a
+// cached not-found is ErrNotFound alone. A nil err changes nothing.
+func WithNotFound(err error) Option { return func(o *cacheOptions) { o.notFound = err } }
 
 // WithCodec replaces the msgpack payload codec. Default: msgpack.
 func WithCodec(c Codec) Option { return func(o *cacheOptions) { o.codec = c } }
@@ -92,8 +103,9 @@ func WithObserver(fn Observer) StoreOption { return func(o *storeOptions) { o.ob
 func WithLogger(l *slog.Logger) StoreOption { return func(o *storeOptions) { o.logger = l } }
 
 // WithClock replaces the clock that decides freshness (fresh-until, early
-// refresh, stale windows), so that tests can move time; Redis TTLs and
-// lease deadlines keep the server's clock. Default: time.Now.
+// refresh, stale windows, L1 expiry) and the circuit breaker's cooldown, so
+// that tests can move time; Redis TTLs and lease deadlines keep the
+// server's clock. Default: time.Now.
 func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) { o.clock = now } }
 
 // WithRelaxedL1 makes this Store's L1 tiers coherent within a pub/sub
@@ -118,7 +130,10 @@ func WithL1Lease(d time.Duration) StoreOption { return func(o *storeOptions) { o
 // [Cache.Set].
 type CallOption func(*callOptions)
 
-type callOptions struct{ tags []string }
+type callOptions struct {
+	tags    []string
+	keyTags func(key string) []string
+}
 
 // Tags attaches tags to the entry, so that [Store.InvalidateTags] of any of
 // them invalidates it, whatever its key and cache. Pass the same tags at
@@ -133,6 +148,13 @@ func Tags(tags ...string) CallOption {
 	return func(o *callOptions) { o.tags = append(o.tags, tags...) }
 }
 
+// KeyTags gives each entry of a call its own tags, from its key — the tags
+// that differ per entry, such as "product:<id>" in a GetMany — beside those
+// [Tags] gives every entry. The same rules apply as for Tags.
+func KeyTags(tags func(key string) []string) CallOption {
+	return func(o *callOptions) { o.keyTags = tags }
+}
+
 func collectCallOptions(opts []CallOption) (callOptions, error) {
 	if len(opts) == 0 {
 		return callOptions{}, nil // the common case costs no allocation
@@ -144,23 +166,39 @@ func collectCallOptions(opts []CallOption) (callOptions, error) {
 	if len(o.tags) == 0 {
 		return o, nil
 	}
-	seen := make(map[string]bool, len(o.tags))
-	tags := o.tags[:0:0]
-	for _, t := range o.tags {
+	// o.tags is this call's own slice (Tags appends to it): duplicates are
+	// dropped in place.
+	var err error
+	o.tags, err = dedupeTags(o.tags[:0], o.tags)
+	return o, err
+}
+
+// tagsFor returns the tags of the entry under key: Tags', and KeyTags'.
+func (o callOptions) tagsFor(key string) ([]string, error) {
+	if o.keyTags == nil {
+		return o.tags, nil
+	}
+	tags, err := dedupeTags(slices.Clip(o.tags), o.keyTags(key))
+	if err != nil {
+		return nil, fmt.Errorf("%w (tags of key %q)", err, key)
+	}
+	return tags, nil
+}
+
+// dedupeTags appends to tags those of more it lacks, checking each.
+func dedupeTags(tags, more []string) ([]string, error) {
+	for _, t := range more {
 		switch {
 		case t == "":
-			return o, errors.New("aside: empty tag")
+			return nil, errors.New("aside: empty tag")
 		case len(t) > maxTagLen:
-			return o, fmt.Errorf("aside: tag longer than %d bytes", maxTagLen)
-		case seen[t]:
+			return nil, fmt.Errorf("aside: tag longer than %d bytes", maxTagLen)
+		case slices.Contains(tags, t):
 			continue
 		}
-		seen[t] = true
-		tags = append(tags, t)
+		if tags = append(tags, t); len(tags) > maxTags { // also bounds the search above
+			return nil, fmt.Errorf("aside: more than %d tags", maxTags)
+		}
 	}
-	if len(tags) > maxTags {
-		return o, fmt.Errorf("aside: %d tags, at most %d", len(tags), maxTags)
-	}
-	o.tags = tags
-	return o, nil
+	return tags, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -36,7 +37,7 @@ import (
 // call is one key's way through the protocol: a Get, or one key of a GetMany.
 type call[T any] struct {
 	key, rk  string
-	tags     []string  // the tags the caller named; every call of one group names the same
+	tags     []string  // the tags the caller named for this entry: Tags, and its KeyTags
 	snap     tagSnap   // tag tokens read with the entry: what every answer is validated against
 	raw      []byte    // bytes read but not served (undecodable, invalidated): the lease script drops them
 	deadline time.Time // end of the wait budget, set at the first miss
@@ -81,26 +82,29 @@ type source[T any] struct {
 }
 
 type outcome[T any] struct {
-	v   T
-	err error
+	v     T
+	err   error
+	until time.Time // set by the loader with ExpireAt: the value is not kept past it
 }
 
 // loadFrom calls the source once for keys, under the profile's LoadTimeout.
 // A key a batch loader leaves out is ErrNotFound.
 func (c *Cache[T]) loadFrom(ctx context.Context, src source[T], keys []string) []outcome[T] {
+	var expiry expirySlot
 	if src.many == nil {
-		v, err := timed(ctx, c, src.one)
-		return []outcome[T]{{v, err}}
+		v, err := timed(ctx, c, src.one, &expiry)
+		return []outcome[T]{{v, err, expiry.get()}}
 	}
-	m, err := timed(ctx, c, func(ctx context.Context) (map[string]T, error) { return src.many(ctx, keys) })
+	m, err := timed(ctx, c, func(ctx context.Context) (map[string]T, error) { return src.many(ctx, keys) }, &expiry)
 	outs := make([]outcome[T], len(keys))
 	for i, k := range keys {
 		v, ok := m[k]
+		outs[i].until = expiry.get()
 		switch {
 		case err != nil:
 			outs[i].err = err
 		case !ok:
-			outs[i].err = ErrNotFound
+			outs[i].err = c.notFoundAnswer
 		default:
 			outs[i].v = v
 		}
@@ -154,28 +158,39 @@ func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T])
 	}
 }
 
-// readAll reads the entries of calls and the group's tag tokens: one HGET
-// for a lone untagged call, else one pipeline.
+// readAll reads the entries of calls and the group's tag tokens in one
+// round trip: a GET for a lone untagged call, else one pipeline — with one
+// MGET of every entry where the client allows multi-key commands.
 func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 	if len(calls) == 1 && len(calls[0].tags) == 0 {
 		b, err := c.readOne(ctx, calls[0])
 		calls[0].raw = b
 		return err
 	}
-	tags := calls[0].tags
+	tags, shared := groupTags(calls)
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	hgets := make([]*redis.StringCmd, len(calls))
-	gets := make([]*redis.StringCmd, len(tags))
-	_, _ = c.store.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+	// A lone tagged Get, the common case, keeps its commands on the stack.
+	var ebuf [1]*redis.StringCmd
+	var gbuf [4]*redis.StringCmd
+	entries, gets := ebuf[:0], gbuf[:0]
+	var mget *redis.SliceCmd
+	p := c.store.rdb.Pipeline()
+	if c.store.multiKey && len(calls) > 1 {
+		rks := make([]string, len(calls))
 		for i, cl := range calls {
-			hgets[i] = p.HGet(octx, cl.rk, fieldValue)
+			rks[i] = cl.rk
 		}
-		for i, t := range tags {
-			gets[i] = p.Get(octx, tagKey(c.store.prefix, t))
+		mget = p.MGet(octx, rks...)
+	} else {
+		for _, cl := range calls {
+			entries = append(entries, p.Get(octx, cl.rk))
 		}
-		return nil
-	})
+	}
+	for _, t := range tags {
+		gets = append(gets, p.Get(octx, tagKey(c.store.prefix, t)))
+	}
+	_, _ = p.Exec(octx)
 	var failed error
 	snap := tagSnap{names: tags, tokens: make([]string, len(tags))}
 	for i, g := range gets {
@@ -184,12 +199,37 @@ func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 		}
 		snap.tokens[i] = g.Val() // "" when the tag key is missing
 	}
-	for i, g := range hgets {
-		b, err := g.Bytes()
-		calls[i].snap, calls[i].raw = snap, nil
+	var vals []any
+	if mget != nil {
+		if err := mget.Err(); err != nil && failed == nil {
+			failed = err
+		}
+		vals = mget.Val()
+	}
+	for i, cl := range calls {
+		cl.snap, cl.raw = snap, nil
+		if !shared {
+			cl.snap = snap.subset(cl.tags)
+		}
+		var b []byte
+		var err error
+		if mget != nil {
+			// MGET answers nil for a key of another Redis type too: the
+			// lease script deletes it.
+			if i < len(vals) {
+				if v, ok := vals[i].(string); ok {
+					b = []byte(v)
+				}
+			}
+			if b == nil && mget.Err() == nil {
+				err = redis.Nil
+			}
+		} else {
+			b, err = entries[i].Bytes()
+		}
 		switch {
-		case err == nil:
-			calls[i].raw = b
+		case err == nil && b != nil:
+			cl.raw = b
 		case errors.Is(err, redis.Nil):
 			c.stats.misses.Add(1)
 		case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"): // the lease script deletes it
@@ -202,11 +242,35 @@ func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 	return failed
 }
 
-// readOne is the hit path: one HGET.
+// groupTags returns every tag the calls of a group name, once each, and
+// whether every call names the same (the common case: no per-call copies).
+func groupTags[T any](calls []*call[T]) (tags []string, shared bool) {
+	tags, shared = calls[0].tags, true
+	for _, cl := range calls[1:] {
+		if !slices.Equal(cl.tags, calls[0].tags) {
+			shared = false
+			break
+		}
+	}
+	if shared {
+		return tags, true
+	}
+	tags = nil
+	for _, cl := range calls {
+		for _, t := range cl.tags {
+			if !slices.Contains(tags, t) {
+				tags = append(tags, t)
+			}
+		}
+	}
+	return tags, false
+}
+
+// readOne is the hit path: one GET.
 func (c *Cache[T]) readOne(ctx context.Context, cl *call[T]) ([]byte, error) {
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	b, err := c.store.rdb.HGet(octx, cl.rk, fieldValue).Bytes()
+	b, err := c.store.rdb.Get(octx, cl.rk).Bytes()
 	switch {
 	case errors.Is(err, redis.Nil):
 		c.store.record(octx, nil, &c.stats, c.name)
@@ -242,7 +306,7 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 	var v T
 	if e.negative() {
 		c.stats.negativeHits.Add(1)
-		cl.finish(v, ErrNotFound)
+		cl.finish(v, c.notFoundAnswer)
 		return true
 	}
 	if err := c.codec.Unmarshal(e.payload, &v); err != nil {
@@ -374,7 +438,7 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 	octx, cancel := c.store.opContext(actx)
 	defer cancel()
 	leaseMs := c.leaseTTL().Milliseconds()
-	cmds, err := c.store.evalEach(octx, acquireScript, rks, func(i int) []any {
+	cmds, err := c.store.evalEntries(octx, acquireScript, rks, func(i int) []any {
 		if misses[i].raw != nil {
 			return []any{tokens[i], leaseMs, "1", misses[i].raw}
 		}
@@ -420,18 +484,18 @@ func (c *Cache[T]) unregister(tokens ...string) {
 	c.mu.Unlock()
 }
 
-// evalEach runs script once per key in one round trip: EVALSHA (falling
-// back to EVAL) for one key, a pipeline of EVALs for several (a pipeline
-// cannot fall back from EVALSHA).
-func (s *Store) evalEach(ctx context.Context, script *redis.Script, keys []string, args func(i int) []any) ([]*redis.Cmd, error) {
-	if len(keys) == 1 {
-		cmd := script.Run(ctx, s.rdb, keys, args(0)...)
+// evalEntries runs an entry script once per entry key (with its lease key)
+// in one round trip: EVALSHA (falling back to EVAL) for one entry, a
+// pipeline of EVALs for several (a pipeline cannot fall back from EVALSHA).
+func (s *Store) evalEntries(ctx context.Context, script *redis.Script, rks []string, args func(i int) []any) ([]*redis.Cmd, error) {
+	if len(rks) == 1 {
+		cmd := script.Run(ctx, s.rdb, []string{rks[0], leaseKey(rks[0])}, args(0)...)
 		return []*redis.Cmd{cmd}, cmd.Err()
 	}
-	cmds := make([]*redis.Cmd, len(keys))
+	cmds := make([]*redis.Cmd, len(rks))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, k := range keys {
-			cmds[i] = script.Eval(ctx, p, []string{k}, args(i)...)
+		for i, rk := range rks {
+			cmds[i] = script.Eval(ctx, p, []string{rk, leaseKey(rk)}, args(i)...)
 		}
 		return nil
 	})

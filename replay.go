@@ -101,7 +101,7 @@ func (s *Store) replayPending(ctx context.Context) bool {
 				p.Set(octx, tagKey(s.prefix, op.name), newTagToken(), 0)
 				tags = append(tags, op.name)
 			} else {
-				p.Del(octx, op.name)
+				p.Del(octx, op.name, leaseKey(op.name))
 				keys[op.cache] = append(keys[op.cache], op.key)
 			}
 		}

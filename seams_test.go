@@ -376,7 +376,7 @@ func TestNoOrphanLeaseWhenTheCallerGivesUp(t *testing.T) {
 type cancelAfterLease struct{ cancel context.CancelFunc }
 
 func isLeaseScript(cmd redis.Cmder) bool {
-	return (cmd.Name() == "evalsha" || cmd.Name() == "eval") && len(cmd.Args()) == 8 // 1 key, 4 arguments
+	return (cmd.Name() == "evalsha" || cmd.Name() == "eval") && len(cmd.Args()) == 9 // 2 keys (entry, lease), 4 arguments
 }
 
 func (cancelAfterLease) DialHook(next redis.DialHook) redis.DialHook { return next }

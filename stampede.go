@@ -14,19 +14,19 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Redis layout of one entry: a hash in one key (so one slot) holding
+// Redis layout of one entry, in two keys of one hash tag (so one slot):
 //
-//	v   the envelope, absent while the first load runs
-//	l   the lease token: the right to write v, held by one fill attempt
-//	le  the lease's deadline, in ms of the server's clock
-//	w   set when a caller found the lease held and waits: the fill (or the
-//	    release) of that lease then announces itself, waking the waiters
+//	rk       the envelope: a plain string, so that a hit is one GET and a
+//	         batch of hits one MGET; absent while the first load runs
+//	rk + :l  the lease, a small hash that expires on its own (a dead
+//	         holder's lease ends with it):
+//	           t  the token: the right to write rk, held by one fill attempt
+//	           w  set when a caller found the lease held and waits: the fill
+//	              (or the release) of that lease then announces itself,
+//	              waking the waiters
 //
-// Invalidate deletes the key, which revokes entry and lease at once.
-const (
-	fieldValue = "v"
-	leaseSlack = 500 * time.Millisecond // lease TTL beyond LoadTimeout: time for the fill to arrive
-)
+// Invalidate deletes both keys, which revokes entry and lease at once.
+const leaseSlack = 500 * time.Millisecond // lease TTL beyond LoadTimeout: time for the fill to arrive
 
 // Replies of acquireScript and peekScript.
 const (
@@ -38,37 +38,34 @@ const (
 
 // acquireScript is the miss path's single round trip: the value if one has
 // appeared, else the live lease's token, else a new lease for the caller.
-// ARGV: token, lease ms, "1" when ARGV[4] holds bytes the caller could not
-// decode (they are dropped, and only if still there). A key of another Redis
-// type under our name is deleted.
+// KEYS: entry, lease. ARGV: token, lease ms, "1" when ARGV[4] holds bytes
+// the caller could not decode (they are dropped, and only if still there).
+// A key of another Redis type under either name is deleted.
 var acquireScript = redis.NewScript(`
 local t = redis.call('TYPE', KEYS[1]).ok
-if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
-if ARGV[3] == '1' and redis.call('HGET', KEYS[1], 'v') == ARGV[4] then
-  redis.call('HDEL', KEYS[1], 'v')
+if t ~= 'string' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
+t = redis.call('TYPE', KEYS[2]).ok
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[2]) end
+if ARGV[3] == '1' and redis.call('GET', KEYS[1]) == ARGV[4] then
+  redis.call('DEL', KEYS[1])
 end
-local v = redis.call('HGET', KEYS[1], 'v')
+local v = redis.call('GET', KEYS[1])
 if v then return {1, v} end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local l = redis.call('HMGET', KEYS[1], 'l', 'le')
-if l[1] and tonumber(l[2]) > ms then
-  redis.call('HSET', KEYS[1], 'w', '1')
-  return {2, l[1]}
+local l = redis.call('HGET', KEYS[2], 't')
+if l then
+  redis.call('HSET', KEYS[2], 'w', '1')
+  return {2, l}
 end
-redis.call('HSET', KEYS[1], 'l', ARGV[1], 'le', ms + tonumber(ARGV[2]))
-redis.call('HDEL', KEYS[1], 'w')
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 't', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {3}`)
 
 // peekScript is what a waiter polls: the value, the live lease, or neither.
 var peekScript = redis.NewScript(`
-local r = redis.call('HMGET', KEYS[1], 'v', 'l', 'le')
-if r[1] then return {1, r[1]} end
-if r[2] then
-  local now = redis.call('TIME')
-  if tonumber(r[3]) > tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return {2, r[2]} end
-end
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+local l = redis.call('HGET', KEYS[2], 't')
+if l then return {2, l} end
 return {0}`)
 
 // refreshScript takes a refresh lease on an existing entry without touching
@@ -76,13 +73,11 @@ return {0}`)
 // SHA-1 of the bytes the reader saw: an entry that another refresh has
 // already replaced is not refreshed again.
 var refreshScript = redis.NewScript(`
-local v = redis.call('HGET', KEYS[1], 'v')
+local v = redis.call('GET', KEYS[1])
 if not v or redis.sha1hex(v) ~= ARGV[3] then return 0 end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local l = redis.call('HMGET', KEYS[1], 'l', 'le')
-if l[1] and tonumber(l[2]) > ms then return 0 end
-redis.call('HSET', KEYS[1], 'l', ARGV[1], 'le', ms + tonumber(ARGV[2]))
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 't', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1`)
 
 // fillScript is the compare-and-set of a fill: the value is written only
@@ -90,11 +85,10 @@ return 1`)
 // deleted the lease, so a load that read the old row can never write it back.
 // It answers 0 (refused), 1 (written) or 2 (written, and callers wait).
 var fillScript = redis.NewScript(`
-local l = redis.call('HMGET', KEYS[1], 'l', 'w')
+local l = redis.call('HMGET', KEYS[2], 't', 'w')
 if l[1] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2])
-redis.call('HDEL', KEYS[1], 'l', 'le', 'w')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
 if l[2] then return 2 end
 return 1`)
 
@@ -103,9 +97,9 @@ return 1`)
 // when the lease was still held: no invalidation came in between (2: and
 // callers wait), 0 otherwise.
 var releaseScript = redis.NewScript(`
-local l = redis.call('HMGET', KEYS[1], 'l', 'w')
+local l = redis.call('HMGET', KEYS[2], 't', 'w')
 if l[1] == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'l', 'le', 'w')
+  redis.call('DEL', KEYS[2])
   if l[2] then return 2 end
   return 1
 end
@@ -140,6 +134,7 @@ type flight[T any] struct {
 // the calls waiting for it, whose state their own goroutines own.
 type leaseTask[T any] struct {
 	key, rk, token string
+	tags           []string // the entry's tags, whose tokens are recorded before the load
 	f              *flight[T]
 }
 
@@ -149,11 +144,10 @@ type leaseTask[T any] struct {
 func (c *Cache[T]) startFlight(ctx context.Context, held []*call[T], src source[T]) {
 	tasks := make([]leaseTask[T], len(held))
 	for i, cl := range held {
-		tasks[i] = leaseTask[T]{key: cl.key, rk: cl.rk, token: cl.token, f: cl.f}
+		tasks[i] = leaseTask[T]{key: cl.key, rk: cl.rk, token: cl.token, tags: cl.tags, f: cl.f}
 	}
-	tags := held[0].tags
 	run := func() {
-		c.loadAndFill(context.WithoutCancel(ctx), tags, tasks, src)
+		c.loadAndFill(context.WithoutCancel(ctx), tasks, src)
 		for _, t := range tasks {
 			c.unregister(t.token)
 			close(t.f.done)
@@ -169,7 +163,15 @@ func (c *Cache[T]) startFlight(ctx context.Context, held []*call[T], src source[
 // A failed load releases its lease at once; ErrNotFound is stored as a
 // negative entry when the profile says so. Without tokens (Redis failed)
 // nothing is written.
-func (c *Cache[T]) loadAndFill(ctx context.Context, tags []string, tasks []leaseTask[T], src source[T]) {
+func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src source[T]) {
+	tags := tasks[0].tags
+	for _, t := range tasks[1:] {
+		for _, name := range t.tags {
+			if !slices.Contains(tags, name) {
+				tags = append(tags[:len(tags):len(tags)], name)
+			}
+		}
+	}
 	var recorded []tagToken
 	var tokErr error
 	if !c.hooks.tokensAfterLoad() {
@@ -192,21 +194,25 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tags []string, tasks []lease
 	var releases []int
 	for i, t := range tasks {
 		o, f := outs[i], t.f
-		f.v, f.err, f.tags = o.v, o.err, recorded
+		f.v, f.err, f.tags = o.v, o.err, tokensOf(recorded, t.tags, len(t.tags) == len(tags))
 		switch {
 		case errors.Is(o.err, ErrNotFound) && c.profile.NegativeTTL > 0 && tokErr == nil:
-			fills = append(fills, fillCmd{i, c.negativeEntry(start, recorded), c.profile.NegativeTTL})
+			fills = append(fills, fillCmd{i, c.negativeEntry(start, f.tags), c.profile.NegativeTTL})
 		case o.err != nil || tokErr != nil:
 			releases = append(releases, i)
 		default:
-			fresh := c.profile.freshFor()
-			b, ok := c.encodeForFill(o.v, start, fresh, took, recorded)
+			fresh, ttl, keep := c.lifetime(start, o.until)
+			if !keep {
+				releases = append(releases, i)
+				continue
+			}
+			b, ok := c.encodeForFill(o.v, start, fresh, took, f.tags)
 			if !ok {
 				releases = append(releases, i)
 				continue
 			}
 			f.freshUntil = start.Add(fresh)
-			fills = append(fills, fillCmd{i, b, fresh + c.profile.StaleWindow})
+			fills = append(fills, fillCmd{i, b, ttl})
 		}
 	}
 	for _, fc := range fills {
@@ -216,6 +222,38 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tags []string, tasks []lease
 	if !c.hooks.keepLease() {
 		c.release(ctx, tasks, releases)
 	}
+}
+
+// lifetime is how long a value loaded at start stays fresh, and how long
+// Redis keeps it: the profile's TTL with jitter, plus its stale window —
+// both cut at until when the loader set one with ExpireAt. keep is false
+// when until has passed already.
+func (c *Cache[T]) lifetime(start, until time.Time) (fresh, ttl time.Duration, keep bool) {
+	fresh = c.profile.freshFor()
+	ttl = fresh + c.profile.StaleWindow
+	if until.IsZero() {
+		return fresh, ttl, true
+	}
+	left := until.Sub(c.store.now())
+	if left < time.Millisecond {
+		return 0, 0, false
+	}
+	return min(fresh, until.Sub(start)), min(ttl, left), true
+}
+
+// tokensOf picks the tokens of names out of recorded (all of them when the
+// task names every tag of the load).
+func tokensOf(recorded []tagToken, names []string, all bool) []tagToken {
+	if all {
+		return recorded
+	}
+	out := make([]tagToken, 0, len(names))
+	for _, t := range recorded {
+		if slices.Contains(names, t.name) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 type fillCmd struct {
@@ -242,7 +280,7 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 	}
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	cmds, err := c.store.evalEach(octx, fillScript, rks, func(i int) []any {
+	cmds, err := c.store.evalEntries(octx, fillScript, rks, func(i int) []any {
 		return []any{tasks[fills[i].task].token, fills[i].b, fills[i].ttl.Milliseconds()}
 	})
 	c.store.record(octx, err, &c.stats, c.name)
@@ -275,7 +313,7 @@ func (c *Cache[T]) release(ctx context.Context, tasks []leaseTask[T], idx []int)
 	}
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	cmds, err := c.store.evalEach(octx, releaseScript, rks, func(i int) []any { return []any{tasks[idx[i]].token} })
+	cmds, err := c.store.evalEntries(octx, releaseScript, rks, func(i int) []any { return []any{tasks[idx[i]].token} })
 	c.store.record(octx, err, &c.stats, c.name)
 	var waited []string
 	for i, t := range idx {
@@ -312,6 +350,9 @@ func (c *Cache[T]) leaseTTL() time.Duration {
 // while every reader keeps getting the current value. The new entry carries
 // every tag of the old one as well as those of the call.
 func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []byte, entryTags []tagToken, src source[T]) {
+	if src.one == nil && src.many == nil {
+		return // a Peek: nothing to reload with
+	}
 	rk, key := cl.rk, cl.key
 	if _, busy := c.refreshing.LoadOrStore(rk, struct{}{}); busy {
 		return
@@ -332,14 +373,14 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []
 		ctx := context.WithoutCancel(ctx)
 		token := newToken()
 		octx, cancel := c.store.opContext(ctx)
-		n, err := refreshScript.Run(octx, c.store.rdb, []string{rk}, token, c.leaseTTL().Milliseconds(), seenSum).Int()
+		n, err := refreshScript.Run(octx, c.store.rdb, []string{rk, leaseKey(rk)}, token, c.leaseTTL().Milliseconds(), seenSum).Int()
 		c.store.record(octx, err, &c.stats, c.name)
 		cancel()
 		if err != nil || n != 1 {
 			return // another process refreshes, or Redis is unwell
 		}
 		f := &flight[T]{}
-		c.loadAndFill(ctx, tags, []leaseTask[T]{{key: key, rk: rk, token: token, f: f}}, src)
+		c.loadAndFill(ctx, []leaseTask[T]{{key: key, rk: rk, token: token, tags: tags, f: f}}, src)
 		if f.err == nil && f.valid {
 			c.stats.refreshes.Add(1)
 		}
@@ -351,12 +392,16 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []
 
 // timed runs one loader call — single or batch — under the profile's
 // LoadTimeout, recovering panics, and counts it. ErrNotFound is an answer,
-// not a failure.
-func timed[T, V any](ctx context.Context, c *Cache[T], load Loader[V]) (V, error) {
+// not a failure. A loader's ExpireAt lands in expiry (nil: not stored).
+func timed[T, V any](ctx context.Context, c *Cache[T], load Loader[V], expiry *expirySlot) (V, error) {
 	lctx, cancel := context.WithTimeout(ctx, c.profile.LoadTimeout)
 	defer cancel()
+	if expiry != nil {
+		lctx = context.WithValue(lctx, expiryKey{}, expiry)
+	}
 	start := time.Now()
 	v, err := safeLoad(lctx, load)
+	err = c.notFound(err)
 	c.stats.observeLoad(time.Since(start))
 	if err == nil || errors.Is(err, ErrNotFound) {
 		c.stats.loads.Add(1)

@@ -26,6 +26,8 @@ type Store struct {
 	pending   replayQueue      // invalidations that failed, replayed before Redis is read again
 	now       func() time.Time // the clock of freshness decisions; tests replace it
 	realClock bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
+	multiKey  bool             // one server holds every key: entries of a batch are read with one MGET
+	types     sync.Map         // cache name → its value type: one name, one type
 	hooks     *testHooks       // nil outside tests
 
 	// Background work (refreshes, lease pollers, loads, the probe, the bus)
@@ -86,6 +88,7 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	}
 	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger,
 		now: o.clock, realClock: realClock}
+	_, s.multiKey = rdb.(*redis.Client) // a single node or a Sentinel-managed master; not a Ring or a Cluster
 	s.bus = newBus(s, o.relaxedL1, o.l1Lease)
 	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
 		switch st {
@@ -95,6 +98,7 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 			s.emit(Event{Kind: EventBreakerClosed})
 		}
 	})
+	s.breaker.now = o.clock // a test clock moves the cooldown too
 	return s, nil
 }
 

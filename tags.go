@@ -166,6 +166,15 @@ type tagSnap struct {
 	tokens []string // "" for a missing tag key
 }
 
+// subset is the snapshot of names only, all of which s holds.
+func (s tagSnap) subset(names []string) tagSnap {
+	sub := tagSnap{names: names, tokens: make([]string, len(names))}
+	for i, n := range names {
+		sub.tokens[i], _ = s.lookup(n)
+	}
+	return sub
+}
+
 func (s tagSnap) lookup(name string) (string, bool) {
 	for i, n := range s.names {
 		if n == name {

@@ -7,23 +7,53 @@ import (
 	"time"
 )
 
-// Names of the built-in profiles. Register a [Profile] with the same name
-// through [WithProfiles] to change one.
+// Names of the built-in profiles. Their settings (derive your own with
+// [BuiltinProfile]):
+//
+//	                 default   transactional  analytical  master
+//	TTL              5 min     30 s           5 min       6 h
+//	Jitter           30 s      5 s            1 min       30 min
+//	StaleWindow      0         0              10 min      24 h
+//	NegativeTTL      30 s      5 s            1 min       5 min
+//	EarlyRefresh     1         1              1           1
+//	LoadTimeout      5 s       2 s            30 s        10 s
+//	WaitBudget       = LoadTimeout in every built-in
+//	CompressAbove    1 KiB     1 KiB          1 KiB       512 B
+//	MaxEntryBytes    1 MiB     256 KiB        4 MiB       4 MiB
+//
+// Negative caching is on in every built-in: after a loader returns
+// [ErrNotFound] for a key, Gets of that key answer ErrNotFound for
+// NegativeTTL without asking the source — so the code that creates a row
+// must invalidate its key (as any write does), or the row stays "not
+// found" that long. Set NegativeTTL to 0 to turn it off.
 const (
-	// Default is used by a cache without [WithProfile]: 5 min fresh, 30 s
-	// jitter.
+	// Default is used by a cache without [WithProfile].
 	Default = "default"
 	// Transactional is for data that changes with business events and is
-	// invalidated by them (carts, stock, orders): 30 s fresh, 5 s jitter,
-	// short load timeout.
+	// invalidated by them (carts, stock, orders): short TTL, short load
+	// timeout, no stale window.
 	Transactional = "transactional"
 	// Analytical is for aggregates that may lag (dashboards, counters,
-	// rankings): 5 min fresh, 1 min jitter, a generous load timeout.
+	// rankings): served stale for up to 10 min while one caller reloads.
 	Analytical = "analytical"
-	// Master is for reference data (catalogue, countries, settings): 6 h
-	// fresh, 30 min jitter, compression from 512 bytes.
+	// Master is for reference data (catalogue, countries, settings): hours
+	// fresh, a day's stale window, compression from 512 bytes.
 	Master = "master"
 )
+
+// BuiltinProfile returns a copy of a built-in profile, to change the fields
+// that differ and register under a new name (or the same one, to replace
+// it) with [WithProfiles]:
+//
+//	catalog, err := aside.BuiltinProfile(aside.Master)
+//	catalog.Name, catalog.TTL = "catalog", time.Hour
+func BuiltinProfile(name string) (Profile, error) {
+	p, ok := builtinProfiles()[name]
+	if !ok {
+		return Profile{}, fmt.Errorf("aside: no built-in profile %q (built-ins: %s, %s, %s, %s)", name, Default, Transactional, Analytical, Master)
+	}
+	return p, nil
+}
 
 // Profile is a caching policy named by business domain. Every field is
 // validated by [NewStore]; none is silently replaced.

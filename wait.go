@@ -189,7 +189,7 @@ func (c *Cache[T]) runPoller(rk string, p *poller) {
 		c.mu.Unlock()
 		c.hooks.beforePoll(rk)
 		ctx, cancel := c.store.opContext(context.Background())
-		res, err := peekScript.Run(ctx, c.store.rdb, []string{rk}).Slice()
+		res, err := peekScript.Run(ctx, c.store.rdb, []string{rk, leaseKey(rk)}).Slice()
 		c.store.record(ctx, err, &c.stats, c.name)
 		cancel()
 		r.kind, r.payload = parseReply(res, err)

@@ -58,9 +58,10 @@ func New(t testing.TB, opts ...aside.StoreOption) (*aside.Store, *Redis) {
 // Now is the Store's clock: real time, moved on by Advance.
 func (r *Redis) Now() time.Time { return time.Now().Add(time.Duration(r.offset.Load())) }
 
-// Advance moves time forward by d for the Store's freshness decisions and
-// for Redis' TTLs together, so entries go stale and expire as they would
-// after d.
+// Advance moves time forward by d for every clock of the Store — freshness,
+// early refresh, L1 expiry, the circuit breaker's cooldown — and for Redis'
+// TTLs together, so entries go stale and expire, and an open breaker probes
+// again, as they would after d.
 func (r *Redis) Advance(d time.Duration) {
 	r.offset.Add(int64(d))
 	r.mini.FastForward(d)

@@ -11,7 +11,7 @@ import (
 )
 
 func TestFaultsAndTime(t *testing.T) {
-	store, redis := asidetest.New(t, aside.WithOpTimeout(50*time.Millisecond), aside.WithBreaker(1, 100*time.Millisecond))
+	store, fake := asidetest.New(t, aside.WithOpTimeout(50*time.Millisecond), aside.WithBreaker(1, time.Hour))
 	c, err := aside.New[string](store, "c")
 	if err != nil {
 		t.Fatal(err)
@@ -30,25 +30,29 @@ func TestFaultsAndTime(t *testing.T) {
 	if calls.Calls() != 1 {
 		t.Fatalf("calls = %d, want 1 (a hit)", calls.Calls())
 	}
-	redis.Down()
+	fake.Down()
 	get() // served by the loader
 	if c.Stats().RedisErrors == 0 || store.BreakerState() != aside.BreakerOpen {
 		t.Errorf("Down did not cut Redis off: %+v", c.Stats())
 	}
-	redis.Up()
-	time.Sleep(150 * time.Millisecond) // the breaker's cooldown
+	fake.Up()
+	get() // the breaker is still open: no call to Redis, no sleep to wait it out either
+	if store.BreakerState() != aside.BreakerOpen {
+		t.Fatalf("breaker = %v before its cooldown, want open", store.BreakerState())
+	}
+	fake.Advance(time.Hour) // moves the cooldown with the Store's clock
 	get()
 	get()
 	if store.BreakerState() != aside.BreakerClosed {
 		t.Errorf("breaker %v after Up", store.BreakerState())
 	}
-	redis.SetLatency(200 * time.Millisecond)
+	fake.SetLatency(200 * time.Millisecond)
 	start := time.Now()
 	get()
 	if d := time.Since(start); d > 150*time.Millisecond {
 		t.Errorf("a slow Redis cost %v with a 50 ms op timeout", d)
 	}
-	redis.SetLatency(0)
+	fake.SetLatency(0)
 	if _, err := c.Get(ctx, "x", asidetest.Failing[string](nil)); !errors.Is(err, asidetest.ErrInjected) {
 		t.Errorf("Failing = %v", err)
 	}

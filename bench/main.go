@@ -43,10 +43,12 @@ var (
 	prefix  = "asidebench" + strconv.FormatInt(time.Now().UnixNano()%1e9, 10)
 )
 
-// result is the median of repeated testing.Benchmark runs.
+// result is the median of repeated testing.Benchmark runs, with every
+// repeat's time kept for ratios.
 type result struct {
 	nsPerOp float64
 	allocs  int64
+	runs    []float64 // ns/op of each repeat, in repeat order
 }
 
 // measureAll runs every benchmark once per repeat, round-robin, so that a
@@ -68,11 +70,31 @@ func measureAll(fns []func(b *testing.B)) []result {
 	}
 	out := make([]result, len(fns))
 	for i := range fns {
+		runs := slices.Clone(ns[i])
 		slices.Sort(ns[i])
 		slices.Sort(allocs[i])
-		out[i] = result{nsPerOp: ns[i][len(ns[i])/2], allocs: allocs[i][len(allocs[i])/2]}
+		out[i] = result{nsPerOp: ns[i][len(ns[i])/2], allocs: allocs[i][len(allocs[i])/2], runs: runs}
 	}
 	return out
+}
+
+// ratio is r's time over base's: the median of the per-repeat ratios (each
+// repeat ran both side by side), with their range.
+func ratio(r, base result) string {
+	var rs []float64
+	for i := range r.runs {
+		if i < len(base.runs) && r.runs[i] > 0 && base.runs[i] > 0 {
+			rs = append(rs, r.runs[i]/base.runs[i])
+		}
+	}
+	if len(rs) == 0 {
+		return "–"
+	}
+	slices.Sort(rs)
+	if len(rs) == 1 {
+		return fmt.Sprintf("%.2f", rs[0])
+	}
+	return fmt.Sprintf("%.2f (%.2f–%.2f)", rs[len(rs)/2], rs[0], rs[len(rs)-1])
 }
 
 func instant() (user, error) { return sample, nil }
@@ -99,7 +121,7 @@ func main() {
 		os.Exit(1)
 	}
 	start := time.Now()
-	fmt.Printf("# aside benchmarks\n\n%s, %d cores, %s %s/%s, Redis %s on %s; medians of %d × %v; ~1 KB msgpack value.\n\n",
+	fmt.Printf("# aside benchmarks\n\n%s, %d cores, %s %s/%s, Redis %s on %s; medians of %d × %v; ~1 KB msgpack value. Ratios: the median of the per-repeat ratios (both sides ran in each repeat), with their range.\n\n",
 		cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, version, *addr, *repeats, *benchT)
 
 	switch *only {
@@ -182,8 +204,8 @@ func hits(ctx context.Context, subs []subject) {
 	}
 	r1, rp := measureAll(one), measureAll(par)
 	for i, s := range subs {
-		fmt.Printf("| %s | %s | %d | %.2f | %s | %.2f |\n", s.name, dur(r1[i].nsPerOp), r1[i].allocs, r1[i].nsPerOp/r1[0].nsPerOp,
-			dur(rp[i].nsPerOp), rp[i].nsPerOp/rp[0].nsPerOp)
+		fmt.Printf("| %s | %s | %d | %s | %s | %s |\n", s.name, dur(r1[i].nsPerOp), r1[i].allocs, ratio(r1[i], r1[0]),
+			dur(rp[i].nsPerOp), ratio(rp[i], rp[0]))
 	}
 	fmt.Println()
 	fmt.Println("Allocations include each subject's adapter closure (one per call); aside's own L1 hit allocates nothing (`BenchmarkL1`).")
@@ -214,7 +236,7 @@ func misses(ctx context.Context, subs []subject) {
 	}
 	rs := measureAll(fns)
 	for i, name := range names {
-		fmt.Printf("| %s | %s | %d | %.2f |\n", name, dur(rs[i].nsPerOp), rs[i].allocs, rs[i].nsPerOp/rs[0].nsPerOp)
+		fmt.Printf("| %s | %s | %d | %s |\n", name, dur(rs[i].nsPerOp), rs[i].allocs, ratio(rs[i], rs[0]))
 	}
 	fmt.Println()
 }
@@ -275,11 +297,12 @@ func batch(ctx context.Context) {
 	}
 	fmt.Println("## 100 keys, all cached")
 	fmt.Println()
-	fmt.Println("| subject | per 100 keys | × aside GetMany |")
+	fmt.Println("| subject | per 100 keys | allocs/op | × floor |")
 	fmt.Println("|---|---|---|")
 	var fns []func(b *testing.B)
 	for _, r := range rows {
 		fns = append(fns, func(b *testing.B) {
+			b.ReportAllocs()
 			for b.Loop() {
 				if err := r.fn(); err != nil {
 					b.Fatal(err)
@@ -288,9 +311,8 @@ func batch(ctx context.Context) {
 		})
 	}
 	results := measureAll(fns)
-	base := results[1].nsPerOp
 	for i, r := range rows {
-		fmt.Printf("| %s | %s | %.2f |\n", r.name, dur(results[i].nsPerOp), results[i].nsPerOp/base)
+		fmt.Printf("| %s | %s | %d | %s |\n", r.name, dur(results[i].nsPerOp), results[i].allocs, ratio(results[i], results[0]))
 	}
 	fmt.Println()
 }

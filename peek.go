@@ -1,0 +1,43 @@
+package aside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// ErrMiss is returned by [Cache.Peek] when nothing usable is cached under
+// the key.
+var ErrMiss = errors.New("aside: not cached")
+
+// Peek returns what is cached under key without loading it: the answer Get
+// would give from L1 or Redis right now — a fresh value, or one inside the
+// profile's stale window — but it takes no lease and starts no refresh.
+// A negative entry answers the cache's not-found ([ErrNotFound], and the
+// error of [WithNotFound]); nothing usable cached answers [ErrMiss]; a Redis
+// that cannot be read answers [ErrUnavailable] (Peek has no loader to fall
+// back on). Tags name the tags the value was cached with, as in Get: an
+// entry one of them invalidated is a miss. For go-redis/cache's Get with
+// ErrCacheMiss and sturdyc's Get.
+func (c *Cache[T]) Peek(ctx context.Context, key string, opts ...CallOption) (T, error) {
+	cl, v, err := c.start(key, opts)
+	if cl == nil {
+		return v, err
+	}
+	var zero T
+	if !c.store.usable(ctx) {
+		c.stats.skipped.Add(1)
+		return zero, ErrUnavailable
+	}
+	if err := c.readAll(ctx, cl.alone()); err != nil {
+		if ctx.Err() != nil {
+			return zero, ctx.Err()
+		}
+		return zero, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if cl.raw == nil || !c.serve(ctx, cl, cl.raw, source[T]{}) {
+		return zero, ErrMiss
+	}
+	c.fillL1(cl)
+	return cl.v, cl.err
+}
