@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -258,4 +259,60 @@ func TestGetBatchByIDsWithTagsPerEntry(t *testing.T) {
 			t.Errorf("after the shared tag's invalidation the loader got %v, want [1 3]", last)
 		}
 	})
+}
+
+// recordingTracer keeps the outcome of every span, in order.
+type recordingTracer struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (r *recordingTracer) Start(ctx context.Context, op, cache string) (context.Context, aside.Span) {
+	return ctx, recordingSpan{r, op}
+}
+
+type recordingSpan struct {
+	r  *recordingTracer
+	op string
+}
+
+func (s recordingSpan) End(os aside.Outcomes, _ error) {
+	o, _ := os.Only()
+	s.r.mu.Lock()
+	s.r.seen = append(s.r.seen, s.op+":"+o.String())
+	s.r.mu.Unlock()
+}
+
+// TestTracerSeesEveryOutcome: the tracing hook is told how each read was
+// answered, on every read path.
+func TestTracerSeesEveryOutcome(t *testing.T) {
+	tr := &recordingTracer{}
+	prof := aside.Profile{Name: "swr", TTL: time.Minute, LoadTimeout: time.Second, StaleWindow: time.Hour, NegativeTTL: time.Minute}
+	store, fake := asidetest.New(t, aside.WithTracer(tr), aside.WithProfiles(prof), aside.WithBreaker(1, time.Hour))
+	c, err := aside.New[string](store, "traced", aside.WithProfile("swr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1, err := aside.New[string](store, "local", aside.WithL1(10, time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(context.Context) (string, error) { return "v", nil }
+	_, _ = c.Peek(bgCtx, "k")
+	_, _ = c.Get(bgCtx, "k", load)
+	_, _ = c.Get(bgCtx, "k", load)
+	fake.Advance(2 * time.Minute)
+	_, _ = c.Get(bgCtx, "k", load)
+	_, _ = c.Get(bgCtx, "nf", func(context.Context) (string, error) { return "", aside.ErrNotFound })
+	_, _ = c.Get(bgCtx, "nf", load)
+	_, _ = l1.Get(bgCtx, "k", load)
+	_, _ = l1.Get(bgCtx, "k", load)
+	fake.Down()
+	_, _ = c.Get(bgCtx, "other", load)
+	want := []string{"peek:miss", "get:loaded", "get:hit", "get:stale", "get:loaded", "get:negative", "get:loaded", "get:l1_hit", "get:degraded"}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if !slices.Equal(tr.seen, want) {
+		t.Errorf("outcomes = %v\nwant       %v", tr.seen, want)
+	}
 }

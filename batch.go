@@ -57,6 +57,18 @@ func (e *BatchError) Unwrap() []error {
 // absent too and reported in a *[BatchError]; the others are still
 // returned. Like Get, GetMany fails open when Redis fails.
 func (c *Cache[T]) GetMany(ctx context.Context, keys []string, load BatchLoader[T], opts ...CallOption) (map[string]T, error) {
+	if c.store.tracer == nil {
+		return c.getMany(ctx, keys, load, opts, nil)
+	}
+	ctx, span := c.store.tracer.Start(ctx, "get_many", c.name)
+	var outcomes Outcomes
+	m, err := c.getMany(ctx, keys, load, opts, &outcomes)
+	span.End(outcomes, err)
+	return m, err
+}
+
+// getMany is GetMany, counting each key's outcome into outcomes when not nil.
+func (c *Cache[T]) getMany(ctx context.Context, keys []string, load BatchLoader[T], opts []CallOption, outcomes *Outcomes) (map[string]T, error) {
 	if load == nil {
 		return nil, errNilLoader
 	}
@@ -79,6 +91,9 @@ func (c *Cache[T]) GetMany(ctx context.Context, keys []string, load BatchLoader[
 			if v, ok := c.l1.get(k); ok {
 				c.stats.l1Hits.Add(1)
 				out[k] = v
+				if outcomes != nil {
+					outcomes[OutcomeL1Hit]++
+				}
 				continue
 			}
 		}
@@ -97,6 +112,9 @@ func (c *Cache[T]) GetMany(ctx context.Context, keys []string, load BatchLoader[
 	}
 	errs := map[string]error{}
 	for _, cl := range calls {
+		if outcomes != nil {
+			outcomes[cl.outcome]++
+		}
 		switch {
 		case cl.err == nil:
 			out[cl.key] = cl.v

@@ -283,6 +283,9 @@ func isOutage(err error) bool {
 // this process, forward only (see forwardLoad); a batch makes one loader
 // call of its own, which starts after each of its callers arrived.
 func (c *Cache[T]) loadDegraded(ctx context.Context, calls []*call[T], src source[T]) {
+	for _, cl := range calls {
+		cl.outcome = OutcomeDegraded
+	}
 	if len(calls) == 1 && src.one != nil {
 		v, err := c.forwardLoad(ctx, calls[0].rk, src.one)
 		calls[0].finish(v, err)

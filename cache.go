@@ -219,20 +219,34 @@ var (
 // or holds an entry that does not decode, the value comes from the loader and
 // the problem is counted in [Stats].
 func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T], opts ...CallOption) (T, error) {
+	if c.store.tracer == nil {
+		v, _, err := c.get(ctx, key, load, opts)
+		return v, err
+	}
+	ctx, span := c.store.tracer.Start(ctx, "get", c.name)
+	v, o, err := c.get(ctx, key, load, opts)
+	span.End(one(o), err)
+	return v, err
+}
+
+func (c *Cache[T]) get(ctx context.Context, key string, load Loader[T], opts []CallOption) (T, Outcome, error) {
 	var zero T
 	if key == "" {
-		return zero, errEmptyKey
+		return zero, OutcomeNone, errEmptyKey
 	}
 	if load == nil {
-		return zero, errNilLoader
+		return zero, OutcomeNone, errNilLoader
 	}
 	cl, v, err := c.start(key, opts)
 	if cl == nil {
-		return v, err
+		if err != nil {
+			return v, OutcomeNone, err
+		}
+		return v, OutcomeL1Hit, nil
 	}
 	c.resolve(ctx, cl.alone(), source[T]{one: load})
 	c.fillL1(cl)
-	return cl.v, cl.err
+	return cl.v, cl.outcome, cl.err
 }
 
 // start checks a one-key read and answers it from L1 when it can (cl is
@@ -293,6 +307,16 @@ func (c *Cache[T]) Set(ctx context.Context, key string, v T, opts ...CallOption)
 // value. It fails closed for the whole batch: on any error every key is
 // invalidated, so that none of the values it meant to replace is served on.
 func (c *Cache[T]) SetMany(ctx context.Context, values map[string]T, opts ...CallOption) error {
+	if t := c.store.tracer; t != nil {
+		ctx, span := t.Start(ctx, "set", c.name)
+		err := c.setMany(ctx, values, opts)
+		span.End(Outcomes{}, err)
+		return err
+	}
+	return c.setMany(ctx, values, opts)
+}
+
+func (c *Cache[T]) setMany(ctx context.Context, values map[string]T, opts []CallOption) error {
 	keys := make([]string, 0, len(values))
 	for k := range values {
 		if k == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -31,6 +32,16 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 // L1, and queues the keys for replay (as deletions) when Redis cannot be
 // reached: the one way every key invalidation goes.
 func (c *Cache[T]) invalidate(ctx context.Context, what string, keys []string, cmd func(context.Context, redis.Pipeliner, string)) error {
+	if t := c.store.tracer; t != nil {
+		ctx, span := t.Start(ctx, strings.ReplaceAll(what, " ", "_"), c.name)
+		err := c.invalidateKeys(ctx, what, keys, cmd)
+		span.End(Outcomes{}, err)
+		return err
+	}
+	return c.invalidateKeys(ctx, what, keys, cmd)
+}
+
+func (c *Cache[T]) invalidateKeys(ctx context.Context, what string, keys []string, cmd func(context.Context, redis.Pipeliner, string)) error {
 	rks, err := c.entryKeys(keys)
 	if err != nil || len(keys) == 0 {
 		return err

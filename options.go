@@ -64,6 +64,7 @@ type storeOptions struct {
 	clock            func() time.Time
 	relaxedL1        bool
 	l1Lease          time.Duration
+	tracer           Tracer
 }
 
 // WithPrefix sets the first segment of every Redis key, so several
@@ -101,6 +102,12 @@ func WithObserver(fn Observer) StoreOption { return func(o *storeOptions) { o.ob
 // closing, the L1 subscription dropping and recovering, undecodable
 // entries — never keys, which may hold user data. Default: no logging.
 func WithLogger(l *slog.Logger) StoreOption { return func(o *storeOptions) { o.logger = l } }
+
+// WithTracer has every Get, GetMany, Peek, Set and invalidation of the
+// Store's caches start a span through t, with the cache's name and how each
+// key was answered; the loader's spans nest under it. asideotel provides
+// one for OpenTelemetry. Default: none.
+func WithTracer(t Tracer) StoreOption { return func(o *storeOptions) { o.tracer = t } }
 
 // WithClock replaces the clock that decides freshness (fresh-until, early
 // refresh, stale windows, L1 expiry) and the circuit breaker's cooldown, so

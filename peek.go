@@ -20,24 +20,38 @@ var ErrMiss = errors.New("aside: not cached")
 // entry one of them invalidated is a miss. For go-redis/cache's Get with
 // ErrCacheMiss and sturdyc's Get.
 func (c *Cache[T]) Peek(ctx context.Context, key string, opts ...CallOption) (T, error) {
+	if c.store.tracer == nil {
+		v, _, err := c.peek(ctx, key, opts)
+		return v, err
+	}
+	ctx, span := c.store.tracer.Start(ctx, "peek", c.name)
+	v, o, err := c.peek(ctx, key, opts)
+	span.End(one(o), err)
+	return v, err
+}
+
+func (c *Cache[T]) peek(ctx context.Context, key string, opts []CallOption) (T, Outcome, error) {
 	cl, v, err := c.start(key, opts)
 	if cl == nil {
-		return v, err
+		if err != nil {
+			return v, OutcomeNone, err
+		}
+		return v, OutcomeL1Hit, nil
 	}
 	var zero T
 	if !c.store.usable(ctx) {
 		c.stats.skipped.Add(1)
-		return zero, ErrUnavailable
+		return zero, OutcomeNone, ErrUnavailable
 	}
 	if err := c.readAll(ctx, cl.alone()); err != nil {
 		if ctx.Err() != nil {
-			return zero, ctx.Err()
+			return zero, OutcomeNone, ctx.Err()
 		}
-		return zero, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return zero, OutcomeNone, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if cl.raw == nil || !c.serve(ctx, cl, cl.raw, source[T]{}) {
-		return zero, ErrMiss
+		return zero, OutcomeMiss, ErrMiss
 	}
 	c.fillL1(cl)
-	return cl.v, cl.err
+	return cl.v, cl.outcome, cl.err
 }

@@ -52,6 +52,7 @@ type call[T any] struct {
 	done       bool
 	v          T
 	err        error
+	outcome    Outcome // how it was answered, for traces
 	l1OK       bool
 	freshUntil time.Time
 	entryTags  []tagToken
@@ -307,6 +308,7 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 	if e.negative() {
 		c.stats.negativeHits.Add(1)
 		cl.finish(v, c.notFoundAnswer)
+		cl.outcome = OutcomeNegative
 		return true
 	}
 	if err := c.codec.Unmarshal(e.payload, &v); err != nil {
@@ -325,6 +327,10 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 		c.stats.hits.Add(1)
 	}
 	cl.finish(v, nil)
+	cl.outcome = OutcomeHit
+	if e.stale() || tags == tagsSoftStale || !now.Before(freshUntil) {
+		cl.outcome = OutcomeStale
+	}
 	if !e.stale() && tags == tagsFresh && now.Before(freshUntil) {
 		cl.l1OK, cl.freshUntil, cl.entryTags = true, freshUntil, e.tags
 	}

@@ -28,6 +28,7 @@ type Store struct {
 	realClock bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
 	multiKey  bool             // one server holds every key: entries of a batch are read with one MGET
 	types     sync.Map         // cache name → its value type: one name, one type
+	tracer    Tracer           // nil: no spans
 	hooks     *testHooks       // nil outside tests
 
 	// Background work (refreshes, lease pollers, loads, the probe, the bus)
@@ -86,7 +87,7 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	if realClock {
 		o.clock = time.Now
 	}
-	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger,
+	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger, tracer: o.tracer,
 		now: o.clock, realClock: realClock}
 	_, s.multiKey = rdb.(*redis.Client) // a single node or a Sentinel-managed master; not a Ring or a Cluster
 	s.bus = newBus(s, o.relaxedL1, o.l1Lease)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -65,6 +66,16 @@ func (s *Store) MarkTagsStale(ctx context.Context, tags ...string) error {
 }
 
 func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd func(redis.Pipeliner, context.Context, string)) error {
+	if t := s.tracer; t != nil {
+		ctx, span := t.Start(ctx, strings.ReplaceAll(what, " ", "_"), "")
+		err := s.updateTagTokens(ctx, what, tags, cmd)
+		span.End(Outcomes{}, err)
+		return err
+	}
+	return s.updateTagTokens(ctx, what, tags, cmd)
+}
+
+func (s *Store) updateTagTokens(ctx context.Context, what string, tags []string, cmd func(redis.Pipeliner, context.Context, string)) error {
 	o, err := collectCallOptions([]CallOption{Tags(tags...)})
 	if err != nil {
 		return err

@@ -26,6 +26,7 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 			return false
 		}
 		cl.finish(f.v, f.err)
+		cl.outcome = OutcomeLoaded
 		if f.err == nil && f.valid {
 			cl.l1OK, cl.freshUntil, cl.entryTags = true, f.freshUntil, f.tags
 		}
@@ -54,6 +55,7 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 			return false
 		case r.kind == replyHit:
 			if c.serve(ctx, cl, []byte(r.payload), src) {
+				cl.outcome = OutcomeWaited
 				return false
 			}
 			cl.raw = []byte(r.payload)
@@ -95,6 +97,7 @@ func (c *Cache[T]) join(ctx context.Context, cl *call[T], f *flight[T], src sour
 		cl.finish(zero, f.err)
 	case f.valid && sameTokens(f.tags, cl.snap):
 		cl.finish(f.v, f.err)
+		cl.outcome = OutcomeWaited
 		if f.err == nil {
 			cl.l1OK, cl.freshUntil, cl.entryTags = true, f.freshUntil, f.tags
 		}
@@ -110,6 +113,7 @@ func (c *Cache[T]) budgetSpent(ctx context.Context, cl *call[T], src source[T]) 
 	c.stats.waitTimeouts.Add(1)
 	o := c.loadFrom(context.WithoutCancel(ctx), src, []string{cl.key})[0]
 	cl.finish(o.v, o.err)
+	cl.outcome = OutcomeLoaded
 }
 
 // pollRound is one read of a waited-on key. Waiters register for the next

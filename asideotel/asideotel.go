@@ -1,7 +1,10 @@
 // Package asideotel exports the statistics of aside caches as OpenTelemetry
-// metrics. It lives in a module of its own, so that the aside core does not
-// depend on OpenTelemetry.
+// metrics, and traces their operations as OpenTelemetry spans. It lives in
+// a module of its own, so that the aside core does not depend on
+// OpenTelemetry.
 //
+//	store, err := aside.NewStore(rdb, aside.WithTracer(asideotel.NewTracer(otel.GetTracerProvider())))
+//	...
 //	reg, err := asideotel.Register(otel.Meter("shop"), products, categories)
 //	defer reg.Unregister()
 package asideotel

@@ -36,7 +36,7 @@ var (
 	addr    = flag.String("addr", "127.0.0.1:6379", "Redis address (loopback only)")
 	repeats = flag.Int("repeats", 5, "repeats per measurement; the median is reported")
 	benchT  = flag.Duration("benchtime", 200*time.Millisecond, "time per repeat")
-	only    = flag.String("only", "", `run one section only: "stampede", "freshness" or "coherence"`)
+	only    = flag.String("only", "", `run some sections only: "paths" (hit, miss, batch), "stampede", "freshness" or "coherence"`)
 	counts  = flag.String("stores", "8", "coherence: numbers of Stores, comma-separated")
 	rate    = flag.Int("rate", 1000, "coherence: invalidations per second")
 	cluster = flag.String("cluster", "", "coherence: also on this Redis Cluster (comma-separated loopback addresses)")
@@ -125,6 +125,12 @@ func main() {
 		cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, version, *addr, *repeats, *benchT)
 
 	switch *only {
+	case "paths":
+		subs := subjects(*addr)
+		hits(ctx, subs)
+		misses(ctx, subs)
+		batch(ctx)
+		return
 	case "stampede":
 		stampede(ctx)
 		return
@@ -298,7 +304,7 @@ func batch(ctx context.Context) {
 	fmt.Println("## 100 keys, all cached")
 	fmt.Println()
 	fmt.Println("| subject | per 100 keys | allocs/op | × floor |")
-	fmt.Println("|---|---|---|")
+	fmt.Println("|---|---|---|---|")
 	var fns []func(b *testing.B)
 	for _, r := range rows {
 		fns = append(fns, func(b *testing.B) {
