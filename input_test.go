@@ -25,6 +25,7 @@ func TestBadInputIsAClearError(t *testing.T) {
 	type withFunc struct{ F func() }
 	type withChan struct{ Items map[string][]chan int }
 	type money struct{ cents int }
+	_ = money{}.cents // what msgpack would drop
 	type priced struct {
 		SKU   string
 		Price money

@@ -1,11 +1,17 @@
 // Command httpserver is a small catalogue service with aside in front of a
-// slow database: product pages and category listings are cached and tagged
-// by category; writes update the database and then invalidate; /metrics
-// shows each cache's statistics.
+// database: product pages, batches of products and category listings are
+// cached (listings tagged by category, products by id); writes update the
+// database in a transaction and then invalidate; /metrics shows each
+// cache's statistics; -trace prints each request's spans.
 //
-//	go run ./examples/httpserver                 # in-process Redis, on 127.0.0.1:8080
+// It keeps its catalogue in PostgreSQL when one is reachable — DATABASE_URL
+// or -db, by default the local server — and otherwise in an in-memory table,
+// saying so at start.
+//
+//	cd examples/httpserver && go run . -trace   # in-process Redis unless ASIDE_REDIS_ADDR is set
 //	curl localhost:8080/products/1
-//	curl -X PUT -d '{"name":"Laptop Pro","price":1299,"category":"laptops"}' localhost:8080/products/1
+//	curl 'localhost:8080/products?ids=1,2,3'
+//	curl -X PUT -d '{"name":"Laptop Pro","price":1299,"category":"phones"}' localhost:8080/products/1
 //	curl localhost:8080/categories/laptops/products
 //	curl localhost:8080/metrics
 package main
@@ -18,99 +24,28 @@ import (
 	"log"
 	"net/http"
 	"os"
-	"slices"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/asidecache/aside"
+	"github.com/asidecache/aside/asideotel"
 )
 
-// Product is a row of the catalogue.
-type Product struct {
-	ID       string `json:"id"`
-	Name     string `json:"name"`
-	Price    int    `json:"price"`
-	Category string `json:"category"`
-}
-
-// db stands for the database: every query takes 30 ms.
-type db struct {
-	mu       sync.Mutex
-	products map[string]Product
-}
-
-func (d *db) slow(ctx context.Context) error {
-	select {
-	case <-time.After(30 * time.Millisecond):
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (d *db) product(ctx context.Context, id string) (Product, error) {
-	if err := d.slow(ctx); err != nil {
-		return Product{}, err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	p, ok := d.products[id]
-	if !ok {
-		return Product{}, aside.ErrNotFound
-	}
-	return p, nil
-}
-
-func (d *db) inCategory(ctx context.Context, cat string) ([]Product, error) {
-	if err := d.slow(ctx); err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var out []Product
-	for _, p := range d.products {
-		if p.Category == cat {
-			out = append(out, p)
-		}
-	}
-	slices.SortFunc(out, func(a, b Product) int { return cmpStrings(a.ID, b.ID) })
-	return out, nil
-}
-
-func cmpStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// save writes p and returns the category it had before.
-func (d *db) save(ctx context.Context, p Product) (old string, err error) {
-	if err := d.slow(ctx); err != nil {
-		return "", err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	old = d.products[p.ID].Category
-	d.products[p.ID] = p
-	return old, nil
-}
-
-// server holds the caches in front of the database.
+// server holds the caches in front of the catalogue.
 type server struct {
-	db       *db
+	db       catalogue
 	store    *aside.Store
 	products *aside.Cache[Product]
 	listings *aside.Cache[[]Product]
+	tracer   trace.Tracer // the repository's own spans
 }
 
-func newServer(store *aside.Store, d *db) (*server, error) {
+func newServer(store *aside.Store, db catalogue, tp trace.TracerProvider) (*server, error) {
 	products, err := aside.New[Product](store, "product", aside.WithProfile(aside.Master))
 	if err != nil {
 		return nil, err
@@ -119,34 +54,56 @@ func newServer(store *aside.Store, d *db) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &server{db: d, store: store, products: products, listings: listings}, nil
+	return &server{db: db, store: store, products: products, listings: listings, tracer: tp.Tracer("catalogue")}, nil
 }
 
 func categoryTag(cat string) string { return "category:" + cat }
+func productTag(id string) string   { return "product:" + id }
 
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /products/{id}", s.getProduct)
+	mux.HandleFunc("GET /products", s.getProducts)
 	mux.HandleFunc("PUT /products/{id}", s.putProduct)
 	mux.HandleFunc("GET /categories/{cat}/products", s.getCategory)
 	mux.HandleFunc("GET /metrics", s.metrics)
 	return mux
 }
 
+// query runs one database call in a span of its own: under a miss's span,
+// it shows as the cause of the miss.
+func query[V any](ctx context.Context, s *server, name string, run func(ctx context.Context) (V, error)) (V, error) {
+	ctx, span := s.tracer.Start(ctx, name)
+	defer span.End()
+	return run(ctx)
+}
+
 func (s *server) getProduct(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	// The product's category is only known after the load, so the entry is
-	// tagged by id; category changes invalidate the key directly on write.
 	p, err := s.products.Get(r.Context(), aside.Key(id), func(ctx context.Context) (Product, error) {
-		return s.db.product(ctx, id)
-	})
+		return query(ctx, s, "db.product", func(ctx context.Context) (Product, error) { return s.db.Product(ctx, id) })
+	}, aside.Tags(productTag(id)))
 	reply(w, p, err)
+}
+
+// getProducts serves ?ids=1,2,3 from one batch: the loader gets the ids of
+// the misses, each entry carries its own product tag.
+func (s *server) getProducts(w http.ResponseWriter, r *http.Request) {
+	ids := strings.Split(r.URL.Query().Get("ids"), ",")
+	byID, err := aside.GetBatch(r.Context(), s.products, ids, aside.Batch[string, Product]{
+		Key: func(id string) string { return aside.Key(id) },
+		Load: func(ctx context.Context, ids []string) (map[string]Product, error) {
+			return query(ctx, s, "db.products", func(ctx context.Context) (map[string]Product, error) { return s.db.Products(ctx, ids) })
+		},
+		Tags: func(id string) []string { return []string{productTag(id)} },
+	})
+	reply(w, byID, err)
 }
 
 func (s *server) getCategory(w http.ResponseWriter, r *http.Request) {
 	cat := r.PathValue("cat")
 	ps, err := s.listings.Get(r.Context(), aside.Key(cat), func(ctx context.Context) ([]Product, error) {
-		return s.db.inCategory(ctx, cat)
+		return query(ctx, s, "db.in_category", func(ctx context.Context) ([]Product, error) { return s.db.InCategory(ctx, cat) })
 	}, aside.Tags(categoryTag(cat)))
 	reply(w, ps, err)
 }
@@ -158,16 +115,20 @@ func (s *server) putProduct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.ID = r.PathValue("id")
-	ctx := r.Context()
-	// The write first, then the invalidations: the product page, and the
-	// listings of its old and new category. Which old category is known only
-	// from the write, so this handler invalidates by hand rather than with
-	// Store.Write, whose changes are fixed before the write runs — and, like
-	// Store.Write, it invalidates even when the write reports an error.
-	old, err := s.db.save(ctx, p)
-	err = errors.Join(err,
-		s.products.Invalidate(ctx, aside.Key(p.ID)),
-		s.store.InvalidateTags(ctx, categoryTag(p.Category), categoryTag(old)))
+	// The write first (one transaction), then the invalidations: the product
+	// page and the listings of its new and its old category — the old one
+	// known only from the write's result, hence Later. Store.Write runs them
+	// even when the write reports an error: it may have committed.
+	var old string
+	err := s.store.Write(r.Context(), func(ctx context.Context) (err error) {
+		old, err = query(ctx, s, "db.save", func(ctx context.Context) (string, error) { return s.db.Save(ctx, p) })
+		return err
+	}, s.products.Changed(aside.Key(p.ID)), s.store.TagsChanged(categoryTag(p.Category)), aside.Later(func() []aside.Change {
+		if old == "" || old == p.Category {
+			return nil
+		}
+		return []aside.Change{s.store.TagsChanged(categoryTag(old))}
+	}))
 	reply(w, p, err)
 }
 
@@ -187,17 +148,29 @@ func reply(w http.ResponseWriter, v any, err error) {
 	}
 }
 
-func seed() *db {
-	return &db{products: map[string]Product{
-		"1": {ID: "1", Name: "Laptop", Price: 999, Category: "laptops"},
-		"2": {ID: "2", Name: "Ultrabook", Price: 1499, Category: "laptops"},
-		"3": {ID: "3", Name: "Phone", Price: 599, Category: "phones"},
-	}}
+// defaultDatabase is the machine's local PostgreSQL.
+const defaultDatabase = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+
+// openCatalogue returns PostgreSQL when url answers, else the in-memory
+// table.
+func openCatalogue(ctx context.Context, url string) (catalogue, func()) {
+	pg, err := openPostgres(ctx, url, "catalogue_products")
+	if err != nil {
+		log.Printf("no PostgreSQL at %s (%v): using an in-memory table", url, err)
+		return newMemory(), func() {}
+	}
+	return pg, pg.Close
 }
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
+	dbURL := flag.String("db", os.Getenv("DATABASE_URL"), "PostgreSQL URL (default: $DATABASE_URL, else the local server)")
+	traced := flag.Bool("trace", false, "print each request's spans")
 	flag.Parse()
+	if *dbURL == "" {
+		*dbURL = defaultDatabase
+	}
+	ctx := context.Background()
 	redisAddr := os.Getenv("ASIDE_REDIS_ADDR")
 	if redisAddr == "" {
 		mini := miniredis.NewMiniRedis()
@@ -209,16 +182,26 @@ func main() {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, ContextTimeoutEnabled: true, DisableIdentity: true})
 	defer rdb.Close()
-	store, err := aside.NewStore(rdb, aside.WithPrefix("catalogue"))
+	var tp trace.TracerProvider = noop.NewTracerProvider()
+	opts := []aside.StoreOption{aside.WithPrefix("catalogue")}
+	if *traced {
+		sdk := newLineTracing(os.Stdout)
+		defer func() { _ = sdk.Shutdown(ctx) }()
+		tp = sdk
+		opts = append(opts, aside.WithTracer(asideotel.NewTracer(tp)))
+	}
+	store, err := aside.NewStore(rdb, opts...)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer store.Close()
-	s, err := newServer(store, seed())
+	db, closeDB := openCatalogue(ctx, *dbURL)
+	defer closeDB()
+	s, err := newServer(store, db, tp)
 	if err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("catalogue on http://%s (Redis %s)", *addr, redisAddr)
+	log.Printf("catalogue on http://%s (Redis %s, %s)", *addr, redisAddr, db.Name())
 	srv := &http.Server{Addr: *addr, Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second}
 	log.Fatal(srv.ListenAndServe())
 }
