@@ -43,7 +43,7 @@ func ExampleCache_Get() {
 	ctx := context.Background()
 	p, err := products.Get(ctx, aside.Key("42", "en"), loadProduct) // miss: loads and stores
 	fmt.Println(p.Name, err)
-	p, err = products.Get(ctx, aside.Key("42", "en"), loadProduct) // hit: one HGET
+	p, err = products.Get(ctx, aside.Key("42", "en"), loadProduct) // hit: one GET
 	fmt.Println(p.Name, err, "loads:", loads)
 	// Output:
 	// Laptop <nil>
