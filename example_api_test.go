@@ -88,7 +88,7 @@ func ExampleWithNotFound() {
 	ctx := context.Background()
 
 	find := func(context.Context) (string, error) { return "", errNoSuchUser } // the repository's own error
-	for range 2 { // loaded, then cached: the same identity both times
+	for range 2 {                                                              // loaded, then cached: the same identity both times
 		_, err := users.Get(ctx, "7", find)
 		fmt.Println(errors.Is(err, errNoSuchUser), errors.Is(err, aside.ErrNotFound))
 	}
