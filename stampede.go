@@ -40,18 +40,23 @@ const (
 // appeared, else the live lease's token, else a new lease for the caller.
 // KEYS: entry, lease. ARGV: token, lease ms, "1" when ARGV[4] holds bytes
 // the caller could not decode (they are dropped, and only if still there).
-// A key of another Redis type under either name is deleted.
+// A key of another Redis type under either name is deleted (pcall: the
+// common path pays no TYPE call).
 var acquireScript = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1]).ok
-if t ~= 'string' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
-t = redis.call('TYPE', KEYS[2]).ok
-if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[2]) end
-if ARGV[3] == '1' and redis.call('GET', KEYS[1]) == ARGV[4] then
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then
   redis.call('DEL', KEYS[1])
+  v = false
+elseif ARGV[3] == '1' and v == ARGV[4] then
+  redis.call('DEL', KEYS[1])
+  v = false
 end
-local v = redis.call('GET', KEYS[1])
 if v then return {1, v} end
-local l = redis.call('HGET', KEYS[2], 't')
+local l = redis.pcall('HGET', KEYS[2], 't')
+if type(l) == 'table' and l.err then
+  redis.call('DEL', KEYS[2])
+  l = false
+end
 if l then
   redis.call('HSET', KEYS[2], 'w', '1')
   return {2, l}
