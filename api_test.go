@@ -316,3 +316,48 @@ func TestTracerSeesEveryOutcome(t *testing.T) {
 		t.Errorf("outcomes = %v\nwant       %v", tr.seen, want)
 	}
 }
+
+// TestWriteOnlyProcessReplaysItsQueue: a Store that never reads replays the
+// invalidations that failed on its next invalidation, and on Close — else
+// other processes would serve the old values until they expire (found by
+// the chaos run).
+func TestWriteOnlyProcessReplaysItsQueue(t *testing.T) {
+	for _, via := range []string{"next write", "Close"} {
+		t.Run(via, func(t *testing.T) {
+			writer, fake := asidetest.New(t, aside.WithBreaker(1, time.Hour))
+			reader, err := aside.NewStore(fake.Client()) // another process on the same Redis
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer reader.Close()
+			w, _ := aside.New[int](writer, "n")
+			r, _ := aside.New[int](reader, "n")
+			version := 1
+			load := func(context.Context) (int, error) { return version, nil }
+			mustGet(t, r, "k", load)
+			fake.Down()
+			version = 2
+			if err := w.Invalidate(bgCtx, "k"); err == nil {
+				t.Fatal("Invalidate with Redis down returned nil")
+			}
+			if n, _ := writer.Pending(); n != 1 {
+				t.Fatalf("%d invalidations queued, want 1", n)
+			}
+			fake.Up()
+			fake.Advance(time.Hour) // the writer's breaker may probe again
+			if via == "Close" {
+				if err := writer.Close(); err != nil {
+					t.Fatalf("Close = %v, want the queue replayed", err)
+				}
+			} else if err := w.Invalidate(bgCtx, "other"); err != nil {
+				t.Fatal(err)
+			}
+			if n, _ := writer.Pending(); n != 0 {
+				t.Errorf("%d invalidations still queued", n)
+			}
+			if got := mustGet(t, r, "k", load); got != 2 {
+				t.Errorf("another Store reads %d, want 2: the failed invalidation was not replayed", got)
+			}
+		})
+	}
+}

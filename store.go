@@ -105,14 +105,21 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 
 // Close stops background refreshes from starting and waits for the running
 // ones, and for loads still in flight, to end (each is bounded by its
-// profile's LoadTimeout). Gets after Close still work but refresh nothing in
-// the background. Close does not close the Redis client.
+// profile's LoadTimeout). It then replays, once, the failed invalidations
+// still queued ([Store.Pending]), so that a process shutting down does not
+// take them with it; ErrUnavailable says some could not be replayed. Gets
+// after Close still work but refresh nothing in the background. Close does
+// not close the Redis client.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
 	s.bus.stop()
 	s.running.Wait()
+	if !s.replayPending(context.Background()) {
+		n, overflowed := s.Pending()
+		return fmt.Errorf("%w: %d failed invalidations could not be replayed (overflowed: %v)", ErrUnavailable, n, overflowed)
+	}
 	return nil
 }
 

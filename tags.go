@@ -89,6 +89,7 @@ func (s *Store) updateTagTokens(ctx context.Context, what string, tags []string,
 		s.pending.add(pendingTags(o.tags))
 		return ErrUnavailable
 	}
+	s.replayPending(ctx) // older failed invalidations first: a process that only writes replays them too
 	octx, cancel := s.opContext(ctx)
 	defer cancel()
 	// One command per tag: the tag keys live in different Cluster slots.

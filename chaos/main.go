@@ -1,0 +1,360 @@
+// Command chaos runs real aside Stores in worker processes against a Redis
+// of its own and a PostgreSQL table, injects faults on a schedule — workers
+// SIGKILLed mid-load or SIGSTOPped past their L1 lease, Redis stalled,
+// killed and restarted empty, pub/sub connections killed — records every
+// read, load and invalidation, and checks them: a read that began after an
+// invalidation of its key had returned, and got an older version, is stale.
+// It prints a Markdown report and exits 1 when a read was stale or failed.
+//
+//	cd chaos && go run . -d 60s
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/asidecache/aside"
+)
+
+func main() {
+	role := flag.String("role", "", "internal: reader or writer (a worker process)")
+	id := flag.Int("id", 0, "internal: worker id")
+	redisAddr := flag.String("redis", "", "internal: the run's Redis")
+	out := flag.String("out", "", "internal: the worker's record file")
+	table := flag.String("table", "", "internal: the run's table")
+	dur := flag.Duration("d", 60*time.Second, "how long to run")
+	readers := flag.Int("workers", 6, "reader processes")
+	writers := flag.Int("writers", 2, "writer processes")
+	keys := flag.Int("keys", 500, "rows in the source")
+	every := flag.Duration("every", 4*time.Second, "time between faults")
+	dbURL := flag.String("db", envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"), "PostgreSQL URL")
+	broken := flag.Bool("broken", false, "writers skip invalidating the plain cache: the checker must fail")
+	flag.Parse()
+	if *role != "" {
+		if err := runWorker(*role, *id, *redisAddr, *dbURL, *table, *out, *keys, *broken); err != nil {
+			fmt.Fprintln(os.Stderr, "chaos worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	res, err := orchestrate(config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken}, os.Stdout)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chaos:", err)
+		os.Exit(2)
+	}
+	if !res.held() {
+		os.Exit(1)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// proc is one worker process.
+type proc struct {
+	role string
+	id   int
+	cmd  *exec.Cmd
+	out  string
+}
+
+// config is one run's settings.
+type config struct {
+	dur, every             time.Duration
+	readers, writers, keys int
+	dbURL                  string
+	broken                 bool
+}
+
+// result is what the checker found.
+type result struct {
+	total verdict
+	left  int
+}
+
+func (r result) held() bool { return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 }
+
+type run struct {
+	dir, table, dbURL string
+	keys              int
+	broken            bool
+	redis             *redisServer
+	self              string
+	procs             []*proc
+	next              int
+}
+
+func (r *run) spawn(role string) (*proc, error) {
+	r.next++
+	p := &proc{role: role, id: r.next, out: filepath.Join(r.dir, fmt.Sprintf("%s-%d.jsonl", role, r.next))}
+	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", r.redis.addr(), "-db", r.dbURL,
+		"-table", r.table, "-out", p.out, "-keys", strconv.Itoa(r.keys), "-broken="+strconv.FormatBool(r.broken))
+	p.cmd.Stderr = os.Stderr
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	r.procs = append(r.procs, p)
+	return p, nil
+}
+
+func (r *run) readersAlive() []*proc {
+	var out []*proc
+	for _, p := range r.procs {
+		if p.role == "reader" && p.cmd.ProcessState == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func orchestrate(cfg config, w io.Writer) (result, error) {
+	dur, readers, writers, keys, every, dbURL := cfg.dur, cfg.readers, cfg.writers, cfg.keys, cfg.every, cfg.dbURL
+	ctx := context.Background()
+	self, err := os.Executable()
+	if err != nil {
+		return result{}, err
+	}
+	dir, err := os.MkdirTemp("", "aside-chaos-")
+	if err != nil {
+		return result{}, err
+	}
+	defer os.RemoveAll(dir)
+	r := &run{dir: dir, table: fmt.Sprintf("chaos_rows_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6), dbURL: dbURL, keys: keys, self: self, broken: cfg.broken}
+	src, err := openSource(ctx, dbURL, r.table)
+	if err != nil {
+		return result{}, fmt.Errorf("no PostgreSQL at %s (-db, or DATABASE_URL): %w", dbURL, err)
+	}
+	defer src.pool.Close()
+	if err := src.create(ctx, keys); err != nil {
+		return result{}, err
+	}
+	defer func() { _ = src.drop(ctx) }()
+	if r.redis, err = startRedis(dir, 0); err != nil {
+		return result{}, err
+	}
+	defer r.redis.kill()
+	for range readers {
+		if _, err := r.spawn("reader"); err != nil {
+			return result{}, err
+		}
+	}
+	for range writers {
+		if _, err := r.spawn("writer"); err != nil {
+			return result{}, err
+		}
+	}
+	defer func() {
+		for _, p := range r.procs {
+			if p.cmd.ProcessState == nil {
+				_ = p.cmd.Process.Signal(syscall.SIGCONT)
+				_ = p.cmd.Process.Kill()
+				_, _ = p.cmd.Process.Wait()
+			}
+		}
+	}()
+	admin := redis.NewClient(&redis.Options{Addr: r.redis.addr(), DisableIdentity: true, MaxRetries: -1})
+	defer admin.Close()
+
+	started := time.Now()
+	faults := []struct {
+		name string
+		do   func() (undo func(), err error)
+	}{
+		{"SIGKILL a reader (loads in flight)", func() (func(), error) {
+			ps := r.readersAlive()
+			p := ps[rand.IntN(len(ps))]
+			_ = p.cmd.Process.Kill()
+			_, _ = p.cmd.Process.Wait()
+			return func() { _, _ = r.spawn("reader") }, nil
+		}},
+		{"SIGSTOP a reader past its L1 lease", func() (func(), error) {
+			ps := r.readersAlive()
+			p := ps[rand.IntN(len(ps))]
+			_ = p.cmd.Process.Signal(syscall.SIGSTOP)
+			time.Sleep(1500 * time.Millisecond)
+			return func() { _ = p.cmd.Process.Signal(syscall.SIGCONT) }, nil
+		}},
+		{"Redis stalled (SIGSTOP 1 s)", func() (func(), error) {
+			r.redis.signal(syscall.SIGSTOP)
+			time.Sleep(time.Second)
+			return func() { r.redis.signal(syscall.SIGCONT) }, nil
+		}},
+		{"Redis killed, restarted empty", func() (func(), error) {
+			r.redis.kill()
+			time.Sleep(300 * time.Millisecond)
+			return func() {
+				if err := r.redis.start(""); err != nil {
+					fmt.Fprintln(os.Stderr, "chaos: restart redis:", err)
+				}
+			}, nil
+		}},
+		{"CLIENT KILL TYPE pubsub", func() (func(), error) {
+			return func() {}, admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Err()
+		}},
+	}
+	var windows []window
+	time.Sleep(every / 2) // warm-up: caches fill, L1 leases are taken
+	for i := 0; time.Since(started)+every < dur; i++ {
+		f := faults[i%len(faults)]
+		w := window{Name: f.name, Start: time.Now().UnixNano()}
+		undo, err := f.do()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "chaos: %s: %v\n", f.name, err)
+		}
+		if undo != nil {
+			undo()
+		}
+		w.Recovery = recovery(ctx, admin)
+		w.End = time.Now().UnixNano() + int64(time.Second) // reads a second after the undo still count to it
+		windows = append(windows, w)
+		time.Sleep(every)
+	}
+	if rest := dur - time.Since(started); rest > 0 {
+		time.Sleep(rest)
+	}
+	for _, p := range r.procs {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	for _, p := range r.procs {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Wait()
+		}
+	}
+	left, err := leftStale(ctx, r, src)
+	if err != nil {
+		return result{}, err
+	}
+	var files []string
+	for _, p := range r.procs {
+		files = append(files, p.out)
+	}
+	events, err := readEvents(files)
+	if err != nil {
+		return result{}, err
+	}
+	total, per := check(events, windows)
+	report(w, dur, readers, writers, keys, total, per, windows, left, events)
+	return result{total: total, left: left}, nil
+}
+
+// recovery waits for Redis to answer again after a fault was undone.
+func recovery(ctx context.Context, admin *redis.Client) int64 {
+	start := time.Now()
+	for time.Since(start) < 10*time.Second {
+		if admin.Ping(ctx).Err() == nil {
+			return int64(time.Since(start))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return int64(time.Since(start))
+}
+
+// leftStale peeks every key of every cache through a fresh Store after the
+// run and counts entries older than the source: what a fault left behind.
+func leftStale(ctx context.Context, r *run, src *source) (int, error) {
+	c, err := openCaches(r.redis.addr())
+	if err != nil {
+		return 0, err
+	}
+	defer c.store.Close()
+	versions, err := src.versions(ctx)
+	if err != nil {
+		return 0, err
+	}
+	left := 0
+	for id := range r.keys {
+		for _, peek := range []func() (row, error){
+			func() (row, error) { return c.plain.Peek(ctx, key(id)) },
+			func() (row, error) { return c.tagged.Peek(ctx, key(id), aside.Tags(bucket(id))) },
+			func() (row, error) { return c.l1.Peek(ctx, key(id)) },
+			func() (row, error) { return c.stale.Peek(ctx, key(id)) },
+		} {
+			v, err := peek()
+			if err == nil && v.Version < versions[id] {
+				left++
+			}
+		}
+	}
+	return left, nil
+}
+
+func report(w io.Writer, dur time.Duration, readers, writers, keys int, total verdict, per map[string]*verdict, windows []window, left int, events []event) {
+	invals, failedWrites := 0, 0
+	for _, e := range events {
+		switch e.T {
+		case "i":
+			invals++
+		case "w":
+			failedWrites++
+		}
+	}
+	fmt.Fprintf(w, "# aside chaos run\n\n%v, %d reader and %d writer processes, %d rows in PostgreSQL, %d cores; %d faults.\n\n",
+		dur, readers, writers, keys, runtime.NumCPU(), len(windows))
+	fmt.Fprintf(w, "| window | reads | stale | max staleness | failed | loads |\n|---|---|---|---|---|---|\n")
+	names := make([]string, 0, len(per))
+	for n := range per {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		v := per[n]
+		fmt.Fprintf(w, "| %s | %d | %d%s | %.1f ms | %d | %d |\n", n, v.Reads, v.Stale, tiers(v.StaleByTier), v.MaxStaleMs, v.Failed, v.Loads)
+	}
+	fmt.Fprintf(w, "| **total** | %d | %d%s | %.1f ms | %d | %d |\n\n", total.Reads, total.Stale, tiers(total.StaleByTier), total.MaxStaleMs, total.Failed, total.Loads)
+	fmt.Fprintf(w, "| fault | Redis answering again after |\n|---|---|\n")
+	for _, win := range windows {
+		fmt.Fprintf(w, "| %s | %v |\n", win.Name, time.Duration(win.Recovery).Round(time.Millisecond))
+	}
+	fmt.Fprintf(w, "\nInvalidations that returned: %d; writes whose invalidation returned an error (not counted, queued for replay): %d; cache entries left older than the source after the run: %d.\n",
+		invals, failedWrites, left)
+	seen := map[string]int{}
+	for _, e := range events {
+		if e.T == "r" && e.Err != "" {
+			seen[e.Cache+": "+e.Err]++
+		}
+	}
+	if len(seen) > 0 {
+		fmt.Fprintln(w, "\nFailed reads, by cache and error:")
+		fmt.Fprintln(w)
+		for msg, n := range seen {
+			fmt.Fprintf(w, "- %d × %s\n", n, msg)
+		}
+	}
+	if total.Stale > 0 || total.Failed > 0 || left > 0 {
+		fmt.Fprintln(w, "\n**FAILED**: a guarantee the README makes was broken.")
+	} else {
+		fmt.Fprintln(w, "\nEvery guarantee held: no stale read, no failed read, nothing left stale.")
+	}
+}
+
+func tiers(m map[string]int) string {
+	if len(m) == 0 {
+		return ""
+	}
+	var parts []string
+	for t, n := range m {
+		parts = append(parts, fmt.Sprintf("%s %d", t, n))
+	}
+	sort.Strings(parts)
+	return " (" + strings.Join(parts, ", ") + ")"
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/asidecache/aside"
+)
+
+// row is what every cache holds: a row of the source and the version it
+// was read at.
+type row struct {
+	ID      int
+	Version int64
+}
+
+// source is the versioned table of the run, in PostgreSQL.
+type source struct {
+	pool  *pgxpool.Pool
+	table string
+}
+
+func openSource(ctx context.Context, url, table string) (*source, error) {
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	pool, err := pgxpool.New(cctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if err := pool.Ping(cctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &source{pool: pool, table: pgx.Identifier{table}.Sanitize()}, nil
+}
+
+// create makes the table with keys rows at version 1.
+func (s *source) create(ctx context.Context, keys int) error {
+	_, err := s.pool.Exec(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %[1]s;
+		CREATE TABLE %[1]s (id integer PRIMARY KEY, version bigint NOT NULL);
+		INSERT INTO %[1]s SELECT g, 1 FROM generate_series(0, %[2]d) g`, s.table, keys-1))
+	return err
+}
+
+func (s *source) drop(ctx context.Context) error {
+	_, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+s.table)
+	return err
+}
+
+// load is a loader's query.
+func (s *source) load(ctx context.Context, id int) (row, error) {
+	r := row{ID: id}
+	err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT version FROM %s WHERE id = $1`, s.table), id).Scan(&r.Version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return row{}, aside.ErrNotFound
+	}
+	return r, err
+}
+
+func (s *source) loadMany(ctx context.Context, ids []int) (map[int]row, error) {
+	rows, err := s.pool.Query(ctx, fmt.Sprintf(`SELECT id, version FROM %s WHERE id = ANY($1)`, s.table), ids)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+	out := make(map[int]row, len(rs))
+	for _, r := range rs {
+		out[r.ID] = r
+	}
+	return out, err
+}
+
+// bump commits a new version of id and returns it.
+func (s *source) bump(ctx context.Context, id int) (int64, error) {
+	var v int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, fmt.Sprintf(`UPDATE %s SET version = version + 1 WHERE id = $1 RETURNING version`, s.table), id).Scan(&v)
+	})
+	return v, err
+}
+
+func (s *source) versions(ctx context.Context) (map[int]int64, error) {
+	rows, err := s.pool.Query(ctx, fmt.Sprintf(`SELECT id, version FROM %s`, s.table))
+	if err != nil {
+		return nil, err
+	}
+	rs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+	out := make(map[int]int64, len(rs))
+	for _, r := range rs {
+		out[r.ID] = r.Version
+	}
+	return out, err
+}

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/asidecache/aside"
+)
+
+// event is one line of a worker's record: a read ("r"), a load ("l") or an
+// invalidation that returned ("i"). Times are wall-clock ns: every process
+// runs on this one machine.
+type event struct {
+	T      string `json:"t"`
+	Worker int    `json:"w"`
+	Cache  string `json:"c,omitempty"`
+	Key    int    `json:"k"`
+	Start  int64  `json:"s,omitempty"`
+	End    int64  `json:"e"`
+	V      int64  `json:"v,omitempty"`
+	Tier   string `json:"tier,omitempty"`
+	Err    string `json:"err,omitempty"`
+}
+
+// recorder writes events as JSON lines; a SIGKILLed worker loses only what
+// it had not flushed, and those reads are simply not checked.
+type recorder struct {
+	mu  sync.Mutex
+	w   *bufio.Writer
+	f   *os.File
+	enc *json.Encoder
+}
+
+func newRecorder(path string) (*recorder, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	w := bufio.NewWriterSize(f, 1<<16)
+	return &recorder{w: w, f: f, enc: json.NewEncoder(w)}, nil
+}
+
+func (r *recorder) add(e event) {
+	r.mu.Lock()
+	_ = r.enc.Encode(e)
+	r.mu.Unlock()
+}
+
+func (r *recorder) flush() {
+	r.mu.Lock()
+	_ = r.w.Flush()
+	r.mu.Unlock()
+}
+
+// outcomeSlot carries a read's outcome from the tracing hook to its record.
+type outcomeKey struct{}
+
+type slotTracer struct{}
+
+func (slotTracer) Start(ctx context.Context, _, _ string) (context.Context, aside.Span) {
+	slot, _ := ctx.Value(outcomeKey{}).(*aside.Outcome)
+	return ctx, slotSpan{slot}
+}
+
+type slotSpan struct{ slot *aside.Outcome }
+
+func (s slotSpan) End(os aside.Outcomes, _ error) {
+	if s.slot == nil {
+		return
+	}
+	if o, one := os.Only(); one {
+		*s.slot = o
+	}
+}
+
+// caches is the mix every worker runs, on one Store.
+type caches struct {
+	store  *aside.Store
+	plain  *aside.Cache[row] // Get, and GetMany
+	tagged *aside.Cache[row] // Get tagged by bucket; writers invalidate the bucket
+	l1     *aside.Cache[row] // strict L1
+	stale  *aside.Cache[row] // stale-while-revalidate profile: expiry only, never after an invalidation
+}
+
+const buckets = 16
+
+func bucket(id int) string { return "bucket:" + strconv.Itoa(id%buckets) }
+
+func key(id int) string { return aside.Key(strconv.Itoa(id)) }
+
+func openCaches(redisAddr string) (*caches, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, ContextTimeoutEnabled: true, DisableIdentity: true,
+		MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	short := aside.Profile{Name: "short", TTL: 3 * time.Second, Jitter: time.Second, LoadTimeout: 2 * time.Second, EarlyRefresh: 1}
+	swr := short
+	swr.Name, swr.StaleWindow = "swr", 5*time.Second
+	store, err := aside.NewStore(rdb, aside.WithPrefix("chaos"), aside.WithProfiles(short, swr), aside.WithTracer(slotTracer{}),
+		aside.WithBreaker(3, 500*time.Millisecond))
+	if err != nil {
+		return nil, err
+	}
+	c := &caches{store: store}
+	if c.plain, err = aside.New[row](store, "plain", aside.WithProfile("short")); err != nil {
+		return nil, err
+	}
+	if c.tagged, err = aside.New[row](store, "tagged", aside.WithProfile("short")); err != nil {
+		return nil, err
+	}
+	if c.l1, err = aside.New[row](store, "l1", aside.WithProfile("short"), aside.WithL1(1000, time.Second)); err != nil {
+		return nil, err
+	}
+	if c.stale, err = aside.New[row](store, "swr", aside.WithProfile("swr")); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// runWorker reads (role "reader") or writes (role "writer") until SIGTERM.
+func runWorker(role string, id int, redisAddr, dbURL, table, out string, keys int, broken bool) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	src, err := openSource(ctx, dbURL, table)
+	if err != nil {
+		return err
+	}
+	defer src.pool.Close()
+	rec, err := newRecorder(out)
+	if err != nil {
+		return err
+	}
+	defer rec.f.Close()
+	defer rec.flush()
+	c, err := openCaches(redisAddr)
+	if err != nil {
+		return err
+	}
+	defer c.store.Close()
+	go func() { // flush often: a SIGKILL loses at most this much
+		for range time.Tick(100 * time.Millisecond) {
+			rec.flush()
+		}
+	}()
+	var wg sync.WaitGroup
+	n := 4
+	if role == "writer" {
+		n = 1
+	}
+	for g := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(id), uint64(g)))
+			zipf := rand.NewZipf(r, 1.2, 1, uint64(keys-1))
+			for ctx.Err() == nil {
+				k := int(zipf.Uint64())
+				if role == "writer" {
+					write(ctx, c, src, rec, id, k, broken)
+					time.Sleep(time.Duration(2+r.IntN(8)) * time.Millisecond)
+					continue
+				}
+				read(ctx, c, src, rec, id, r, zipf, k)
+			}
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r *rand.Rand, zipf *rand.Zipf, k int) {
+	load := func(k int) aside.Loader[row] {
+		return func(ctx context.Context) (row, error) {
+			s := time.Now().UnixNano()
+			v, err := src.load(ctx, k)
+			rec.add(event{T: "l", Worker: id, Key: k, Start: s, End: time.Now().UnixNano()})
+			return v, err
+		}
+	}
+	var outcome aside.Outcome
+	octx := context.WithValue(ctx, outcomeKey{}, &outcome)
+	start := time.Now().UnixNano()
+	var v row
+	var err error
+	var name string
+	switch p := r.IntN(10); {
+	case p < 3:
+		name = "plain"
+		v, err = c.plain.Get(octx, key(k), load(k))
+	case p < 5:
+		name = "tagged"
+		v, err = c.tagged.Get(octx, key(k), load(k), aside.Tags(bucket(k)))
+	case p < 7:
+		name = "l1"
+		v, err = c.l1.Get(octx, key(k), load(k))
+	case p < 8:
+		name = "swr"
+		v, err = c.stale.Get(octx, key(k), load(k))
+	default: // a batch of the plain cache
+		ids := []int{k, int(zipf.Uint64()), int(zipf.Uint64())}
+		byID, err := aside.GetBatch(ctx, c.plain, ids, aside.Batch[int, row]{
+			Key: key,
+			Load: func(ctx context.Context, ids []int) (map[int]row, error) {
+				s := time.Now().UnixNano()
+				m, err := src.loadMany(ctx, ids)
+				for _, id2 := range ids {
+					rec.add(event{T: "l", Worker: id, Key: id2, Start: s, End: time.Now().UnixNano()})
+				}
+				return m, err
+			},
+		})
+		end := time.Now().UnixNano()
+		if ctx.Err() != nil {
+			return // the worker is stopping: its own ctx ended the read
+		}
+		for _, id2 := range ids {
+			e := event{T: "r", Worker: id, Cache: "batch", Key: id2, Start: start, End: end, V: byID[id2].Version, Tier: "batch"}
+			if err != nil {
+				e.Err = err.Error()
+			}
+			rec.add(e)
+		}
+		return
+	}
+	e := event{T: "r", Worker: id, Cache: name, Key: k, Start: start, End: time.Now().UnixNano(), V: v.Version, Tier: outcome.String()}
+	if err != nil && ctx.Err() == nil {
+		e.Err = err.Error()
+	}
+	if ctx.Err() == nil {
+		rec.add(e)
+	}
+}
+
+// write commits a new version of k, then invalidates it the way the README
+// recommends, and records the invalidation only once Write has returned
+// without error: the guarantee is about invalidations that returned.
+func write(ctx context.Context, c *caches, src *source, rec *recorder, id, k int, broken bool) {
+	var v int64
+	changes := []aside.Change{c.plain.Changed(key(k)), c.l1.Changed(key(k)), c.stale.Changed(key(k)), c.store.TagsChanged(bucket(k))}
+	if broken { // the checker's own test: a write that forgets one cache
+		changes = changes[1:]
+	}
+	err := c.store.Write(ctx, func(ctx context.Context) (err error) {
+		v, err = src.bump(ctx, k)
+		return err
+	}, changes...)
+	if err == nil {
+		rec.add(event{T: "i", Worker: id, Key: k, End: time.Now().UnixNano(), V: v})
+	} else if ctx.Err() == nil {
+		rec.add(event{T: "w", Worker: id, Key: k, End: time.Now().UnixNano(), V: v, Err: fmt.Sprint(err)})
+	}
+}
