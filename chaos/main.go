@@ -209,6 +209,23 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 		{"CLIENT KILL TYPE pubsub", func() (func(), error) {
 			return func() {}, admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Err()
 		}},
+		{"SIGKILL a writer between its commit and its invalidation", func() (func(), error) {
+			var ws []*proc
+			for _, p := range r.procs {
+				if p.role == "writer" && p.cmd.ProcessState == nil {
+					ws = append(ws, p)
+				}
+			}
+			if len(ws) == 0 {
+				return nil, nil
+			}
+			p := ws[rand.IntN(len(ws))]
+			_ = p.cmd.Process.Signal(syscall.SIGUSR1) // commit the next write, then hang before invalidating
+			time.Sleep(300 * time.Millisecond)
+			_ = p.cmd.Process.Kill()
+			_, _ = p.cmd.Process.Wait()
+			return func() { _, _ = r.spawn("writer") }, nil
+		}},
 	}
 	var windows []window
 	time.Sleep(every / 2) // warm-up: caches fill, L1 leases are taken
@@ -310,7 +327,7 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 	}
 	fmt.Fprintf(w, "# aside chaos run\n\n%v, %d reader and %d writer processes, %d rows in PostgreSQL, %d cores; %d faults.\n\n",
 		dur, readers, writers, keys, runtime.NumCPU(), len(windows))
-	fmt.Fprintf(w, "| window | reads | stale | max staleness | failed | loads |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| window | reads | stale | max staleness | failed | loads | p50 | p99 | p99.9 | behind a commit (no invalidation returned) |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	names := make([]string, 0, len(per))
 	for n := range per {
 		names = append(names, n)
@@ -318,9 +335,10 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 	sort.Strings(names)
 	for _, n := range names {
 		v := per[n]
-		fmt.Fprintf(w, "| %s | %d | %d%s | %.1f ms | %d | %d |\n", n, v.Reads, v.Stale, tiers(v.StaleByTier), v.MaxStaleMs, v.Failed, v.Loads)
+		fmt.Fprintf(w, "| %s | %d | %d%s | %.1f ms | %d | %d | %s |\n", n, v.Reads, v.Stale, tiers(v.StaleByTier), v.MaxStaleMs, v.Failed, v.Loads, latencyCells(v))
 	}
-	fmt.Fprintf(w, "| **total** | %d | %d%s | %.1f ms | %d | %d |\n\n", total.Reads, total.Stale, tiers(total.StaleByTier), total.MaxStaleMs, total.Failed, total.Loads)
+	fmt.Fprintf(w, "| **total** | %d | %d%s | %.1f ms | %d | %d | %s |\n\n", total.Reads, total.Stale, tiers(total.StaleByTier), total.MaxStaleMs, total.Failed, total.Loads, latencyCells(&total))
+	workerTable(w, events)
 	fmt.Fprintf(w, "| fault | Redis answering again after |\n|---|---|\n")
 	for _, win := range windows {
 		fmt.Fprintf(w, "| %s | %v |\n", win.Name, time.Duration(win.Recovery).Round(time.Millisecond))
@@ -345,6 +363,44 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 	} else {
 		fmt.Fprintln(w, "\nEvery guarantee held: no stale read, no failed read, nothing left stale.")
 	}
+}
+
+func latencyCells(v *verdict) string {
+	r := func(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
+	return fmt.Sprintf("%v | %v | %v | %d, up to %.0f ms", r(v.percentile(0.5)), r(v.percentile(0.99)), r(v.percentile(0.999)), v.BehindCommit, v.MaxBehindMs)
+}
+
+// workerTable shows each worker process that lived through the run: goroutines and
+// heap after the first quarter (warm-up) and at the end.
+func workerTable(w io.Writer, events []event) {
+	samples := map[int][]event{}
+	var first, last int64
+	for _, e := range events {
+		if e.T != "m" {
+			continue
+		}
+		samples[e.Worker] = append(samples[e.Worker], e)
+		if first == 0 || e.End < first {
+			first = e.End
+		}
+		last = max(last, e.End)
+	}
+	warm := first + (last-first)/4
+	var ids []int
+	for id, ss := range samples {
+		if ss[0].End < warm && ss[len(ss)-1].End > last-int64(2*time.Second) { // alive from the start to the end
+			ids = append(ids, id)
+		}
+	}
+	sort.Ints(ids)
+	fmt.Fprintf(w, "| process | goroutines after warm-up → end | heap in use after warm-up → end |\n|---|---|---|\n")
+	for _, id := range ids {
+		ss := samples[id]
+		i := sort.Search(len(ss), func(i int) bool { return ss[i].End >= warm })
+		a, b := ss[min(i, len(ss)-1)], ss[len(ss)-1]
+		fmt.Fprintf(w, "| %d | %d → %d | %.1f → %.1f MiB |\n", id, a.Gor, b.Gor, float64(a.Heap)/(1<<20), float64(b.Heap)/(1<<20))
+	}
+	fmt.Fprintln(w)
 }
 
 func tiers(m map[string]int) string {

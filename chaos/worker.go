@@ -8,8 +8,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,8 +20,9 @@ import (
 	"github.com/asidecache/aside"
 )
 
-// event is one line of a worker's record: a read ("r"), a load ("l") or an
-// invalidation that returned ("i"). Times are wall-clock ns: every process
+// event is one line of a worker's record: a read ("r"), a load ("l"), a
+// commit ("c"), an invalidation that returned ("i") or failed ("w"), or a
+// sample of the worker's heap and goroutines ("m"). Times are wall-clock ns: every process
 // runs on this one machine.
 type event struct {
 	T      string `json:"t"`
@@ -31,6 +34,8 @@ type event struct {
 	V      int64  `json:"v,omitempty"`
 	Tier   string `json:"tier,omitempty"`
 	Err    string `json:"err,omitempty"`
+	Heap   int64  `json:"h,omitempty"` // "m" samples: heap in use, bytes
+	Gor    int    `json:"g,omitempty"` // and goroutines
 }
 
 // recorder writes events as JSON lines; a SIGKILLed worker loses only what
@@ -147,8 +152,24 @@ func runWorker(role string, id int, redisAddr, dbURL, table, out string, keys in
 	}
 	defer c.store.Close()
 	go func() { // flush often: a SIGKILL loses at most this much
-		for range time.Tick(100 * time.Millisecond) {
+		for i := 0; ; i++ {
+			time.Sleep(100 * time.Millisecond)
+			if i%10 == 0 {
+				var m runtime.MemStats
+				runtime.ReadMemStats(&m)
+				rec.add(event{T: "m", Worker: id, End: time.Now().UnixNano(), Heap: int64(m.HeapInuse), Gor: runtime.NumGoroutine()})
+			}
 			rec.flush()
+		}
+	}()
+	// SIGUSR1 asks a writer to commit its next write and then hang before
+	// invalidating: the orchestrator SIGKILLs it there.
+	var hang atomic.Bool
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			hang.Store(true)
 		}
 	}()
 	var wg sync.WaitGroup
@@ -165,7 +186,7 @@ func runWorker(role string, id int, redisAddr, dbURL, table, out string, keys in
 			for ctx.Err() == nil {
 				k := int(zipf.Uint64())
 				if role == "writer" {
-					write(ctx, c, src, rec, id, k, broken)
+					write(ctx, c, src, rec, id, k, broken, &hang)
 					time.Sleep(time.Duration(2+r.IntN(8)) * time.Millisecond)
 					continue
 				}
@@ -243,7 +264,7 @@ func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r 
 // write commits a new version of k, then invalidates it the way the README
 // recommends, and records the invalidation only once Write has returned
 // without error: the guarantee is about invalidations that returned.
-func write(ctx context.Context, c *caches, src *source, rec *recorder, id, k int, broken bool) {
+func write(ctx context.Context, c *caches, src *source, rec *recorder, id, k int, broken bool, hang *atomic.Bool) {
 	var v int64
 	changes := []aside.Change{c.plain.Changed(key(k)), c.l1.Changed(key(k)), c.stale.Changed(key(k)), c.store.TagsChanged(bucket(k))}
 	if broken { // the checker's own test: a write that forgets one cache
@@ -251,6 +272,13 @@ func write(ctx context.Context, c *caches, src *source, rec *recorder, id, k int
 	}
 	err := c.store.Write(ctx, func(ctx context.Context) (err error) {
 		v, err = src.bump(ctx, k)
+		if err == nil {
+			rec.add(event{T: "c", Worker: id, Key: k, End: time.Now().UnixNano(), V: v})
+			if hang.Load() { // committed; the invalidation never runs
+				rec.flush()
+				select {}
+			}
+		}
 		return err
 	}, changes...)
 	if err == nil {
