@@ -1,11 +1,13 @@
 package aside
 
 import (
+	"encoding"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"reflect"
+	"time"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/vmihailenco/msgpack/v5"
@@ -178,4 +180,115 @@ func readString(b []byte, max int) (string, []byte) {
 		return "", b
 	}
 	return string(b[k : k+int(n)]), b[k+int(n):]
+}
+
+func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration, tags []tagToken) ([]byte, error) {
+	payload, err := c.codec.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("aside: encode: %w", err)
+	}
+	if len(payload) > maxDecodedBytes { // stored, it could never be read back
+		return nil, fmt.Errorf("%w: a payload of %d bytes exceeds the %d MiB any entry may decode to", errOversize, len(payload), maxDecodedBytes>>20)
+	}
+	return encodeEnvelope(envelope{
+		typeID:     c.typeID,
+		createdMs:  created.UnixMilli(),
+		freshMs:    created.Add(fresh).UnixMilli(),
+		loadMicros: loadTime.Microseconds(),
+		tags:       tags,
+		payload:    payload,
+	}, c.profile.CompressAbove), nil
+}
+
+// encodeForFill encodes a loaded value; a value that cannot be stored
+// (encoding error, over MaxEntryBytes) is counted and reported, not returned:
+// the caller has its value already.
+func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Duration, tags []tagToken) ([]byte, bool) {
+	b, err := c.encode(v, created, fresh, took, tags)
+	if err == nil {
+		err = c.checkSize(b)
+	}
+	switch {
+	case errors.Is(err, errOversize):
+		c.stats.oversize.Add(1)
+		c.store.emit(Event{Kind: EventOversize, Cache: c.name, Err: err})
+		return nil, false
+	case err != nil:
+		c.stats.encodeErrors.Add(1)
+		c.store.emit(Event{Kind: EventEncodeError, Cache: c.name, Err: err})
+		return nil, false
+	}
+	return b, true
+}
+
+// errOversize marks a value that is returned to its caller but not stored.
+var errOversize = errors.New("aside: value too large to cache")
+
+// checkSize refuses an entry over the profile's MaxEntryBytes.
+func (c *Cache[T]) checkSize(b []byte) error {
+	if max := c.profile.MaxEntryBytes; max > 0 && len(b) > max {
+		return fmt.Errorf("%w: entry of %d bytes exceeds MaxEntryBytes %d", errOversize, len(b), max)
+	}
+	return nil
+}
+
+// checkEncodable rejects, at construction, value types that msgpack cannot
+// encode (functions, channels, unsafe pointers), so the mistake shows up in
+// New rather than as an error on every miss.
+func checkEncodable(t reflect.Type) error {
+	seen := map[reflect.Type]bool{}
+	var walk func(t reflect.Type, path string) error
+	walk = func(t reflect.Type, path string) error {
+		if seen[t] {
+			return nil
+		}
+		seen[t] = true
+		switch t.Kind() {
+		case reflect.Func, reflect.Chan, reflect.UnsafePointer:
+			return fmt.Errorf("aside: type %v cannot be encoded with msgpack: %s is a %v", t, path, t.Kind())
+		case reflect.Pointer, reflect.Slice, reflect.Array:
+			return walk(t.Elem(), path+"[]")
+		case reflect.Map:
+			if err := walk(t.Key(), path+" key"); err != nil {
+				return err
+			}
+			return walk(t.Elem(), path+" value")
+		case reflect.Struct:
+			if encodesItself(t) {
+				return nil
+			}
+			encoded := 0
+			for i := range t.NumField() {
+				f := t.Field(i)
+				if !f.IsExported() || f.Tag.Get("msgpack") == "-" {
+					continue
+				}
+				encoded++
+				if err := walk(f.Type, path+"."+f.Name); err != nil {
+					return err
+				}
+			}
+			if encoded == 0 && t.NumField() > 0 {
+				// msgpack skips unexported fields: every value would be
+				// cached as the zero value, and served as if it were data.
+				return fmt.Errorf("aside: type %v cannot be cached: %s has no exported fields, so msgpack would store it empty (export a field, implement msgpack.CustomEncoder/CustomDecoder, or give the cache a Codec with WithCodec)", t, path)
+			}
+		}
+		return nil
+	}
+	return walk(t, "value")
+}
+
+// encodesItself reports whether msgpack encodes values of t through a
+// method of t's own rather than field by field.
+func encodesItself(t reflect.Type) bool {
+	for _, m := range []reflect.Type{
+		reflect.TypeFor[msgpack.CustomEncoder](), reflect.TypeFor[msgpack.Marshaler](),
+		reflect.TypeFor[encoding.BinaryMarshaler](), reflect.TypeFor[encoding.TextMarshaler](),
+	} {
+		if t.Implements(m) || reflect.PointerTo(t).Implements(m) {
+			return true
+		}
+	}
+	return false
 }

@@ -6,8 +6,6 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
-	"fmt"
-	"runtime/debug"
 	"slices"
 	"time"
 
@@ -395,59 +393,9 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []
 	}
 }
 
-// timed runs one loader call — single or batch — under the profile's
-// LoadTimeout, recovering panics, and counts it. ErrNotFound is an answer,
-// not a failure. A loader's ExpireAt lands in expiry (nil: not stored).
-func timed[T, V any](ctx context.Context, c *Cache[T], load Loader[V], expiry *expirySlot) (V, error) {
-	lctx, cancel := context.WithTimeout(ctx, c.profile.LoadTimeout)
-	defer cancel()
-	if expiry != nil {
-		lctx = context.WithValue(lctx, expiryKey{}, expiry)
-	}
-	start := time.Now()
-	v, err := safeLoad(lctx, load)
-	err = c.notFound(err)
-	c.stats.observeLoad(time.Since(start))
-	if err == nil || errors.Is(err, ErrNotFound) {
-		c.stats.loads.Add(1)
-	} else {
-		c.stats.loadErrors.Add(1)
-		c.store.emit(Event{Kind: EventLoadError, Cache: c.name, Err: err})
-	}
-	return v, err
-}
-
 // negativeEntry is the stored form of "the source has no such row", fresh
 // for the profile's NegativeTTL.
 func (c *Cache[T]) negativeEntry(start time.Time, tags []tagToken) []byte {
 	return encodeEnvelope(envelope{flags: flagNegative, typeID: c.typeID, createdMs: start.UnixMilli(),
 		freshMs: start.Add(c.profile.NegativeTTL).UnixMilli(), tags: tags}, 0)
-}
-
-// safeLoad calls load, turning a panic into ErrLoaderPanic and a loader that
-// outlives ctx into an error, so that no waiter crashes or hangs. A loader
-// that ignores ctx keeps its goroutine until it returns; its result is
-// dropped.
-func safeLoad[T any](ctx context.Context, load Loader[T]) (T, error) {
-	type result struct {
-		v   T
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		defer func() {
-			if p := recover(); p != nil {
-				done <- result{err: fmt.Errorf("%w: %v\n%s", ErrLoaderPanic, p, debug.Stack())}
-			}
-		}()
-		v, err := load(ctx)
-		done <- result{v, err}
-	}()
-	select {
-	case r := <-done:
-		return r.v, r.err
-	case <-ctx.Done():
-		var zero T
-		return zero, fmt.Errorf("aside: load: %w", ctx.Err())
-	}
 }
