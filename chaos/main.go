@@ -198,8 +198,18 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 			r.redis.kill()
 			time.Sleep(300 * time.Millisecond)
 			return func() {
-				if err := r.redis.start(""); err != nil {
-					fmt.Fprintln(os.Stderr, "chaos: restart redis:", err)
+				// The port can still be held for a moment by the killed
+				// server's sockets: try again rather than leave Redis away.
+				for try := 0; ; try++ {
+					err := r.redis.start("")
+					if err == nil {
+						return
+					}
+					if try == 4 {
+						fmt.Fprintln(os.Stderr, "chaos: restart redis:", err)
+						return
+					}
+					time.Sleep(500 * time.Millisecond)
 				}
 			}, nil
 		}},

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -35,9 +36,20 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 	}
 	fmt.Fprintf(w, "| **total** | %d | %d%s | %.1f ms | %d | %d | %s |\n\n", total.Reads, total.Stale, tiers(total.StaleByTier), total.MaxStaleMs, total.Failed, total.Loads, latencyCells(&total))
 	workerTable(w, events)
-	fmt.Fprintf(w, "| fault | Redis answering again after |\n|---|---|\n")
+	fmt.Fprintf(w, "| fault | times | Redis answering again after it was undone: median | max |\n|---|---|---|---|\n")
+	recoveries := map[string][]int64{}
+	var order []string
 	for _, win := range windows {
-		fmt.Fprintf(w, "| %s | %v |\n", win.Name, time.Duration(win.Recovery).Round(time.Millisecond))
+		if recoveries[win.Name] == nil {
+			order = append(order, win.Name)
+		}
+		recoveries[win.Name] = append(recoveries[win.Name], win.Recovery)
+	}
+	for _, name := range order {
+		rs := recoveries[name]
+		slices.Sort(rs)
+		ms := func(ns int64) time.Duration { return time.Duration(ns).Round(time.Millisecond) }
+		fmt.Fprintf(w, "| %s | %d | %v | %v |\n", name, len(rs), ms(rs[len(rs)/2]), ms(rs[len(rs)-1]))
 	}
 	fmt.Fprintf(w, "\nInvalidations that returned: %d; writes whose invalidation returned an error (not counted, queued for replay): %d; cache entries left older than the source after the run: %d.\n",
 		invals, failedWrites, left)
