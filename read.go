@@ -112,11 +112,7 @@ func groupTags[T any](calls []*call[T]) (tags []string, shared bool) {
 	}
 	tags = nil
 	for _, cl := range calls {
-		for _, t := range cl.tags {
-			if !slices.Contains(tags, t) {
-				tags = append(tags, t)
-			}
-		}
+		tags = mergeTags(tags, cl.tags)
 	}
 	return tags, false
 }

@@ -69,11 +69,7 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 			return err
 		}
 		keyTags[i] = tags
-		for _, t := range tags {
-			if !slices.Contains(all, t) {
-				all = append(slices.Clip(all), t)
-			}
-		}
+		all = mergeTags(all, tags)
 	}
 	tokens, err := c.store.ensureTokens(ctx, all)
 	if err != nil {

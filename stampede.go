@@ -167,13 +167,9 @@ func (c *Cache[T]) startFlight(ctx context.Context, held []*call[T], src source[
 // negative entry when the profile says so. Without tokens (Redis failed)
 // nothing is written.
 func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src source[T]) {
-	tags := tasks[0].tags
+	tags := tasks[0].tags // a lone task, the common case, copies nothing
 	for _, t := range tasks[1:] {
-		for _, name := range t.tags {
-			if !slices.Contains(tags, name) {
-				tags = append(tags[:len(tags):len(tags)], name)
-			}
-		}
+		tags = mergeTags(tags, t.tags)
 	}
 	var recorded []tagToken
 	var tokErr error

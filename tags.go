@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -176,6 +177,18 @@ func (s *Store) fetchTokens(ctx context.Context, tags []string) ([]string, error
 type tagSnap struct {
 	names  []string
 	tokens []string // "" for a missing tag key
+}
+
+// mergeTags returns all with the tags of more it lacks appended, never
+// writing into all's array (it may be a caller's): the tags of a group of
+// calls, a load's tasks or a batch of writes, read or recorded once.
+func mergeTags(all, more []string) []string {
+	for _, t := range more {
+		if !slices.Contains(all, t) {
+			all = append(slices.Clip(all), t)
+		}
+	}
+	return all
 }
 
 // subset is the snapshot of names only, all of which s holds.
