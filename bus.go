@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
-	"math"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -144,19 +142,6 @@ func newBus(s *Store, relaxed bool, lease time.Duration) *bus {
 		ackWake: make(chan struct{}, 1)}
 }
 
-// mono is the lease clock: monotonic, whatever the Store's clock says.
-func (b *bus) mono() int64 { return int64(time.Since(b.base)) }
-
-// leased reports whether L1 may answer now; an L1 hit makes the same check
-// inline (see local.get), reading the clock once for lease and expiry.
-func (b *bus) leased() bool { return b.leaseHolds(b.lease.Load(), b.mono()) }
-
-// leaseHolds is the lease rule, for a lease read before the clock: relaxed
-// (MaxInt64), or strict and not yet over.
-func (b *bus) leaseHolds(lease, mono int64) bool {
-	return lease == math.MaxInt64 || lease != 0 && (mono < lease || b.hooks.noLeaseCheck())
-}
-
 // register adds a cache's L1 and starts the subscription on first use.
 func (b *bus) register(s *Store, name string, t localTier) {
 	b.mu.Lock()
@@ -260,51 +245,11 @@ func (b *bus) encode(m busMessage) [][]byte {
 	}
 }
 
-// beatScript records the Store's lease in the registry (strict mode) and
-// publishes its heartbeat, atomically: a Store that hears the heartbeat is
-// listed for every invalidation published after it. It returns how many
-// subscribers the heartbeat reached.
-var beatScript = redis.NewScript(`
-if ARGV[4] ~= '0' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[5])
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-  redis.call('PEXPIRE', KEYS[1], 120000)
-end
-if ARGV[1] == '1' then return redis.call('SPUBLISH', ARGV[2], ARGV[3]) end
-return redis.call('PUBLISH', ARGV[2], ARGV[3])`)
-
 func (b *bus) flag(v bool) string {
 	if v {
 		return "1"
 	}
 	return "0"
-}
-
-// member is this Store's name in the registry in its current incarnation:
-// a reset starts a new one, so that what is said of the old one (it left)
-// can never be taken for the new one.
-func (b *bus) member() string { return b.origin + "." + strconv.FormatUint(b.incarnation.Load(), 10) }
-
-// leave takes this Store's current incarnation out of the registry and,
-// with announce, tells the Stores waiting for it that it holds nothing
-// they must wait for (it has dropped its L1): one pipeline, on the
-// registry's node. Best effort: when it fails, their waits end with the
-// lease. Only run's goroutine calls it, before any heartbeat of the next
-// incarnation, so the next incarnation is never taken out or announced.
-func (b *bus) leave(s *Store, announce bool) {
-	octx, cancel := s.detachedOpContext(context.Background())
-	defer cancel()
-	member := b.member()
-	_, _ = s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
-		p.ZRem(octx, b.registry, member)
-		if announce {
-			b.publish(octx, p, b.channel, busMessage{Kind: busReset, Names: []string{member}})
-		}
-		return nil
-	})
-	b.incarnation.Add(1)
 }
 
 func (b *bus) subscribe(ctx context.Context, s *Store) (ps *redis.PubSub, err error) {
@@ -326,20 +271,6 @@ func (b *bus) subscribe(ctx context.Context, s *Store) (ps *redis.PubSub, err er
 	b.ps = ps
 	b.mu.Unlock()
 	return ps, nil
-}
-
-// beat publishes heartbeat seq the way invalidations travel, recording the
-// lease it asks for; it returns how many subscribers heard it.
-func (b *bus) beat(s *Store, seq uint64) (int64, error) {
-	ctx, cancel := s.opContext(context.Background())
-	defer cancel()
-	lease := int64(0)
-	if b.strict {
-		lease = b.leaseFor.Milliseconds()
-	}
-	payload := b.encode(busMessage{Kind: busBeat, Seq: seq})[0]
-	b.waitStats.beats.Add(1)
-	return beatScript.Run(ctx, s.rdb, []string{b.registry}, b.flag(b.sharded), b.own, payload, lease, b.member()).Int64()
 }
 
 // run keeps the subscription and applies what arrives; see [bus] for the
@@ -474,32 +405,4 @@ func (b *bus) run(ctx context.Context, s *Store) {
 			}
 		}
 	}
-}
-
-// heard marks the stream trusted after a heartbeat sent at sent came back:
-// every invalidation published before it was sent has been applied.
-func (b *bus) heard(s *Store, sent time.Time) {
-	if !b.up.Load() {
-		b.epoch.Add(1) // entries filled while in doubt stay invalid
-		b.up.Store(true)
-		s.log(slog.LevelInfo, "aside: invalidation stream up: L1 in use")
-	}
-	if !b.strict || b.hooks.noHeartbeat() { // the broken variant trusts the connection for good
-		b.lease.Store(math.MaxInt64)
-		return
-	}
-	if until := int64(sent.Sub(b.base) + b.leaseFor); until > b.lease.Load() {
-		b.lease.Store(until) // only run's goroutine stores a lease
-	}
-}
-
-// drop stops L1 at once: no lease, and every entry of an older epoch. It
-// reports whether L1 was up.
-func (b *bus) drop() bool {
-	b.lease.Store(0)
-	if b.up.Swap(false) {
-		b.epoch.Add(1)
-		return true
-	}
-	return false
 }
