@@ -3,6 +3,7 @@ package aside_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -219,5 +220,70 @@ func TestT7ReplayBeforeTrustingRestoredRedis(t *testing.T) {
 	}
 	if got, _ := runT7(t, true); got != 1 {
 		t.Errorf("broken variant (queue dropped): v%d, want the restored v1 — the test must be able to fail", got)
+	}
+}
+
+// TestT20InvalidationsTakeEffectInOrder: once an invalidation returns, every
+// earlier invalidation of the same Store that failed has taken effect — in
+// Redis and in the other Stores' L1 — also when a read of the writer's Store
+// is replaying them at that moment (its replay is held back 300 ms). The
+// broken variant, v1's, skips a replay that is running and returns first.
+func TestT20InvalidationsTakeEffectInOrder(t *testing.T) {
+	run := func(t *testing.T, racing, broken bool) (got int) {
+		writer, fake := asidetest.New(t, aside.WithBreaker(1, 10*time.Millisecond))
+		var replays atomic.Int32
+		aside.SetStoreHooks(writer, &aside.TestHooks{UnorderedReplay: broken, BeforeReplay: func() {
+			if racing && replays.Add(1) == 1 {
+				time.Sleep(300 * time.Millisecond)
+			}
+		}})
+		// Another process, with a strict L1, whose own connections stay up
+		// while the writer's are down.
+		rc := redis.NewClient(&redis.Options{Addr: fake.Miniredis().Addr(), DisableIdentity: true, ContextTimeoutEnabled: true, MaxRetries: -1})
+		defer rc.Close()
+		reader, err := aside.NewStore(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reader.Close()
+		w, _ := aside.New[int](writer, "n")
+		r, _ := aside.New[int](reader, "n", aside.WithL1(10, time.Minute))
+		version := 1
+		load := func(context.Context) (int, error) { return version, nil }
+		mustGet(t, r, "k", load) // in Redis and in the reader's L1
+		fake.Down()
+		version = 2
+		if err := w.Invalidate(bgCtx, "k"); err == nil {
+			t.Fatal("Invalidate with Redis down returned nil")
+		}
+		fake.Up()
+		time.Sleep(20 * time.Millisecond) // the writer's breaker may probe again (not Advance: entries would expire)
+		replaying := make(chan struct{})
+		if racing { // a read of the writer's Store replays the queue first
+			go func() { defer close(replaying); mustGet(t, w, "other", load) }()
+			time.Sleep(50 * time.Millisecond) // that replay now holds the queue
+		} else {
+			close(replaying)
+		}
+		if err := w.Invalidate(bgCtx, "other"); err != nil {
+			t.Fatal(err)
+		}
+		got = mustGet(t, r, "k", load)
+		select {
+		case <-replaying:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the racing read did not return")
+		}
+		return got
+	}
+	for _, racing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("racing=%v", racing), func(t *testing.T) {
+			if got := run(t, racing, false); got != 2 {
+				t.Errorf("the reader serves v%d after the writer's next invalidation returned, want v2", got)
+			}
+		})
+	}
+	if got := run(t, true, true); got != 1 {
+		t.Errorf("broken variant (a running replay skipped): v%d, want the old v1 — the test must be able to fail", got)
 	}
 }

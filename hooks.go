@@ -49,6 +49,10 @@ type testHooks struct {
 	// Broken variants of the Store.
 	CounterTokens bool // T5: tag tokens are counters, which eviction can make valid again
 	CallerProbe   bool // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
+	// T20: an invalidation neither waits for a replay of earlier failed
+	// ones that is running, nor fails when theirs fails (as in v1).
+	UnorderedReplay bool
+	BeforeReplay    func() // once a replay holds the queue, before it writes
 
 	flights *singleflight.Group // the Naive variant's
 }
@@ -80,6 +84,14 @@ func (h *testHooks) beforeL1Fill(key string) {
 func (h *testHooks) beforeApply() {
 	if h != nil && h.BeforeApply != nil {
 		h.BeforeApply()
+	}
+}
+
+func (h *testHooks) unorderedReplay() bool { return h != nil && h.UnorderedReplay }
+
+func (h *testHooks) beforeReplay() {
+	if h != nil && h.BeforeReplay != nil {
+		h.BeforeReplay()
 	}
 }
 

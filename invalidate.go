@@ -52,7 +52,10 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, what string, keys []strin
 		c.store.pending.add(pendingKeys(c.name, keys, rks))
 		return ErrUnavailable
 	}
-	c.store.replayPending(ctx) // older failed invalidations first: a process that only writes replays them too
+	if err := c.store.replayFirst(ctx); err != nil { // in order: a process that only writes replays them too
+		c.store.pending.add(pendingKeys(c.name, keys, rks))
+		return fmt.Errorf("aside: %s: %w: %w", what, ErrUnavailable, err)
+	}
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
 	acks, err := c.store.writeAndTell(octx, func(p redis.Pipeliner) {

@@ -2,6 +2,7 @@ package aside
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,7 @@ type replayQueue struct {
 	ops       []pendingOp // in the order they failed
 	overflow  bool
 	n         atomic.Int64 // len(ops), or -1 after an overflow: read on every Get without the lock
-	replaying atomic.Bool  // one replay at a time
+	replaying sync.Mutex   // one replay at a time
 }
 
 func (q *replayQueue) add(ops []pendingOp) {
@@ -75,52 +76,99 @@ func (s *Store) Pending() (n int, overflowed bool) {
 	return int(max(v, 0)), v < 0
 }
 
-// replayPending replays the queued invalidations, deleting keys and
-// replacing tag tokens, and tells the other Stores' L1. It reports whether
-// the queue is empty afterwards. One caller replays at a time, on a context
-// no caller can cut short; the others are served by their loaders meanwhile.
+// replayPending replays the queued invalidations unless another caller is
+// replaying them (a read is served by its loader meanwhile). It reports
+// whether the queue is empty afterwards.
 func (s *Store) replayPending(ctx context.Context) bool {
-	n := s.pending.n.Load()
-	if n == 0 {
-		return true
+	return s.pending.n.Load() == 0 || s.replay(ctx, false) == nil
+}
+
+// replayFirst replays the queued invalidations before an invalidation of
+// this Store, waiting for a replay already running: invalidations take
+// effect in the order they were made, so once one returns, every earlier
+// one that failed has taken effect too — in Redis and in every Store's L1.
+// An error leaves the queue for later; the caller fails and queues its own.
+func (s *Store) replayFirst(ctx context.Context) error {
+	if s.pending.n.Load() == 0 {
+		return nil
 	}
-	if n < 0 || !s.pending.replaying.CompareAndSwap(false, true) {
-		return false
+	if s.hooks.unorderedReplay() {
+		s.replayPending(ctx)
+		return nil
 	}
-	defer s.pending.replaying.Store(false)
+	return s.replay(ctx, true)
+}
+
+// replay deletes the queued keys and replaces the queued tags' tokens, tells
+// every Store's L1 and waits for them as an invalidation does, then drops
+// what it replayed from the queue. One caller replays at a time, on a
+// context no caller can cut short; wait says whether to wait for the
+// replay running now rather than give up.
+func (s *Store) replay(ctx context.Context, wait bool) error {
+	if wait {
+		s.pending.replaying.Lock()
+	} else if !s.pending.replaying.TryLock() {
+		return errReplaying
+	}
+	defer s.pending.replaying.Unlock()
 	s.pending.mu.Lock()
-	ops := append([]pendingOp(nil), s.pending.ops...)
+	ops, overflowed := append([]pendingOp(nil), s.pending.ops...), s.pending.overflow
 	s.pending.mu.Unlock()
-	octx, cancel := s.detachedOpContext(ctx)
+	if overflowed {
+		return errOverflowed
+	}
+	s.hooks.beforeReplay()
+	if len(ops) == 0 {
+		return nil // replayed by the caller we waited for
+	}
+	var tags []string
+	keys := map[string][]string{} // by cache
+	var msgs []busMessage
+	for _, op := range ops {
+		if op.tag {
+			tags = append(tags, op.name)
+		} else {
+			keys[op.cache] = append(keys[op.cache], op.key)
+		}
+	}
+	if len(tags) > 0 {
+		msgs = append(msgs, busMessage{Kind: busTags, Names: tags})
+	}
+	for cache, names := range keys {
+		msgs = append(msgs, busMessage{Kind: busKeys, Cache: cache, Names: names})
+	}
+	ctx = context.WithoutCancel(ctx)
+	octx, cancel := s.opContext(ctx)
 	defer cancel()
-	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
-		var tags []string
-		keys := map[string][]string{} // by cache
+	acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) {
 		for _, op := range ops {
 			if op.tag {
 				p.Set(octx, tagKey(s.prefix, op.name), newTagToken(), 0)
-				tags = append(tags, op.name)
 			} else {
 				p.Del(octx, op.name, leaseKey(op.name))
-				keys[op.cache] = append(keys[op.cache], op.key)
 			}
 		}
-		if len(tags) > 0 {
-			s.bus.publish(octx, p, s.bus.channel, busMessage{Kind: busTags, Names: tags})
-		}
-		for cache, names := range keys {
-			s.bus.publish(octx, p, s.bus.channel, busMessage{Kind: busKeys, Cache: cache, Names: names})
-		}
-		return nil
-	})
+	}, msgs...)
 	s.record(octx, err, nil, "")
 	if err != nil {
-		return false
+		return err
+	}
+	// Bounded by the other Stores' leases: ctx cannot end.
+	if err := acks.wait(ctx); err != nil {
+		return err
 	}
 	s.pending.mu.Lock()
 	s.pending.ops = s.pending.ops[len(ops):] // what was added meanwhile stays
 	s.pending.n.Store(int64(len(s.pending.ops)))
 	s.pending.mu.Unlock()
 	s.log(slog.LevelInfo, "aside: replayed invalidations that failed while Redis was unreachable", "count", len(ops))
-	return s.pending.n.Load() == 0
+	if s.pending.n.Load() != 0 {
+		return errReplaying // more failed meanwhile: the next caller replays them
+	}
+	return nil
 }
+
+var (
+	errReplaying  = errors.New("aside: failed invalidations are being replayed")
+	errOverflowed = errors.New("aside: the replay queue overflowed: failed invalidations were dropped")
+)

@@ -114,11 +114,13 @@ func (s *Store) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+	// Before the bus stops: the replay tells the other Stores' L1 and waits for them.
+	err := s.replayFirst(context.Background())
 	s.bus.stop()
 	s.running.Wait()
-	if !s.replayPending(context.Background()) {
+	if err != nil {
 		n, overflowed := s.Pending()
-		return fmt.Errorf("%w: %d failed invalidations could not be replayed (overflowed: %v)", ErrUnavailable, n, overflowed)
+		return fmt.Errorf("%w: %d failed invalidations could not be replayed (overflowed: %v): %w", ErrUnavailable, n, overflowed, err)
 	}
 	return nil
 }

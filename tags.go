@@ -90,7 +90,10 @@ func (s *Store) updateTagTokens(ctx context.Context, what string, tags []string,
 		s.pending.add(pendingTags(o.tags))
 		return ErrUnavailable
 	}
-	s.replayPending(ctx) // older failed invalidations first: a process that only writes replays them too
+	if err := s.replayFirst(ctx); err != nil { // in order: a process that only writes replays them too
+		s.pending.add(pendingTags(o.tags))
+		return fmt.Errorf("aside: %s: %w: %w", what, ErrUnavailable, err)
+	}
 	octx, cancel := s.opContext(ctx)
 	defer cancel()
 	// One command per tag: the tag keys live in different Cluster slots.

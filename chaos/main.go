@@ -10,11 +10,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +40,7 @@ func main() {
 	every := flag.Duration("every", 4*time.Second, "time between faults")
 	dbURL := flag.String("db", envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"), "PostgreSQL URL")
 	broken := flag.Bool("broken", false, "writers skip invalidating the plain cache: the checker must fail")
+	faultIDs := flag.String("faults", "all", "the faults to inject, comma-separated ids: "+faultIDList())
 	flag.Parse()
 	if *role != "" {
 		if err := runWorker(*role, *id, *redisAddr, *dbURL, *table, *out, *keys, *broken); err != nil {
@@ -48,7 +49,7 @@ func main() {
 		}
 		return
 	}
-	res, err := orchestrate(config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken}, os.Stdout)
+	res, err := orchestrate(config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken, faults: *faultIDs}, os.Stdout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		os.Exit(2)
@@ -79,6 +80,7 @@ type config struct {
 	readers, writers, keys int
 	dbURL                  string
 	broken                 bool
+	faults                 string // fault ids, comma-separated; "" is all
 }
 
 // result is what the checker found.
@@ -94,6 +96,7 @@ type run struct {
 	keys              int
 	broken            bool
 	redis             *redisServer
+	admin             *redis.Client // the orchestrator's own connection to the run's Redis
 	self              string
 	procs             []*proc
 	next              int
@@ -112,19 +115,13 @@ func (r *run) spawn(role string) (*proc, error) {
 	return p, nil
 }
 
-func (r *run) readersAlive() []*proc {
-	var out []*proc
-	for _, p := range r.procs {
-		if p.role == "reader" && p.cmd.ProcessState == nil {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 func orchestrate(cfg config, w io.Writer) (result, error) {
 	dur, readers, writers, keys, every, dbURL := cfg.dur, cfg.readers, cfg.writers, cfg.keys, cfg.every, cfg.dbURL
 	ctx := context.Background()
+	faults, err := pickFaults(cfg.faults)
+	if err != nil {
+		return result{}, err
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return result{}, err
@@ -169,77 +166,15 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	}()
 	admin := redis.NewClient(&redis.Options{Addr: r.redis.addr(), DisableIdentity: true, MaxRetries: -1})
 	defer admin.Close()
+	r.admin = admin
 
 	started := time.Now()
-	faults := []struct {
-		name string
-		do   func() (undo func(), err error)
-	}{
-		{"SIGKILL a reader (loads in flight)", func() (func(), error) {
-			ps := r.readersAlive()
-			p := ps[rand.IntN(len(ps))]
-			_ = p.cmd.Process.Kill()
-			_, _ = p.cmd.Process.Wait()
-			return func() { _, _ = r.spawn("reader") }, nil
-		}},
-		{"SIGSTOP a reader past its L1 lease", func() (func(), error) {
-			ps := r.readersAlive()
-			p := ps[rand.IntN(len(ps))]
-			_ = p.cmd.Process.Signal(syscall.SIGSTOP)
-			time.Sleep(1500 * time.Millisecond)
-			return func() { _ = p.cmd.Process.Signal(syscall.SIGCONT) }, nil
-		}},
-		{"Redis stalled (SIGSTOP 1 s)", func() (func(), error) {
-			r.redis.signal(syscall.SIGSTOP)
-			time.Sleep(time.Second)
-			return func() { r.redis.signal(syscall.SIGCONT) }, nil
-		}},
-		{"Redis killed, restarted empty", func() (func(), error) {
-			r.redis.kill()
-			time.Sleep(300 * time.Millisecond)
-			return func() {
-				// The port can still be held for a moment by the killed
-				// server's sockets: try again rather than leave Redis away.
-				for try := 0; ; try++ {
-					err := r.redis.start("")
-					if err == nil {
-						return
-					}
-					if try == 4 {
-						fmt.Fprintln(os.Stderr, "chaos: restart redis:", err)
-						return
-					}
-					time.Sleep(500 * time.Millisecond)
-				}
-			}, nil
-		}},
-		{"CLIENT KILL TYPE pubsub", func() (func(), error) {
-			return func() {}, admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Err()
-		}},
-		{"SIGKILL a writer between its commit and its invalidation", func() (func(), error) {
-			var ws []*proc
-			for _, p := range r.procs {
-				if p.role == "writer" && p.cmd.ProcessState == nil {
-					ws = append(ws, p)
-				}
-			}
-			if len(ws) == 0 {
-				return nil, nil
-			}
-			p := ws[rand.IntN(len(ws))]
-			_ = p.cmd.Process.Signal(syscall.SIGUSR1) // commit the next write, then hang before invalidating
-			time.Sleep(300 * time.Millisecond)
-			_ = p.cmd.Process.Kill()
-			_, _ = p.cmd.Process.Wait()
-			return func() { _, _ = r.spawn("writer") }, nil
-		}},
-	}
 	var windows []window
 	time.Sleep(every / 2) // warm-up: caches fill, L1 leases are taken
 	for i := 0; time.Since(started)+every < dur; i++ {
 		f := faults[i%len(faults)]
-		w := window{Name: f.name, Start: time.Now().UnixNano()}
-		undo, err := f.do()
+		w := window{Name: f.name, Start: time.Now().UnixNano(), Excused: f.excused}
+		undo, err := f.do(r)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "chaos: %s: %v\n", f.name, err)
 		}
@@ -247,7 +182,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 			undo()
 		}
 		w.Recovery = recovery(ctx, admin)
-		w.End = time.Now().UnixNano() + int64(time.Second) // reads a second after the undo still count to it
+		w.End = time.Now().UnixNano() + int64(cmp.Or(f.after, time.Second)) // reads shortly after the undo still count to it
 		windows = append(windows, w)
 		time.Sleep(every)
 	}

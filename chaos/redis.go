@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -9,14 +10,17 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // redisServer is a redis-server this run started, on a port of its own;
 // it stops only that process, by PID.
 type redisServer struct {
-	dir  string
-	port int
-	cmd  *exec.Cmd
+	bin, dir string
+	file     string // the snapshot file it runs with: SAVE writes it
+	port     int
+	cmd      *exec.Cmd
 }
 
 func (r *redisServer) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
@@ -34,17 +38,26 @@ func startRedis(dir string, port int) (*redisServer, error) {
 		port = l.Addr().(*net.TCPAddr).Port
 		_ = l.Close()
 	}
-	r := &redisServer{dir: dir, port: port}
-	return r, r.start(bin)
+	r := &redisServer{bin: bin, dir: dir, port: port}
+	return r, r.start("")
 }
 
-// start runs the server on r's port, empty: no snapshot, no AOF.
-func (r *redisServer) start(bin string) error {
-	if bin == "" {
-		bin = "redis-server"
+// emptyRDB is the snapshot file name a server runs with: it never exists
+// when a server starts, so it starts empty; SAVE writes it.
+const emptyRDB = "current.rdb"
+
+// start runs the server on r's port, empty, or loading the snapshot file
+// rdb (a name in r's directory); it writes no snapshot or AOF of its own.
+func (r *redisServer) start(rdb string) error {
+	file := emptyRDB
+	if rdb != "" {
+		file = rdb
+	} else {
+		_ = os.Remove(filepath.Join(r.dir, emptyRDB))
 	}
-	r.cmd = exec.Command(bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"), "--protected-mode", "no")
+	r.file = file
+	r.cmd = exec.Command(r.bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", r.dir, "--dbfilename", file, "--logfile", filepath.Join(r.dir, "redis.log"), "--protected-mode", "no")
 	if err := r.cmd.Start(); err != nil {
 		return err
 	}
@@ -56,6 +69,16 @@ func (r *redisServer) start(bin string) error {
 	}
 	r.kill()
 	return fmt.Errorf("redis-server on %s did not start", r.addr())
+}
+
+// snapshot saves the server's data now (SAVE) and returns the snapshot's
+// file name, for a later start.
+func (r *redisServer) snapshot(admin *redis.Client) (string, error) {
+	if err := admin.Save(context.Background()).Err(); err != nil {
+		return "", err
+	}
+	name := fmt.Sprintf("snapshot-%d.rdb", time.Now().UnixNano())
+	return name, os.Rename(filepath.Join(r.dir, r.file), filepath.Join(r.dir, name))
 }
 
 func (r *redisServer) signal(sig os.Signal) {
