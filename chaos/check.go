@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"encoding/json"
+	"math"
 	"os"
 	"slices"
 	"sort"
@@ -15,6 +16,8 @@ type window struct {
 	Name       string
 	Start, End int64
 	Recovery   int64 // ns from undoing it until the next successful Redis read (0: not measured)
+	Excused    bool  // Redis lost acknowledged writes: stale reads in it are what no cache could prevent
+	Degrades   bool  // Redis itself failed: leases may be lost or refused, so loads may overlap
 }
 
 // verdict is what the checker found in one span of time.
@@ -22,6 +25,18 @@ type verdict struct {
 	Reads, Stale, Failed, Loads int
 	MaxStaleMs                  float64
 	StaleByTier                 map[string]int
+	// Duplicate counts loads that began while another load of the same
+	// key of the same cache was in flight, with no write of the key (or of
+	// its tag, for the tagged cache) between their starts: what a lease
+	// prevents across processes. PeakLoads is the most loads that began in
+	// one 100 ms (the source's load at peak).
+	Duplicate, PeakLoads int
+	// Unleased counts the duplicate loads outside every window in which
+	// Redis itself failed: each one is a lease that did not hold.
+	Unleased int
+	// Excused counts stale reads that began in a window where Redis itself
+	// lost acknowledged writes (restored from an older snapshot).
+	Excused int
 	// BehindCommit counts reads that got a version older than one committed
 	// at least a millisecond before they began, whose invalidation had not
 	// returned (a writer killed between the two, or still on its way):
@@ -55,6 +70,11 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 			commits[e.Key] = append(commits[e.Key], e)
 		}
 	}
+	// An invalidation that failed has taken effect once a later one of the
+	// same Store returned: a Store's invalidations take effect in order.
+	for _, e := range replayedBy(events) {
+		invals[e.Key] = append(invals[e.Key], e)
+	}
 	for _, m := range []map[int][]event{invals, commits} {
 		for k, list := range m {
 			sort.Slice(list, func(i, j int) bool { return list[i].End < list[j].End })
@@ -70,27 +90,49 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 		}
 	}
 	per = map[string]*verdict{}
-	at := func(t int64) *verdict {
+	// An event counts to the latest fault whose window it began in; any
+	// window that holds it may excuse it.
+	at := func(t int64) (v *verdict, in window) {
 		name := "steady"
 		for _, w := range windows {
 			if t >= w.Start && t <= w.End {
 				name = w.Name
-				break
+				in.Excused = in.Excused || w.Excused
+				in.Degrades = in.Degrades || w.Degrades
 			}
 		}
 		if per[name] == nil {
 			per[name] = &verdict{StaleByTier: map[string]int{}}
 		}
-		return per[name]
+		return per[name], in
 	}
 	total.StaleByTier = map[string]int{}
+	for _, e := range duplicateLoads(events) {
+		v, in := at(e.Start)
+		v.Duplicate++
+		total.Duplicate++
+		if !in.Degrades {
+			v.Unleased++
+			total.Unleased++
+		}
+	}
+	perTick := map[int64]int{}
+	for _, e := range events {
+		if e.T == "l" {
+			perTick[e.Start/int64(100*time.Millisecond)]++
+		}
+	}
+	for _, n := range perTick {
+		total.PeakLoads = max(total.PeakLoads, n)
+	}
 	for _, e := range events {
 		switch e.T {
 		case "l":
-			at(e.Start).Loads++
+			v, _ := at(e.Start)
+			v.Loads++
 			total.Loads++
 		case "r":
-			v := at(e.Start)
+			v, in := at(e.Start)
 			v.Reads++
 			total.Reads++
 			v.latencies = append(v.latencies, e.End-e.Start)
@@ -123,7 +165,10 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 					}
 				}
 			}
-			if e.V < floor {
+			if e.V < floor && in.Excused {
+				v.Excused++
+				total.Excused++
+			} else if e.V < floor {
 				ms := float64(e.End-since) / 1e6
 				for _, x := range []*verdict{v, &total} {
 					x.Stale++
@@ -134,6 +179,132 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 		}
 	}
 	return total, per
+}
+
+// duplicateLoads returns the loads that began while another load of the
+// same cache and key was in flight, unless a write could have revoked the
+// first one's lease in between: its invalidation ran between its commit and
+// its return (never, if it did not return), and it concerns the key — or,
+// for the tagged cache, any key of the bucket.
+func duplicateLoads(events []event) []event {
+	type ck struct {
+		cache string
+		key   int // for the tagged cache's writes: -1 - bucket
+	}
+	type span struct{ from, to int64 }
+	returned := map[[3]int64]int64{} // worker, key, version → when the invalidation returned
+	for _, e := range events {
+		if e.T == "i" {
+			returned[[3]int64{int64(e.Worker), int64(e.Key), e.V}] = e.End
+		}
+	}
+	loads := map[ck][]event{}
+	writes := map[ck][]span{}
+	for _, e := range events {
+		switch e.T {
+		case "l":
+			loads[ck{e.Cache, e.Key}] = append(loads[ck{e.Cache, e.Key}], e)
+		case "c":
+			to, ok := returned[[3]int64{int64(e.Worker), int64(e.Key), e.V}]
+			if !ok {
+				to = math.MaxInt64
+			}
+			for _, c := range []ck{{"plain", e.Key}, {"l1", e.Key}, {"swr", e.Key}, {"tagged", -1 - e.Key%buckets}} {
+				writes[c] = append(writes[c], span{e.End, to})
+			}
+		}
+	}
+	var out []event
+	for id, ls := range loads {
+		slices.SortFunc(ls, func(a, b event) int { return cmp.Compare(a.Start, b.Start) })
+		ws := writes[id]
+		if id.cache == "tagged" {
+			ws = writes[ck{"tagged", -1 - id.key%buckets}]
+		}
+		var inFlight int64 // the latest end of the loads begun so far
+		var since int64    // when the load that set it began
+		for _, l := range ls {
+			if l.Start < inFlight && !slices.ContainsFunc(ws, func(w span) bool { return w.from <= l.Start && w.to >= since }) {
+				out = append(out, l)
+			}
+			if l.End > inFlight {
+				inFlight, since = l.End, l.Start
+			}
+		}
+	}
+	return out
+}
+
+// replayedBy returns, for each invalidation that failed ("w"), one that
+// takes effect when the next invalidation of the same worker returned; none
+// for those no later one followed (the worker died, or the run ended: the
+// entries left stale at the end tell).
+func replayedBy(events []event) []event {
+	returned := map[int][]int64{} // by worker: return times, in order
+	for _, e := range events {
+		if e.T == "i" {
+			returned[e.Worker] = append(returned[e.Worker], e.End)
+		}
+	}
+	var out []event
+	for _, e := range events {
+		if e.T != "w" {
+			continue
+		}
+		ts := returned[e.Worker] // events are in End order
+		if i := sort.Search(len(ts), func(i int) bool { return ts[i] > e.End }); i < len(ts) {
+			out = append(out, event{T: "i", Worker: e.Worker, Key: e.Key, End: ts[i], V: e.V})
+		}
+	}
+	return out
+}
+
+// procGrowth is a worker process that lived through the run: its sample
+// after warm-up (the first quarter) and its last.
+type procGrowth struct {
+	id        int
+	warm, end event
+}
+
+// flat: no goroutine leak and no heap growth beyond GC's own swing — at
+// most 16 goroutines more, and twice the heap or 32 MiB more.
+func (p procGrowth) flat() bool {
+	return p.end.Gor <= p.warm.Gor+16 && p.end.Heap <= max(2*p.warm.Heap, p.warm.Heap+32<<20)
+}
+
+func grew(ps []procGrowth) (n int) {
+	for _, p := range ps {
+		if !p.flat() {
+			n++
+		}
+	}
+	return n
+}
+
+// growth returns the workers that lived from the warm-up to the end.
+func growth(events []event) []procGrowth {
+	samples := map[int][]event{}
+	var first, last int64
+	for _, e := range events {
+		if e.T != "m" {
+			continue
+		}
+		samples[e.Worker] = append(samples[e.Worker], e)
+		if first == 0 || e.End < first {
+			first = e.End
+		}
+		last = max(last, e.End)
+	}
+	warm := first + (last-first)/4
+	var out []procGrowth
+	for id, ss := range samples {
+		if ss[0].End < warm && ss[len(ss)-1].End > last-int64(2*time.Second) { // alive from the start to the end
+			i := sort.Search(len(ss), func(i int) bool { return ss[i].End >= warm })
+			out = append(out, procGrowth{id: id, warm: ss[min(i, len(ss)-1)], end: ss[len(ss)-1]})
+		}
+	}
+	slices.SortFunc(out, func(a, b procGrowth) int { return cmp.Compare(a.id, b.id) })
+	return out
 }
 
 // readEvents reads the JSON lines of every worker file; a torn last line

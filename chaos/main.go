@@ -87,9 +87,12 @@ type config struct {
 type result struct {
 	total verdict
 	left  int
+	grew  int // worker processes whose goroutines or heap grew
 }
 
-func (r result) held() bool { return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 }
+func (r result) held() bool {
+	return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 && r.total.Unleased == 0 && r.grew == 0
+}
 
 type run struct {
 	dir, table, dbURL string
@@ -173,7 +176,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	time.Sleep(every / 2) // warm-up: caches fill, L1 leases are taken
 	for i := 0; time.Since(started)+every < dur; i++ {
 		f := faults[i%len(faults)]
-		w := window{Name: f.name, Start: time.Now().UnixNano(), Excused: f.excused}
+		w := window{Name: f.name, Start: time.Now().UnixNano(), Excused: f.excused, Degrades: f.degrades}
 		undo, err := f.do(r)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "chaos: %s: %v\n", f.name, err)
@@ -212,8 +215,9 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 		return result{}, err
 	}
 	total, per := check(events, windows)
-	report(w, dur, readers, writers, keys, total, per, windows, left, events)
-	return result{total: total, left: left}, nil
+	ps := growth(events)
+	report(w, dur, readers, writers, keys, total, per, windows, left, events, ps)
+	return result{total: total, left: left, grew: grew(ps)}, nil
 }
 
 // recovery waits for Redis to answer again after a fault was undone.

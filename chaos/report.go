@@ -12,7 +12,7 @@ import (
 
 // report prints the run's Markdown report: a row per fault window, the
 // workers' goroutines and heap, Redis' recovery after each fault.
-func report(w io.Writer, dur time.Duration, readers, writers, keys int, total verdict, per map[string]*verdict, windows []window, left int, events []event) {
+func report(w io.Writer, dur time.Duration, readers, writers, keys int, total verdict, per map[string]*verdict, windows []window, left int, events []event, ps []procGrowth) {
 	invals, failedWrites := 0, 0
 	for _, e := range events {
 		switch e.T {
@@ -24,7 +24,7 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 	}
 	fmt.Fprintf(w, "# aside chaos run\n\n%v, %d reader and %d writer processes, %d rows in PostgreSQL, %d cores; %d faults.\n\n",
 		dur, readers, writers, keys, runtime.NumCPU(), len(windows))
-	fmt.Fprintf(w, "| window | reads | stale | max staleness | failed | loads | p50 | p99 | p99.9 | behind a commit (no invalidation returned) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| window | reads | stale | max staleness | failed | loads | duplicate loads | p50 | p99 | p99.9 | behind a commit (no invalidation returned) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	names := make([]string, 0, len(per))
 	for n := range per {
 		names = append(names, n)
@@ -32,10 +32,11 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 	sort.Strings(names)
 	for _, n := range names {
 		v := per[n]
-		fmt.Fprintf(w, "| %s | %d | %d%s | %.1f ms | %d | %d | %s |\n", n, v.Reads, v.Stale, tiers(v.StaleByTier), v.MaxStaleMs, v.Failed, v.Loads, latencyCells(v))
+		fmt.Fprintf(w, "| %s | %d | %s | %.1f ms | %d | %d | %d | %s |\n", n, v.Reads, staleCell(v), v.MaxStaleMs, v.Failed, v.Loads, v.Duplicate, latencyCells(v))
 	}
-	fmt.Fprintf(w, "| **total** | %d | %d%s | %.1f ms | %d | %d | %s |\n\n", total.Reads, total.Stale, tiers(total.StaleByTier), total.MaxStaleMs, total.Failed, total.Loads, latencyCells(&total))
-	workerTable(w, events)
+	fmt.Fprintf(w, "| **total** | %d | %s | %.1f ms | %d | %d | %d | %s |\n\n", total.Reads, staleCell(&total), total.MaxStaleMs, total.Failed, total.Loads, total.Duplicate, latencyCells(&total))
+	fmt.Fprintf(w, "Loads at peak: %d in 100 ms.\n\n", total.PeakLoads)
+	workerTable(w, ps)
 	fmt.Fprintf(w, "| fault | times | Redis answering again after it was undone: median | max |\n|---|---|---|---|\n")
 	recoveries := map[string][]int64{}
 	var order []string
@@ -66,11 +67,20 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 			fmt.Fprintf(w, "- %d × %s\n", n, msg)
 		}
 	}
-	if total.Stale > 0 || total.Failed > 0 || left > 0 {
+	fmt.Fprintf(w, "\nDuplicate loads outside the faults that hit Redis itself (stall, restart, eviction, old snapshot): %d.\n", total.Unleased)
+	if total.Stale > 0 || total.Failed > 0 || left > 0 || total.Unleased > 0 || grew(ps) > 0 {
 		fmt.Fprintln(w, "\n**FAILED**: a guarantee the README makes was broken.")
 	} else {
-		fmt.Fprintln(w, "\nEvery guarantee held: no stale read, no failed read, nothing left stale.")
+		fmt.Fprintln(w, "\nEvery guarantee held: no stale read, no failed read, nothing left stale, no load beside a lease, no worker growing.")
 	}
+}
+
+func staleCell(v *verdict) string {
+	s := fmt.Sprintf("%d%s", v.Stale, tiers(v.StaleByTier))
+	if v.Excused > 0 {
+		s += fmt.Sprintf(" + %d excused (Redis lost acknowledged writes)", v.Excused)
+	}
+	return s
 }
 
 func latencyCells(v *verdict) string {
@@ -78,35 +88,13 @@ func latencyCells(v *verdict) string {
 	return fmt.Sprintf("%v | %v | %v | %d, up to %.0f ms", r(v.percentile(0.5)), r(v.percentile(0.99)), r(v.percentile(0.999)), v.BehindCommit, v.MaxBehindMs)
 }
 
-// workerTable shows each worker process that lived through the run: goroutines and
-// heap after the first quarter (warm-up) and at the end.
-func workerTable(w io.Writer, events []event) {
-	samples := map[int][]event{}
-	var first, last int64
-	for _, e := range events {
-		if e.T != "m" {
-			continue
-		}
-		samples[e.Worker] = append(samples[e.Worker], e)
-		if first == 0 || e.End < first {
-			first = e.End
-		}
-		last = max(last, e.End)
-	}
-	warm := first + (last-first)/4
-	var ids []int
-	for id, ss := range samples {
-		if ss[0].End < warm && ss[len(ss)-1].End > last-int64(2*time.Second) { // alive from the start to the end
-			ids = append(ids, id)
-		}
-	}
-	sort.Ints(ids)
-	fmt.Fprintf(w, "| process | goroutines after warm-up → end | heap in use after warm-up → end |\n|---|---|---|\n")
-	for _, id := range ids {
-		ss := samples[id]
-		i := sort.Search(len(ss), func(i int) bool { return ss[i].End >= warm })
-		a, b := ss[min(i, len(ss)-1)], ss[len(ss)-1]
-		fmt.Fprintf(w, "| %d | %d → %d | %.1f → %.1f MiB |\n", id, a.Gor, b.Gor, float64(a.Heap)/(1<<20), float64(b.Heap)/(1<<20))
+// workerTable shows each worker process that lived through the run:
+// goroutines and heap after warm-up and at the end.
+func workerTable(w io.Writer, ps []procGrowth) {
+	fmt.Fprintf(w, "| process | goroutines after warm-up → end | heap in use after warm-up → end | flat |\n|---|---|---|---|\n")
+	for _, p := range ps {
+		fmt.Fprintf(w, "| %d | %d → %d | %.1f → %.1f MiB | %s |\n", p.id, p.warm.Gor, p.end.Gor,
+			float64(p.warm.Heap)/(1<<20), float64(p.end.Heap)/(1<<20), map[bool]string{true: "yes", false: "**no**"}[p.flat()])
 	}
 	fmt.Fprintln(w)
 }

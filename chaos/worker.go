@@ -199,11 +199,11 @@ func runWorker(role string, id int, redisAddr, dbURL, table, out string, keys in
 }
 
 func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r *rand.Rand, zipf *rand.Zipf, k int) {
-	load := func(k int) aside.Loader[row] {
+	load := func(cache string, k int) aside.Loader[row] {
 		return func(ctx context.Context) (row, error) {
 			s := time.Now().UnixNano()
 			v, err := src.load(ctx, k)
-			rec.add(event{T: "l", Worker: id, Key: k, Start: s, End: time.Now().UnixNano()})
+			rec.add(event{T: "l", Worker: id, Cache: cache, Key: k, Start: s, End: time.Now().UnixNano(), Tier: "get"})
 			return v, err
 		}
 	}
@@ -216,16 +216,16 @@ func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r 
 	switch p := r.IntN(10); {
 	case p < 3:
 		name = "plain"
-		v, err = c.plain.Get(octx, key(k), load(k))
+		v, err = c.plain.Get(octx, key(k), load(name, k))
 	case p < 5:
 		name = "tagged"
-		v, err = c.tagged.Get(octx, key(k), load(k), aside.Tags(bucket(k)))
+		v, err = c.tagged.Get(octx, key(k), load(name, k), aside.Tags(bucket(k)))
 	case p < 7:
 		name = "l1"
-		v, err = c.l1.Get(octx, key(k), load(k))
+		v, err = c.l1.Get(octx, key(k), load(name, k))
 	case p < 8:
 		name = "swr"
-		v, err = c.stale.Get(octx, key(k), load(k))
+		v, err = c.stale.Get(octx, key(k), load(name, k))
 	default: // a batch of the plain cache
 		ids := []int{k, int(zipf.Uint64()), int(zipf.Uint64())}
 		byID, err := aside.GetBatch(ctx, c.plain, ids, aside.Batch[int, row]{
@@ -234,7 +234,7 @@ func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r 
 				s := time.Now().UnixNano()
 				m, err := src.loadMany(ctx, ids)
 				for _, id2 := range ids {
-					rec.add(event{T: "l", Worker: id, Key: id2, Start: s, End: time.Now().UnixNano()})
+					rec.add(event{T: "l", Worker: id, Cache: "plain", Key: id2, Start: s, End: time.Now().UnixNano(), Tier: "batch"})
 				}
 				return m, err
 			},
