@@ -17,7 +17,7 @@ type window struct {
 	Start, End int64
 	Recovery   int64 // ns from undoing it until the next successful Redis read (0: not measured)
 	Excused    bool  // Redis lost acknowledged writes: stale reads in it are what no cache could prevent
-	Degrades   bool  // Redis itself failed: leases may be lost or refused, so loads may overlap
+	MayOverlap bool  // Redis failed, or a lease holder died or paused: loads may overlap
 }
 
 // verdict is what the checker found in one span of time.
@@ -32,7 +32,8 @@ type verdict struct {
 	// one 100 ms (the source's load at peak).
 	Duplicate, PeakLoads int
 	// Unleased counts the duplicate loads outside every window in which
-	// Redis itself failed: each one is a lease that did not hold.
+	// Redis failed or a lease holder died or paused: each is a lease that
+	// did not hold.
 	Unleased int
 	// Excused counts stale reads that began in a window where Redis itself
 	// lost acknowledged writes (restored from an older snapshot).
@@ -98,7 +99,7 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 			if t >= w.Start && t <= w.End {
 				name = w.Name
 				in.Excused = in.Excused || w.Excused
-				in.Degrades = in.Degrades || w.Degrades
+				in.MayOverlap = in.MayOverlap || w.MayOverlap
 			}
 		}
 		if per[name] == nil {
@@ -111,7 +112,7 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 		v, in := at(e.Start)
 		v.Duplicate++
 		total.Duplicate++
-		if !in.Degrades {
+		if !in.MayOverlap {
 			v.Unleased++
 			total.Unleased++
 		}

@@ -31,3 +31,48 @@ func TestCheckerFindsStaleReads(t *testing.T) {
 		t.Errorf("max staleness = %v ms", total.MaxStaleMs)
 	}
 }
+
+// TestCheckerFailedInvalidations: an invalidation that failed counts from
+// the return of the same worker's next one (a Store's invalidations take
+// effect in order), and a stale read in an excusing window is counted apart.
+func TestCheckerFailedInvalidations(t *testing.T) {
+	events := []event{
+		{T: "w", Worker: 7, Key: 1, End: 100, V: 2},               // failed: queued
+		{T: "r", Key: 1, Start: 150, End: 160, V: 1},              // before the next return: allowed
+		{T: "i", Worker: 8, Key: 9, End: 190, V: 5},               // another worker's: says nothing
+		{T: "r", Key: 1, Start: 195, End: 196, V: 1},              // allowed still
+		{T: "i", Worker: 7, Key: 3, End: 200, V: 4},               // worker 7's next one returned
+		{T: "r", Key: 1, Start: 210, End: 220, V: 1, Tier: "hit"}, // stale
+		{T: "r", Key: 1, Start: 310, End: 320, V: 1, Tier: "hit"}, // stale, but Redis lost writes here
+	}
+	total, _ := check(events, []window{{Name: "old snapshot", Start: 300, End: 400, Excused: true}})
+	if total.Stale != 1 || total.Excused != 1 {
+		t.Fatalf("stale %d, excused %d; want 1 and 1", total.Stale, total.Excused)
+	}
+}
+
+// TestCheckerDuplicateLoads: two loads of one key of one cache in flight at
+// once are a duplicate unless a write of the key (of its bucket, for the
+// tagged cache) may have revoked the first one's lease between their starts
+// — from its commit until its invalidation returned — and outside windows
+// where Redis itself failed they break the run.
+func TestCheckerDuplicateLoads(t *testing.T) {
+	events := []event{
+		{T: "l", Cache: "plain", Key: 1, Start: 100, End: 200},
+		{T: "l", Cache: "plain", Key: 1, Start: 150, End: 160}, // duplicate
+		{T: "l", Cache: "l1", Key: 1, Start: 150, End: 160},    // another cache
+		{T: "c", Worker: 3, Key: 2, End: 300, V: 2},            // a write of key 2, returned at 320
+		{T: "i", Worker: 3, Key: 2, End: 320, V: 2},
+		{T: "l", Cache: "plain", Key: 2, Start: 290, End: 400},
+		{T: "l", Cache: "plain", Key: 2, Start: 310, End: 320},                // after the commit: the lease may be revoked
+		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 100, End: 400},     // same bucket as key 2
+		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 150, End: 160},     // before the write: duplicate
+		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 330, End: 340},     // after it: the bucket's tag changed
+		{T: "l", Cache: "tagged", Key: 3 + 2*buckets, Start: 5000, End: 5100}, // another bucket
+		{T: "l", Cache: "tagged", Key: 3 + 2*buckets, Start: 5050, End: 5060}, // duplicate, in a window where Redis failed
+	}
+	total, _ := check(events, []window{{Name: "stall", Start: 5000, End: 6000, MayOverlap: true}})
+	if total.Duplicate != 3 || total.Unleased != 2 {
+		t.Fatalf("duplicates %d (want 3), outside Redis faults %d (want 2)", total.Duplicate, total.Unleased)
+	}
+}

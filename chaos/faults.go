@@ -23,14 +23,15 @@ type fault struct {
 	// in the window are reported as what no cache over this Redis could
 	// prevent, not as a broken guarantee.
 	excused bool
-	// degrades: Redis itself fails, so loads may overlap (degraded loads
-	// are per process; leases are lost with Redis' data or evicted).
-	degrades bool
+	// mayOverlap: loads of one key may overlap — Redis itself fails
+	// (degraded loads are per process; leases are lost with Redis' data or
+	// evicted), or a lease holder dies or pauses (its waiters' budget ends).
+	mayOverlap bool
 }
 
 // faults is every kind, in the order a run injects them (round robin).
 var faults = []fault{
-	{id: "kill-reader", name: "SIGKILL a reader (loads in flight)", do: func(r *run) (func(), error) {
+	{id: "kill-reader", mayOverlap: true, name: "SIGKILL a reader (loads in flight)", do: func(r *run) (func(), error) {
 		p := r.anyAlive("reader")
 		if p == nil {
 			return nil, nil
@@ -39,7 +40,7 @@ var faults = []fault{
 		_, _ = p.cmd.Process.Wait()
 		return func() { _, _ = r.spawn("reader") }, nil
 	}},
-	{id: "stop-reader", name: "SIGSTOP a reader past its L1 lease", do: func(r *run) (func(), error) {
+	{id: "stop-reader", mayOverlap: true, name: "SIGSTOP a reader past its L1 lease", do: func(r *run) (func(), error) {
 		p := r.anyAlive("reader")
 		if p == nil {
 			return nil, nil
@@ -48,12 +49,12 @@ var faults = []fault{
 		time.Sleep(1500 * time.Millisecond)
 		return func() { _ = p.cmd.Process.Signal(syscall.SIGCONT) }, nil
 	}},
-	{id: "stall", degrades: true, name: "Redis stalled (SIGSTOP 1 s)", do: func(r *run) (func(), error) {
+	{id: "stall", mayOverlap: true, name: "Redis stalled (SIGSTOP 1 s)", do: func(r *run) (func(), error) {
 		r.redis.signal(syscall.SIGSTOP)
 		time.Sleep(time.Second)
 		return func() { r.redis.signal(syscall.SIGCONT) }, nil
 	}},
-	{id: "restart", degrades: true, name: "Redis killed, restarted empty", do: func(r *run) (func(), error) {
+	{id: "restart", mayOverlap: true, name: "Redis killed, restarted empty", do: func(r *run) (func(), error) {
 		r.redis.kill()
 		time.Sleep(300 * time.Millisecond)
 		return func() { r.restartRedis("") }, nil
@@ -72,7 +73,7 @@ var faults = []fault{
 		_, _ = p.cmd.Process.Wait()
 		return func() { _, _ = r.spawn("writer") }, nil
 	}},
-	{id: "evict", degrades: true, name: "memory pressure: maxmemory at half the data, allkeys-lru, 2 s", do: func(r *run) (func(), error) {
+	{id: "evict", mayOverlap: true, name: "memory pressure: maxmemory at half the data, allkeys-lru, 2 s", do: func(r *run) (func(), error) {
 		ctx := context.Background()
 		info, err := r.admin.InfoMap(ctx, "memory").Result()
 		if err != nil {
@@ -90,7 +91,7 @@ var faults = []fault{
 		time.Sleep(2 * time.Second)
 		return func() { _ = r.admin.ConfigSet(ctx, "maxmemory", "0").Err() }, nil
 	}},
-	{id: "old-snapshot", degrades: true, name: "Redis restarted from a snapshot 1.5 s old", excused: true,
+	{id: "old-snapshot", mayOverlap: true, name: "Redis restarted from a snapshot 1.5 s old", excused: true,
 		// Until every restored entry has expired: TTL 3 s + 1 s jitter + the
 		// stale window's 5 s, and an L1 entry filled from one just before.
 		after: 10 * time.Second,

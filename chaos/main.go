@@ -41,15 +41,18 @@ func main() {
 	dbURL := flag.String("db", envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"), "PostgreSQL URL")
 	broken := flag.Bool("broken", false, "writers skip invalidating the plain cache: the checker must fail")
 	faultIDs := flag.String("faults", "all", "the faults to inject, comma-separated ids: "+faultIDList())
+	loadWork := flag.Duration("load-work", 0, "time each load spends after its query (more work per load: longer races with writers)")
 	flag.Parse()
+	cfg := config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken,
+		faults: *faultIDs, loadWork: *loadWork}
 	if *role != "" {
-		if err := runWorker(*role, *id, *redisAddr, *dbURL, *table, *out, *keys, *broken); err != nil {
+		if err := runWorker(*role, *id, *redisAddr, *table, *out, cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "chaos worker:", err)
 			os.Exit(1)
 		}
 		return
 	}
-	res, err := orchestrate(config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken, faults: *faultIDs}, os.Stdout)
+	res, err := orchestrate(cfg, os.Stdout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		os.Exit(2)
@@ -80,7 +83,8 @@ type config struct {
 	readers, writers, keys int
 	dbURL                  string
 	broken                 bool
-	faults                 string // fault ids, comma-separated; "" is all
+	faults                 string        // fault ids, comma-separated; "" is all
+	loadWork               time.Duration // each load's time after its query
 }
 
 // result is what the checker found.
@@ -95,21 +99,21 @@ func (r result) held() bool {
 }
 
 type run struct {
-	dir, table, dbURL string
-	keys              int
-	broken            bool
-	redis             *redisServer
-	admin             *redis.Client // the orchestrator's own connection to the run's Redis
-	self              string
-	procs             []*proc
-	next              int
+	dir, table string
+	cfg        config
+	redis      *redisServer
+	admin      *redis.Client // the orchestrator's own connection to the run's Redis
+	self       string
+	procs      []*proc
+	next       int
 }
 
 func (r *run) spawn(role string) (*proc, error) {
 	r.next++
 	p := &proc{role: role, id: r.next, out: filepath.Join(r.dir, fmt.Sprintf("%s-%d.jsonl", role, r.next))}
-	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", r.redis.addr(), "-db", r.dbURL,
-		"-table", r.table, "-out", p.out, "-keys", strconv.Itoa(r.keys), "-broken="+strconv.FormatBool(r.broken))
+	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", r.redis.addr(), "-db", r.cfg.dbURL,
+		"-table", r.table, "-out", p.out, "-keys", strconv.Itoa(r.cfg.keys), "-broken="+strconv.FormatBool(r.cfg.broken),
+		"-load-work", r.cfg.loadWork.String())
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
@@ -134,7 +138,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 		return result{}, err
 	}
 	defer os.RemoveAll(dir)
-	r := &run{dir: dir, table: fmt.Sprintf("chaos_rows_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6), dbURL: dbURL, keys: keys, self: self, broken: cfg.broken}
+	r := &run{dir: dir, table: fmt.Sprintf("chaos_rows_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6), cfg: cfg, self: self}
 	src, err := openSource(ctx, dbURL, r.table)
 	if err != nil {
 		return result{}, fmt.Errorf("no PostgreSQL at %s (-db, or DATABASE_URL): %w", dbURL, err)
@@ -176,7 +180,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	time.Sleep(every / 2) // warm-up: caches fill, L1 leases are taken
 	for i := 0; time.Since(started)+every < dur; i++ {
 		f := faults[i%len(faults)]
-		w := window{Name: f.name, Start: time.Now().UnixNano(), Excused: f.excused, Degrades: f.degrades}
+		w := window{Name: f.name, Start: time.Now().UnixNano(), Excused: f.excused, MayOverlap: f.mayOverlap}
 		undo, err := f.do(r)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "chaos: %s: %v\n", f.name, err)
@@ -245,7 +249,7 @@ func leftStale(ctx context.Context, r *run, src *source) (int, error) {
 		return 0, err
 	}
 	left := 0
-	for id := range r.keys {
+	for id := range r.cfg.keys {
 		for _, peek := range []func() (row, error){
 			func() (row, error) { return c.plain.Peek(ctx, key(id)) },
 			func() (row, error) { return c.tagged.Peek(ctx, key(id), aside.Tags(bucket(id))) },

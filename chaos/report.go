@@ -67,7 +67,7 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 			fmt.Fprintf(w, "- %d × %s\n", n, msg)
 		}
 	}
-	fmt.Fprintf(w, "\nDuplicate loads outside the faults that hit Redis itself (stall, restart, eviction, old snapshot): %d.\n", total.Unleased)
+	fmt.Fprintf(w, "\nDuplicate loads outside the faults that lose leases (Redis stalled, restarted or evicting, a lease holder killed or paused): %d.\n", total.Unleased)
 	if total.Stale > 0 || total.Failed > 0 || left > 0 || total.Unleased > 0 || grew(ps) > 0 {
 		fmt.Fprintln(w, "\n**FAILED**: a guarantee the README makes was broken.")
 	} else {

@@ -132,10 +132,11 @@ func openCaches(redisAddr string) (*caches, error) {
 }
 
 // runWorker reads (role "reader") or writes (role "writer") until SIGTERM.
-func runWorker(role string, id int, redisAddr, dbURL, table, out string, keys int, broken bool) error {
+func runWorker(role string, id int, redisAddr, table, out string, cfg config) error {
+	keys := cfg.keys
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	src, err := openSource(ctx, dbURL, table)
+	src, err := openSource(ctx, cfg.dbURL, table)
 	if err != nil {
 		return err
 	}
@@ -186,11 +187,11 @@ func runWorker(role string, id int, redisAddr, dbURL, table, out string, keys in
 			for ctx.Err() == nil {
 				k := int(zipf.Uint64())
 				if role == "writer" {
-					write(ctx, c, src, rec, id, k, broken, &hang)
+					write(ctx, c, src, rec, id, k, cfg.broken, &hang)
 					time.Sleep(time.Duration(2+r.IntN(8)) * time.Millisecond)
 					continue
 				}
-				read(ctx, c, src, rec, id, r, zipf, k)
+				read(ctx, c, src, rec, id, r, zipf, k, cfg.loadWork)
 			}
 		}()
 	}
@@ -198,11 +199,12 @@ func runWorker(role string, id int, redisAddr, dbURL, table, out string, keys in
 	return nil
 }
 
-func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r *rand.Rand, zipf *rand.Zipf, k int) {
+func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r *rand.Rand, zipf *rand.Zipf, k int, work time.Duration) {
 	load := func(cache string, k int) aside.Loader[row] {
 		return func(ctx context.Context) (row, error) {
 			s := time.Now().UnixNano()
 			v, err := src.load(ctx, k)
+			time.Sleep(work)
 			rec.add(event{T: "l", Worker: id, Cache: cache, Key: k, Start: s, End: time.Now().UnixNano(), Tier: "get"})
 			return v, err
 		}
@@ -233,6 +235,7 @@ func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r 
 			Load: func(ctx context.Context, ids []int) (map[int]row, error) {
 				s := time.Now().UnixNano()
 				m, err := src.loadMany(ctx, ids)
+				time.Sleep(work)
 				for _, id2 := range ids {
 					rec.add(event{T: "l", Worker: id, Cache: "plain", Key: id2, Start: s, End: time.Now().UnixNano(), Tier: "batch"})
 				}

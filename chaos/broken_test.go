@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// breakage is one protection taken out of a copy of the library.
+type breakage struct {
+	name, file, old, new string
+	faults               string // the faults that expose it
+}
+
+var breakages = []breakage{
+	{"leases off: a fill ignores a revoked lease", "store.go",
+		"now: o.clock, realClock: realClock}", "now: o.clock, realClock: realClock, hooks: &testHooks{UnconditionalFill: true}}", "kill-writer"},
+	{"replay queue dropped", "replay.go",
+		"func (q *replayQueue) add(ops []pendingOp) {", "func (q *replayQueue) add(ops []pendingOp) {\n\tops = nil", "stall"},
+	{"strict L1 off", "bus.go", "strict: !relaxed,", "strict: false,", "stop-reader,pubsub"},
+}
+
+// TestBrokenLibraryFailsTheRun builds this command against copies of the
+// library with one protection taken out each — leases, the replay queue,
+// strict L1 — and runs it: the checker must fail every one (exit 1). A
+// breakage shows in a race, so each gets a second run before the test
+// says the checker missed it. Needs redis-server and PostgreSQL.
+func TestBrokenLibraryFailsTheRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs processes for a minute")
+	}
+	needServices(t)
+	for _, b := range breakages {
+		t.Run(b.name, func(t *testing.T) {
+			bin := buildBroken(t, b)
+			for try := 1; ; try++ {
+				var out bytes.Buffer
+				cmd := exec.Command(bin, "-d", "15s", "-every", "2s", "-workers", "3", "-writers", "1", "-keys", "20",
+					"-load-work", "3ms", "-faults", b.faults)
+				cmd.Stdout, cmd.Stderr = &out, os.Stderr
+				err := cmd.Run()
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) && err != nil {
+					t.Fatal(err)
+				}
+				for _, line := range strings.Split(out.String(), "\n") {
+					if strings.HasPrefix(line, "| **total**") {
+						t.Logf("run %d: %s", try, line)
+					}
+				}
+				switch {
+				case err == nil && try == 2:
+					t.Fatalf("every guarantee held twice with %q: the checker misses it", b.name)
+				case err == nil:
+					continue
+				case exit.ExitCode() != 1:
+					t.Fatalf("the run itself failed (exit %d):\n%s", exit.ExitCode(), out.String())
+				}
+				return // exit 1: a guarantee broke, as it must
+			}
+		})
+	}
+}
+
+// buildBroken copies the library and this command to a temporary directory,
+// makes b's change (which must match exactly once) and builds the command.
+func buildBroken(t *testing.T, b breakage) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "chaos"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, pattern := range []string{"../*.go", "../go.mod", "../go.sum", "*.go", "go.mod", "go.sum"} {
+		files, _ := filepath.Glob(pattern)
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			to := filepath.Join(dir, "chaos", f) // "../x.go" lands in dir
+			if filepath.Base(f) == b.file && strings.HasPrefix(f, "..") {
+				if strings.Count(string(data), b.old) != 1 {
+					t.Fatalf("%s: the change's text %q is not there once: update the breakage", b.file, b.old)
+				}
+				data = []byte(strings.Replace(string(data), b.old, b.new, 1))
+			}
+			if err := os.WriteFile(to, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	bin := filepath.Join(dir, "chaos-broken")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = filepath.Join(dir, "chaos")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build with %q: %v\n%s", b.name, err, out)
+	}
+	return bin
+}
