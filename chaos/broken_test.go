@@ -33,14 +33,14 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs processes for a minute")
 	}
-	needServices(t)
+	db := needServices(t)
 	for _, b := range breakages {
 		t.Run(b.name, func(t *testing.T) {
 			bin := buildBroken(t, b)
 			for try := 1; ; try++ {
 				var out bytes.Buffer
 				cmd := exec.Command(bin, "-d", "15s", "-every", "2s", "-workers", "3", "-writers", "1", "-keys", "20",
-					"-load-work", "3ms", "-faults", b.faults)
+					"-load-work", "3ms", "-faults", b.faults, "-db", db)
 				cmd.Stdout, cmd.Stderr = &out, os.Stderr
 				err := cmd.Run()
 				var exit *exec.ExitError

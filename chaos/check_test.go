@@ -1,6 +1,12 @@
 package main
 
-import "testing"
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/asidecache/aside"
+)
 
 // TestCheckerFindsStaleReads: the checker counts a read as stale only when
 // it began after an invalidation of its key had returned and got an older
@@ -74,5 +80,36 @@ func TestCheckerDuplicateLoads(t *testing.T) {
 	total, _ := check(events, []window{{Name: "stall", Start: 5000, End: 6000, MayOverlap: true}})
 	if total.Duplicate != 3 || total.Unleased != 2 {
 		t.Fatalf("duplicates %d (want 3), outside Redis faults %d (want 2)", total.Duplicate, total.Unleased)
+	}
+}
+
+// TestMemoryTable: -db memory's table answers loads, batches and bumps as
+// the PostgreSQL one does — a missing row is not found, a bump is atomic.
+func TestMemoryTable(t *testing.T) {
+	table, addr, err := serveMemTable(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer table.close()
+	ctx := context.Background()
+	src, _ := openSource(ctx, addr, "")
+	defer src.close()
+	if v, err := src.bump(ctx, 1); err != nil || v != 2 {
+		t.Fatalf("bump = %d, %v; want 2", v, err)
+	}
+	if _, err := src.bump(ctx, 7); err == nil {
+		t.Error("bump of a missing row succeeded")
+	}
+	if r, err := src.load(ctx, 1); err != nil || r.Version != 2 {
+		t.Errorf("load = %+v, %v", r, err)
+	}
+	if _, err := src.load(ctx, 9); !errors.Is(err, aside.ErrNotFound) {
+		t.Errorf("load of a missing row: %v, want ErrNotFound", err)
+	}
+	if m, err := src.loadMany(ctx, []int{0, 1, 9}); err != nil || len(m) != 2 || m[1].Version != 2 {
+		t.Errorf("loadMany = %v, %v", m, err)
+	}
+	if vs, err := src.versions(ctx); err != nil || len(vs) != 3 || vs[1] != 2 || vs[0] != 1 {
+		t.Errorf("versions = %v, %v", vs, err)
 	}
 }

@@ -38,7 +38,7 @@ func main() {
 	writers := flag.Int("writers", 2, "writer processes")
 	keys := flag.Int("keys", 500, "rows in the source")
 	every := flag.Duration("every", 4*time.Second, "time between faults")
-	dbURL := flag.String("db", envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"), "PostgreSQL URL")
+	dbURL := flag.String("db", envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"), `the source of truth: a PostgreSQL URL, or "memory" (a table in this process)`)
 	broken := flag.Bool("broken", false, "writers skip invalidating the plain cache: the checker must fail")
 	faultIDs := flag.String("faults", "all", "the faults to inject, comma-separated ids: "+faultIDList())
 	loadWork := flag.Duration("load-work", 0, "time each load spends after its query (more work per load: longer races with writers)")
@@ -139,11 +139,19 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	}
 	defer os.RemoveAll(dir)
 	r := &run{dir: dir, table: fmt.Sprintf("chaos_rows_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6), cfg: cfg, self: self}
-	src, err := openSource(ctx, dbURL, r.table)
-	if err != nil {
-		return result{}, fmt.Errorf("no PostgreSQL at %s (-db, or DATABASE_URL): %w", dbURL, err)
+	if dbURL == "memory" {
+		table, addr, err := serveMemTable(keys)
+		if err != nil {
+			return result{}, err
+		}
+		defer table.close()
+		r.cfg.dbURL = addr // the workers' -db
 	}
-	defer src.pool.Close()
+	src, err := openSource(ctx, r.cfg.dbURL, r.table)
+	if err != nil {
+		return result{}, fmt.Errorf("no PostgreSQL at %s (-db URL, or DATABASE_URL; -db memory keeps the table in this process): %w", dbURL, err)
+	}
+	defer src.close()
 	if err := src.create(ctx, keys); err != nil {
 		return result{}, err
 	}
@@ -220,7 +228,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	}
 	total, per := check(events, windows)
 	ps := growth(events)
-	report(w, dur, readers, writers, keys, total, per, windows, left, events, ps)
+	report(w, cfg, total, per, windows, left, events, ps)
 	return result{total: total, left: left, grew: grew(ps)}, nil
 }
 
@@ -238,7 +246,7 @@ func recovery(ctx context.Context, admin *redis.Client) int64 {
 
 // leftStale peeks every key of every cache through a fresh Store after the
 // run and counts entries older than the source: what a fault left behind.
-func leftStale(ctx context.Context, r *run, src *source) (int, error) {
+func leftStale(ctx context.Context, r *run, src source) (int, error) {
 	c, err := openCaches(r.redis.addr())
 	if err != nil {
 		return 0, err

@@ -12,7 +12,7 @@ import (
 
 // report prints the run's Markdown report: a row per fault window, the
 // workers' goroutines and heap, Redis' recovery after each fault.
-func report(w io.Writer, dur time.Duration, readers, writers, keys int, total verdict, per map[string]*verdict, windows []window, left int, events []event, ps []procGrowth) {
+func report(w io.Writer, cfg config, total verdict, per map[string]*verdict, windows []window, left int, events []event, ps []procGrowth) {
 	invals, failedWrites := 0, 0
 	for _, e := range events {
 		switch e.T {
@@ -22,8 +22,12 @@ func report(w io.Writer, dur time.Duration, readers, writers, keys int, total ve
 			failedWrites++
 		}
 	}
-	fmt.Fprintf(w, "# aside chaos run\n\n%v, %d reader and %d writer processes, %d rows in PostgreSQL, %d cores; %d faults.\n\n",
-		dur, readers, writers, keys, runtime.NumCPU(), len(windows))
+	where := "PostgreSQL"
+	if cfg.dbURL == "memory" {
+		where = "memory"
+	}
+	fmt.Fprintf(w, "# aside chaos run\n\n%v, %d reader and %d writer processes, %d rows in %s, %d cores; %d faults.\n\n",
+		cfg.dur, cfg.readers, cfg.writers, cfg.keys, where, runtime.NumCPU(), len(windows))
 	fmt.Fprintf(w, "| window | reads | stale | max staleness | failed | loads | duplicate loads | p50 | p99 | p99.9 | behind a commit (no invalidation returned) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	names := make([]string, 0, len(per))
 	for n := range per {

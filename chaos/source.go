@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,13 +21,34 @@ type row struct {
 	Version int64
 }
 
-// source is the versioned table of the run, in PostgreSQL.
-type source struct {
+// source is the versioned table of the run: the source of truth that
+// loaders query and writers update.
+type source interface {
+	load(ctx context.Context, id int) (row, error)
+	loadMany(ctx context.Context, ids []int) (map[int]row, error)
+	bump(ctx context.Context, id int) (int64, error) // commits a new version of id and returns it
+	versions(ctx context.Context) (map[int]int64, error)
+	create(ctx context.Context, keys int) error // the table, keys rows at version 1
+	drop(ctx context.Context) error
+	close()
+}
+
+// openSource opens the run's table: in PostgreSQL for a postgres:// URL,
+// or in the orchestrator's memory (-db memory) for its http:// address.
+func openSource(ctx context.Context, url, table string) (source, error) {
+	if strings.HasPrefix(url, "http://") {
+		return &memSource{base: url, client: &http.Client{Timeout: 5 * time.Second}}, nil
+	}
+	return openPostgres(ctx, url, table)
+}
+
+// pgSource is the table in PostgreSQL.
+type pgSource struct {
 	pool  *pgxpool.Pool
 	table string
 }
 
-func openSource(ctx context.Context, url, table string) (*source, error) {
+func openPostgres(ctx context.Context, url, table string) (*pgSource, error) {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	pool, err := pgxpool.New(cctx, url)
@@ -36,24 +59,26 @@ func openSource(ctx context.Context, url, table string) (*source, error) {
 		pool.Close()
 		return nil, err
 	}
-	return &source{pool: pool, table: pgx.Identifier{table}.Sanitize()}, nil
+	return &pgSource{pool: pool, table: pgx.Identifier{table}.Sanitize()}, nil
 }
 
 // create makes the table with keys rows at version 1.
-func (s *source) create(ctx context.Context, keys int) error {
+func (s *pgSource) create(ctx context.Context, keys int) error {
 	_, err := s.pool.Exec(ctx, fmt.Sprintf(`DROP TABLE IF EXISTS %[1]s;
 		CREATE TABLE %[1]s (id integer PRIMARY KEY, version bigint NOT NULL);
 		INSERT INTO %[1]s SELECT g, 1 FROM generate_series(0, %[2]d) g`, s.table, keys-1))
 	return err
 }
 
-func (s *source) drop(ctx context.Context) error {
+func (s *pgSource) close() { s.pool.Close() }
+
+func (s *pgSource) drop(ctx context.Context) error {
 	_, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+s.table)
 	return err
 }
 
 // load is a loader's query.
-func (s *source) load(ctx context.Context, id int) (row, error) {
+func (s *pgSource) load(ctx context.Context, id int) (row, error) {
 	r := row{ID: id}
 	err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT version FROM %s WHERE id = $1`, s.table), id).Scan(&r.Version)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -62,7 +87,7 @@ func (s *source) load(ctx context.Context, id int) (row, error) {
 	return r, err
 }
 
-func (s *source) loadMany(ctx context.Context, ids []int) (map[int]row, error) {
+func (s *pgSource) loadMany(ctx context.Context, ids []int) (map[int]row, error) {
 	rows, err := s.pool.Query(ctx, fmt.Sprintf(`SELECT id, version FROM %s WHERE id = ANY($1)`, s.table), ids)
 	if err != nil {
 		return nil, err
@@ -76,7 +101,7 @@ func (s *source) loadMany(ctx context.Context, ids []int) (map[int]row, error) {
 }
 
 // bump commits a new version of id and returns it.
-func (s *source) bump(ctx context.Context, id int) (int64, error) {
+func (s *pgSource) bump(ctx context.Context, id int) (int64, error) {
 	var v int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, fmt.Sprintf(`UPDATE %s SET version = version + 1 WHERE id = $1 RETURNING version`, s.table), id).Scan(&v)
@@ -84,7 +109,7 @@ func (s *source) bump(ctx context.Context, id int) (int64, error) {
 	return v, err
 }
 
-func (s *source) versions(ctx context.Context) (map[int]int64, error) {
+func (s *pgSource) versions(ctx context.Context) (map[int]int64, error) {
 	rows, err := s.pool.Query(ctx, fmt.Sprintf(`SELECT id, version FROM %s`, s.table))
 	if err != nil {
 		return nil, err

@@ -140,7 +140,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	if err != nil {
 		return err
 	}
-	defer src.pool.Close()
+	defer src.close()
 	rec, err := newRecorder(out)
 	if err != nil {
 		return err
@@ -199,7 +199,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	return nil
 }
 
-func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r *rand.Rand, zipf *rand.Zipf, k int, work time.Duration) {
+func read(ctx context.Context, c *caches, src source, rec *recorder, id int, r *rand.Rand, zipf *rand.Zipf, k int, work time.Duration) {
 	load := func(cache string, k int) aside.Loader[row] {
 		return func(ctx context.Context) (row, error) {
 			s := time.Now().UnixNano()
@@ -267,7 +267,7 @@ func read(ctx context.Context, c *caches, src *source, rec *recorder, id int, r 
 // write commits a new version of k, then invalidates it the way the README
 // recommends, and records the invalidation only once Write has returned
 // without error: the guarantee is about invalidations that returned.
-func write(ctx context.Context, c *caches, src *source, rec *recorder, id, k int, broken bool, hang *atomic.Bool) {
+func write(ctx context.Context, c *caches, src source, rec *recorder, id, k int, broken bool, hang *atomic.Bool) {
 	var v int64
 	changes := []aside.Change{c.plain.Changed(key(k)), c.l1.Changed(key(k)), c.stale.Changed(key(k)), c.store.TagsChanged(bucket(k))}
 	if broken { // the checker's own test: a write that forgets one cache
