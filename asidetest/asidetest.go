@@ -131,15 +131,26 @@ type Proxy struct {
 // the test ends.
 func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := ListenProxy(target)
 	if err != nil {
 		t.Fatalf("asidetest: %v", err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// ListenProxy is NewProxy for a program rather than a test (a soak or chaos
+// run): it listens on a free loopback port and forwards to target until
+// Close.
+func ListenProxy(target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
 	}
 	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
 	p.wg.Add(1)
 	go p.serve()
-	t.Cleanup(p.Close)
-	return p
+	return p, nil
 }
 
 // Addr is the proxy's address: give it to the client instead of the

@@ -15,7 +15,8 @@ import (
 type window struct {
 	Name       string
 	Start, End int64
-	Recovery   int64 // ns from undoing it until the next successful Redis read (0: not measured)
+	Undone     int64 // when it was undone
+	Recovery   int64 // ns from the undo until every worker had a read answered through Redis again
 	Excused    bool  // Redis lost acknowledged writes: stale reads in it are what no cache could prevent
 	MayOverlap bool  // Redis failed, or a lease holder died or paused: loads may overlap
 }
@@ -180,6 +181,34 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 		}
 	}
 	return total, per
+}
+
+// recoveries sets each window's Recovery: from the undo until the last
+// worker that was reading before it had a read answered through Redis
+// again (its breaker closed, its replay queue drained) — not degraded to
+// its loader.
+func recoveries(events []event, windows []window) {
+	reads := map[int][]event{} // by worker, in End order
+	for _, e := range events {
+		if e.T == "r" && e.Tier != "" && e.Tier != "batch" {
+			reads[e.Worker] = append(reads[e.Worker], e)
+		}
+	}
+	for i := range windows {
+		w := &windows[i]
+		for _, rs := range reads {
+			j := sort.Search(len(rs), func(j int) bool { return rs[j].End >= w.Undone })
+			if j == 0 {
+				continue // a worker started since: it has nothing to recover from
+			}
+			for ; j < len(rs); j++ {
+				if rs[j].Start >= w.Undone && rs[j].Tier != "degraded" && rs[j].Tier != "none" {
+					w.Recovery = max(w.Recovery, rs[j].End-w.Undone)
+					break
+				}
+			}
+		}
+	}
 }
 
 // duplicateLoads returns the loads that began while another load of the

@@ -113,3 +113,22 @@ func TestMemoryTable(t *testing.T) {
 		t.Errorf("versions = %v, %v", vs, err)
 	}
 }
+
+// TestCheckerRecovery: a fault's recovery ends when the last worker that
+// was reading before the undo has a read answered through Redis; degraded
+// reads do not count, nor does a worker started since.
+func TestCheckerRecovery(t *testing.T) {
+	events := []event{
+		{T: "r", Worker: 1, Start: 10, End: 20, Tier: "hit"},
+		{T: "r", Worker: 2, Start: 10, End: 20, Tier: "degraded"},
+		{T: "r", Worker: 1, Start: 101, End: 105, Tier: "l1_hit"},   // worker 1: 5 after the undo at 100
+		{T: "r", Worker: 2, Start: 101, End: 110, Tier: "degraded"}, // not through Redis
+		{T: "r", Worker: 2, Start: 111, End: 130, Tier: "loaded"},   // worker 2: 30
+		{T: "r", Worker: 3, Start: 500, End: 900, Tier: "hit"},      // started since
+	}
+	ws := []window{{Undone: 100}}
+	recoveries(events, ws)
+	if ws[0].Recovery != 30 {
+		t.Errorf("recovery = %d, want 30", ws[0].Recovery)
+	}
+}

@@ -73,6 +73,16 @@ var faults = []fault{
 		_, _ = p.cmd.Process.Wait()
 		return func() { _, _ = r.spawn("writer") }, nil
 	}},
+	{id: "latency", mayOverlap: true, name: "60 ms latency on odd-numbered workers' Redis connections, 2 s", do: func(r *run) (func(), error) {
+		r.proxy.SetLatency(60 * time.Millisecond)
+		time.Sleep(2 * time.Second)
+		return func() { r.proxy.SetLatency(0) }, nil
+	}},
+	{id: "blackhole", mayOverlap: true, name: "black hole: odd-numbered workers' Redis traffic swallowed, 2 s", do: func(r *run) (func(), error) {
+		r.proxy.SetBlackhole(true)
+		time.Sleep(2 * time.Second)
+		return func() { r.proxy.SetBlackhole(false) }, nil
+	}},
 	{id: "evict", mayOverlap: true, name: "memory pressure: maxmemory at half the data, allkeys-lru, 2 s", do: func(r *run) (func(), error) {
 		ctx := context.Background()
 		info, err := r.admin.InfoMap(ctx, "memory").Result()

@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/asidecache/aside"
+	"github.com/asidecache/aside/asidetest"
 )
 
 func main() {
@@ -41,10 +42,11 @@ func main() {
 	dbURL := flag.String("db", envOr("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"), `the source of truth: a PostgreSQL URL, or "memory" (a table in this process)`)
 	broken := flag.Bool("broken", false, "writers skip invalidating the plain cache: the checker must fail")
 	faultIDs := flag.String("faults", "all", "the faults to inject, comma-separated ids: "+faultIDList())
+	keep := flag.Bool("keep", false, "keep the run's directory: the workers' records (JSON lines) and Redis' log")
 	loadWork := flag.Duration("load-work", 0, "time each load spends after its query (more work per load: longer races with writers)")
 	flag.Parse()
 	cfg := config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken,
-		faults: *faultIDs, loadWork: *loadWork}
+		faults: *faultIDs, loadWork: *loadWork, keep: *keep}
 	if *role != "" {
 		if err := runWorker(*role, *id, *redisAddr, *table, *out, cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "chaos worker:", err)
@@ -85,6 +87,7 @@ type config struct {
 	broken                 bool
 	faults                 string        // fault ids, comma-separated; "" is all
 	loadWork               time.Duration // each load's time after its query
+	keep                   bool          // keep the run's directory
 }
 
 // result is what the checker found.
@@ -102,7 +105,8 @@ type run struct {
 	dir, table string
 	cfg        config
 	redis      *redisServer
-	admin      *redis.Client // the orchestrator's own connection to the run's Redis
+	admin      *redis.Client    // the orchestrator's own connection to the run's Redis
+	proxy      *asidetest.Proxy // odd-numbered workers reach Redis through it: latency, black holes
 	self       string
 	procs      []*proc
 	next       int
@@ -111,7 +115,11 @@ type run struct {
 func (r *run) spawn(role string) (*proc, error) {
 	r.next++
 	p := &proc{role: role, id: r.next, out: filepath.Join(r.dir, fmt.Sprintf("%s-%d.jsonl", role, r.next))}
-	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", r.redis.addr(), "-db", r.cfg.dbURL,
+	addr := r.redis.addr()
+	if p.id%2 == 1 {
+		addr = r.proxy.Addr()
+	}
+	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", addr, "-db", r.cfg.dbURL,
 		"-table", r.table, "-out", p.out, "-keys", strconv.Itoa(r.cfg.keys), "-broken="+strconv.FormatBool(r.cfg.broken),
 		"-load-work", r.cfg.loadWork.String())
 	p.cmd.Stderr = os.Stderr
@@ -137,7 +145,11 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	defer os.RemoveAll(dir)
+	if !cfg.keep {
+		defer os.RemoveAll(dir)
+	} else {
+		defer fmt.Fprintf(os.Stderr, "chaos: the workers' records are in %s\n", dir)
+	}
 	r := &run{dir: dir, table: fmt.Sprintf("chaos_rows_%d_%d", os.Getpid(), time.Now().UnixNano()%1e6), cfg: cfg, self: self}
 	if dbURL == "memory" {
 		table, addr, err := serveMemTable(keys)
@@ -160,6 +172,10 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 		return result{}, err
 	}
 	defer r.redis.kill()
+	if r.proxy, err = asidetest.ListenProxy(r.redis.addr()); err != nil {
+		return result{}, err
+	}
+	defer r.proxy.Close()
 	for range readers {
 		if _, err := r.spawn("reader"); err != nil {
 			return result{}, err
@@ -196,8 +212,8 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 		if undo != nil {
 			undo()
 		}
-		w.Recovery = recovery(ctx, admin)
-		w.End = time.Now().UnixNano() + int64(cmp.Or(f.after, time.Second)) // reads shortly after the undo still count to it
+		w.Undone = time.Now().UnixNano()
+		w.End = w.Undone + int64(cmp.Or(f.after, time.Second)) // reads shortly after the undo still count to it
 		windows = append(windows, w)
 		time.Sleep(every)
 	}
@@ -227,21 +243,10 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 		return result{}, err
 	}
 	total, per := check(events, windows)
+	recoveries(events, windows)
 	ps := growth(events)
 	report(w, cfg, total, per, windows, left, events, ps)
 	return result{total: total, left: left, grew: grew(ps)}, nil
-}
-
-// recovery waits for Redis to answer again after a fault was undone.
-func recovery(ctx context.Context, admin *redis.Client) int64 {
-	start := time.Now()
-	for time.Since(start) < 10*time.Second {
-		if admin.Ping(ctx).Err() == nil {
-			return int64(time.Since(start))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return int64(time.Since(start))
 }
 
 // leftStale peeks every key of every cache through a fresh Store after the

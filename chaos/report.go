@@ -11,7 +11,7 @@ import (
 )
 
 // report prints the run's Markdown report: a row per fault window, the
-// workers' goroutines and heap, Redis' recovery after each fault.
+// workers' goroutines and heap, the recovery after each fault.
 func report(w io.Writer, cfg config, total verdict, per map[string]*verdict, windows []window, left int, events []event, ps []procGrowth) {
 	invals, failedWrites := 0, 0
 	for _, e := range events {
@@ -41,7 +41,7 @@ func report(w io.Writer, cfg config, total verdict, per map[string]*verdict, win
 	fmt.Fprintf(w, "| **total** | %d | %s | %.1f ms | %d | %d | %d | %s |\n\n", total.Reads, staleCell(&total), total.MaxStaleMs, total.Failed, total.Loads, total.Duplicate, latencyCells(&total))
 	fmt.Fprintf(w, "Loads at peak: %d in 100 ms.\n\n", total.PeakLoads)
 	workerTable(w, ps)
-	fmt.Fprintf(w, "| fault | times | Redis answering again after it was undone: median | max |\n|---|---|---|---|\n")
+	fmt.Fprintf(w, "| fault | times | recovery — from the undo until every worker read through Redis again: median | max |\n|---|---|---|---|\n")
 	recoveries := map[string][]int64{}
 	var order []string
 	for _, win := range windows {
