@@ -32,9 +32,10 @@ type verdict struct {
 	// prevents across processes. PeakLoads is the most loads that began in
 	// one 100 ms (the source's load at peak).
 	Duplicate, PeakLoads int
-	// Unleased counts the duplicate loads outside every window in which
-	// Redis failed or a lease holder died or paused: each is a lease that
-	// did not hold.
+	// Unleased counts the duplicates among loads that were not degraded
+	// (their Store could use Redis, so each held a lease), outside every
+	// window in which Redis failed or a lease holder died or paused: each
+	// is a lease that did not hold.
 	Unleased int
 	// Excused counts stale reads that began in a window where Redis itself
 	// lost acknowledged writes (restored from an older snapshot).
@@ -109,11 +110,13 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 		return per[name], in
 	}
 	total.StaleByTier = map[string]int{}
-	for _, e := range duplicateLoads(events) {
-		v, in := at(e.Start)
+	for _, e := range duplicateLoads(events, false) {
+		v, _ := at(e.Start)
 		v.Duplicate++
 		total.Duplicate++
-		if !in.MayOverlap {
+	}
+	for _, e := range duplicateLoads(events, true) {
+		if v, in := at(e.Start); !in.MayOverlap {
 			v.Unleased++
 			total.Unleased++
 		}
@@ -184,27 +187,30 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 }
 
 // recoveries sets each window's Recovery: from the undo until the last
-// worker that was reading before it had a read answered through Redis
-// again (its breaker closed, its replay queue drained) — not degraded to
-// its loader.
+// degraded read (served by its loader because its Store could not use
+// Redis) of a worker that was reading before the undo, up to the next
+// fault. Windows are in the order they were injected.
 func recoveries(events []event, windows []window) {
 	reads := map[int][]event{} // by worker, in End order
 	for _, e := range events {
-		if e.T == "r" && e.Tier != "" && e.Tier != "batch" {
+		if e.T == "r" && e.Tier != "" {
 			reads[e.Worker] = append(reads[e.Worker], e)
 		}
 	}
 	for i := range windows {
 		w := &windows[i]
+		until := int64(math.MaxInt64)
+		if i+1 < len(windows) {
+			until = windows[i+1].Start
+		}
 		for _, rs := range reads {
 			j := sort.Search(len(rs), func(j int) bool { return rs[j].End >= w.Undone })
 			if j == 0 {
 				continue // a worker started since: it has nothing to recover from
 			}
-			for ; j < len(rs); j++ {
-				if rs[j].Start >= w.Undone && rs[j].Tier != "degraded" && rs[j].Tier != "none" {
+			for ; j < len(rs) && rs[j].Start < until; j++ {
+				if rs[j].Start >= w.Undone && rs[j].Tier == "degraded" {
 					w.Recovery = max(w.Recovery, rs[j].End-w.Undone)
-					break
 				}
 			}
 		}
@@ -215,8 +221,9 @@ func recoveries(events []event, windows []window) {
 // same cache and key was in flight, unless a write could have revoked the
 // first one's lease in between: its invalidation ran between its commit and
 // its return (never, if it did not return), and it concerns the key — or,
-// for the tagged cache, any key of the bucket.
-func duplicateLoads(events []event) []event {
+// for the tagged cache, any key of the bucket. leasedOnly leaves out the
+// degraded loads, which run without a lease by design.
+func duplicateLoads(events []event, leasedOnly bool) []event {
 	type ck struct {
 		cache string
 		key   int // for the tagged cache's writes: -1 - bucket
@@ -233,7 +240,9 @@ func duplicateLoads(events []event) []event {
 	for _, e := range events {
 		switch e.T {
 		case "l":
-			loads[ck{e.Cache, e.Key}] = append(loads[ck{e.Cache, e.Key}], e)
+			if !leasedOnly || e.Tier != "degraded" {
+				loads[ck{e.Cache, e.Key}] = append(loads[ck{e.Cache, e.Key}], e)
+			}
 		case "c":
 			to, ok := returned[[3]int64{int64(e.Worker), int64(e.Key), e.V}]
 			if !ok {

@@ -70,16 +70,18 @@ func TestCheckerDuplicateLoads(t *testing.T) {
 		{T: "c", Worker: 3, Key: 2, End: 300, V: 2},            // a write of key 2, returned at 320
 		{T: "i", Worker: 3, Key: 2, End: 320, V: 2},
 		{T: "l", Cache: "plain", Key: 2, Start: 290, End: 400},
-		{T: "l", Cache: "plain", Key: 2, Start: 310, End: 320},                // after the commit: the lease may be revoked
-		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 100, End: 400},     // same bucket as key 2
-		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 150, End: 160},     // before the write: duplicate
-		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 330, End: 340},     // after it: the bucket's tag changed
-		{T: "l", Cache: "tagged", Key: 3 + 2*buckets, Start: 5000, End: 5100}, // another bucket
-		{T: "l", Cache: "tagged", Key: 3 + 2*buckets, Start: 5050, End: 5060}, // duplicate, in a window where Redis failed
+		{T: "l", Cache: "plain", Key: 2, Start: 310, End: 320},                   // after the commit: the lease may be revoked
+		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 100, End: 400},        // same bucket as key 2
+		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 150, End: 160},        // before the write: duplicate
+		{T: "l", Cache: "tagged", Key: 2 + buckets, Start: 330, End: 340},        // after it: the bucket's tag changed
+		{T: "l", Cache: "tagged", Key: 3 + 2*buckets, Start: 5000, End: 5100},    // another bucket
+		{T: "l", Cache: "tagged", Key: 3 + 2*buckets, Start: 5050, End: 5060},    // duplicate, in a window where Redis failed
+		{T: "l", Cache: "swr", Key: 4, Start: 7000, End: 7100, Tier: "degraded"}, // without a lease, by design
+		{T: "l", Cache: "swr", Key: 4, Start: 7050, End: 7060},                   // a duplicate, but beside no lease
 	}
 	total, _ := check(events, []window{{Name: "stall", Start: 5000, End: 6000, MayOverlap: true}})
-	if total.Duplicate != 3 || total.Unleased != 2 {
-		t.Fatalf("duplicates %d (want 3), outside Redis faults %d (want 2)", total.Duplicate, total.Unleased)
+	if total.Duplicate != 4 || total.Unleased != 2 {
+		t.Fatalf("duplicates %d (want 4), beside a lease outside Redis faults %d (want 2)", total.Duplicate, total.Unleased)
 	}
 }
 
@@ -114,21 +116,24 @@ func TestMemoryTable(t *testing.T) {
 	}
 }
 
-// TestCheckerRecovery: a fault's recovery ends when the last worker that
-// was reading before the undo has a read answered through Redis; degraded
-// reads do not count, nor does a worker started since.
+// TestCheckerRecovery: a fault's recovery ends with the last degraded read
+// (Redis unusable to its Store) of a worker that was reading before the
+// undo, up to the next fault; a worker started since does not count.
 func TestCheckerRecovery(t *testing.T) {
 	events := []event{
 		{T: "r", Worker: 1, Start: 10, End: 20, Tier: "hit"},
 		{T: "r", Worker: 2, Start: 10, End: 20, Tier: "degraded"},
-		{T: "r", Worker: 1, Start: 101, End: 105, Tier: "l1_hit"},   // worker 1: 5 after the undo at 100
-		{T: "r", Worker: 2, Start: 101, End: 110, Tier: "degraded"}, // not through Redis
-		{T: "r", Worker: 2, Start: 111, End: 130, Tier: "loaded"},   // worker 2: 30
-		{T: "r", Worker: 3, Start: 500, End: 900, Tier: "hit"},      // started since
+		{T: "r", Worker: 1, Start: 101, End: 105, Tier: "l1_hit"},
+		{T: "r", Worker: 2, Start: 101, End: 110, Tier: "degraded"},
+		{T: "r", Worker: 2, Start: 111, End: 115, Tier: "hit"},
+		{T: "r", Worker: 1, Start: 120, End: 130, Tier: "degraded"}, // the last one: 30 after the undo at 100
+		{T: "r", Worker: 1, Start: 140, End: 150, Tier: "loaded"},
+		{T: "r", Worker: 3, Start: 150, End: 160, Tier: "degraded"}, // started since
+		{T: "r", Worker: 2, Start: 210, End: 220, Tier: "degraded"}, // the next fault's
 	}
-	ws := []window{{Undone: 100}}
+	ws := []window{{Start: 50, Undone: 100}, {Start: 200, Undone: 205}}
 	recoveries(events, ws)
-	if ws[0].Recovery != 30 {
-		t.Errorf("recovery = %d, want 30", ws[0].Recovery)
+	if ws[0].Recovery != 30 || ws[1].Recovery != 15 {
+		t.Errorf("recoveries = %d, %d; want 30, 15", ws[0].Recovery, ws[1].Recovery)
 	}
 }

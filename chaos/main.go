@@ -12,6 +12,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,7 +33,8 @@ import (
 func main() {
 	role := flag.String("role", "", "internal: reader or writer (a worker process)")
 	id := flag.Int("id", 0, "internal: worker id")
-	redisAddr := flag.String("redis", "", "internal: the run's Redis")
+	redisAddr := flag.String("redis", "", "internal: the run's Redis (a Cluster's masters, comma-separated)")
+	cluster := flag.Bool("cluster", false, "run on a 3-master Redis Cluster with a replica each (scripts/redis-cluster.sh): adds failovers and resharding")
 	out := flag.String("out", "", "internal: the worker's record file")
 	table := flag.String("table", "", "internal: the run's table")
 	dur := flag.Duration("d", 60*time.Second, "how long to run")
@@ -46,7 +49,7 @@ func main() {
 	loadWork := flag.Duration("load-work", 0, "time each load spends after its query (more work per load: longer races with writers)")
 	flag.Parse()
 	cfg := config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken,
-		faults: *faultIDs, loadWork: *loadWork, keep: *keep}
+		faults: *faultIDs, loadWork: *loadWork, keep: *keep, cluster: *cluster}
 	if *role != "" {
 		if err := runWorker(*role, *id, *redisAddr, *table, *out, cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "chaos worker:", err)
@@ -88,6 +91,7 @@ type config struct {
 	faults                 string        // fault ids, comma-separated; "" is all
 	loadWork               time.Duration // each load's time after its query
 	keep                   bool          // keep the run's directory
+	cluster                bool          // a Redis Cluster instead of a single node
 }
 
 // result is what the checker found.
@@ -105,21 +109,30 @@ type run struct {
 	dir, table string
 	cfg        config
 	redis      *redisServer
-	admin      *redis.Client    // the orchestrator's own connection to the run's Redis
-	proxy      *asidetest.Proxy // odd-numbered workers reach Redis through it: latency, black holes
+	cluster    *clusterServer        // with -cluster, instead of redis
+	admin      redis.UniversalClient // the orchestrator's own connection to the run's Redis
+	proxy      *asidetest.Proxy      // odd-numbered workers reach Redis through it: latency, black holes
 	self       string
 	procs      []*proc
 	next       int
 }
 
+// addr is where worker id reaches Redis: the Cluster's masters; on a
+// single node, odd-numbered workers through the proxy (0: directly).
+func (r *run) addr(id int) string {
+	switch {
+	case r.cluster != nil:
+		return strings.Join(r.cluster.addrs, ",")
+	case id%2 == 1:
+		return r.proxy.Addr()
+	}
+	return r.redis.addr()
+}
+
 func (r *run) spawn(role string) (*proc, error) {
 	r.next++
 	p := &proc{role: role, id: r.next, out: filepath.Join(r.dir, fmt.Sprintf("%s-%d.jsonl", role, r.next))}
-	addr := r.redis.addr()
-	if p.id%2 == 1 {
-		addr = r.proxy.Addr()
-	}
-	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", addr, "-db", r.cfg.dbURL,
+	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", r.addr(p.id), "-cluster="+strconv.FormatBool(r.cfg.cluster), "-db", r.cfg.dbURL,
 		"-table", r.table, "-out", p.out, "-keys", strconv.Itoa(r.cfg.keys), "-broken="+strconv.FormatBool(r.cfg.broken),
 		"-load-work", r.cfg.loadWork.String())
 	p.cmd.Stderr = os.Stderr
@@ -133,7 +146,7 @@ func (r *run) spawn(role string) (*proc, error) {
 func orchestrate(cfg config, w io.Writer) (result, error) {
 	dur, readers, writers, keys, every, dbURL := cfg.dur, cfg.readers, cfg.writers, cfg.keys, cfg.every, cfg.dbURL
 	ctx := context.Background()
-	faults, err := pickFaults(cfg.faults)
+	faults, err := pickFaults(cfg.faults, cfg.cluster)
 	if err != nil {
 		return result{}, err
 	}
@@ -168,14 +181,24 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 		return result{}, err
 	}
 	defer func() { _ = src.drop(ctx) }()
-	if r.redis, err = startRedis(dir, 0); err != nil {
-		return result{}, err
+	if cfg.cluster {
+		if r.cluster, err = startCluster(filepath.Join(dir, "cluster")); err != nil {
+			return result{}, err
+		}
+		defer r.cluster.stop()
+		r.admin = redis.NewClusterClient(&redis.ClusterOptions{Addrs: r.cluster.addrs, DisableIdentity: true, MaxRetries: -1})
+	} else {
+		if r.redis, err = startRedis(dir, 0); err != nil {
+			return result{}, err
+		}
+		defer r.redis.kill()
+		if r.proxy, err = asidetest.ListenProxy(r.redis.addr()); err != nil {
+			return result{}, err
+		}
+		defer r.proxy.Close()
+		r.admin = redis.NewClient(&redis.Options{Addr: r.redis.addr(), DisableIdentity: true, MaxRetries: -1})
 	}
-	defer r.redis.kill()
-	if r.proxy, err = asidetest.ListenProxy(r.redis.addr()); err != nil {
-		return result{}, err
-	}
-	defer r.proxy.Close()
+	defer r.admin.Close()
 	for range readers {
 		if _, err := r.spawn("reader"); err != nil {
 			return result{}, err
@@ -195,9 +218,6 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 			}
 		}
 	}()
-	admin := redis.NewClient(&redis.Options{Addr: r.redis.addr(), DisableIdentity: true, MaxRetries: -1})
-	defer admin.Close()
-	r.admin = admin
 
 	started := time.Now()
 	var windows []window
@@ -242,6 +262,11 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
+	if cfg.keep { // beside the records, for a second look
+		if b, err := json.MarshalIndent(windows, "", "  "); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, "windows.json"), b, 0o644)
+		}
+	}
 	total, per := check(events, windows)
 	recoveries(events, windows)
 	ps := growth(events)
@@ -252,7 +277,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 // leftStale peeks every key of every cache through a fresh Store after the
 // run and counts entries older than the source: what a fault left behind.
 func leftStale(ctx context.Context, r *run, src source) (int, error) {
-	c, err := openCaches(r.redis.addr())
+	c, err := openCaches(r.addr(0), r.cluster != nil)
 	if err != nil {
 		return 0, err
 	}

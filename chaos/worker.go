@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -74,18 +75,46 @@ type outcomeKey struct{}
 type slotTracer struct{}
 
 func (slotTracer) Start(ctx context.Context, _, _ string) (context.Context, aside.Span) {
-	slot, _ := ctx.Value(outcomeKey{}).(*aside.Outcome)
+	slot, _ := ctx.Value(outcomeKey{}).(*aside.Outcomes)
 	return ctx, slotSpan{slot}
 }
 
-type slotSpan struct{ slot *aside.Outcome }
+type slotSpan struct{ slot *aside.Outcomes }
 
 func (s slotSpan) End(os aside.Outcomes, _ error) {
-	if s.slot == nil {
+	if s.slot != nil {
+		*s.slot = os
+	}
+}
+
+// loadNote holds the loads a read runs until the read returns, to stamp
+// them with its outcome — a degraded load runs without a lease, by design.
+// A load that ends after its read returned (a background refresh) is
+// recorded as it ends, as "background".
+type loadNote struct {
+	mu      sync.Mutex
+	pending []event
+	done    bool
+}
+
+func (n *loadNote) add(rec *recorder, e event) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.done {
+		e.Tier = "background"
+		rec.add(e)
 		return
 	}
-	if o, one := os.Only(); one {
-		*s.slot = o
+	n.pending = append(n.pending, e)
+}
+
+func (n *loadNote) finish(rec *recorder, tier string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.done = true
+	for _, e := range n.pending {
+		e.Tier = tier
+		rec.add(e)
 	}
 }
 
@@ -104,9 +133,15 @@ func bucket(id int) string { return "bucket:" + strconv.Itoa(id%buckets) }
 
 func key(id int) string { return aside.Key(strconv.Itoa(id)) }
 
-func openCaches(redisAddr string) (*caches, error) {
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, ContextTimeoutEnabled: true, DisableIdentity: true,
-		MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+func openCaches(redisAddr string, cluster bool) (*caches, error) {
+	var rdb redis.UniversalClient
+	if cluster {
+		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(redisAddr, ","), ContextTimeoutEnabled: true,
+			DisableIdentity: true, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	} else {
+		rdb = redis.NewClient(&redis.Options{Addr: redisAddr, ContextTimeoutEnabled: true, DisableIdentity: true,
+			MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	}
 	short := aside.Profile{Name: "short", TTL: 3 * time.Second, Jitter: time.Second, LoadTimeout: 2 * time.Second, EarlyRefresh: 1}
 	swr := short
 	swr.Name, swr.StaleWindow = "swr", 5*time.Second
@@ -147,7 +182,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	}
 	defer rec.f.Close()
 	defer rec.flush()
-	c, err := openCaches(redisAddr)
+	c, err := openCaches(redisAddr, cfg.cluster)
 	if err != nil {
 		return err
 	}
@@ -200,17 +235,18 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 }
 
 func read(ctx context.Context, c *caches, src source, rec *recorder, id int, r *rand.Rand, zipf *rand.Zipf, k int, work time.Duration) {
+	var note loadNote
 	load := func(cache string, k int) aside.Loader[row] {
 		return func(ctx context.Context) (row, error) {
 			s := time.Now().UnixNano()
 			v, err := src.load(ctx, k)
 			time.Sleep(work)
-			rec.add(event{T: "l", Worker: id, Cache: cache, Key: k, Start: s, End: time.Now().UnixNano(), Tier: "get"})
+			note.add(rec, event{T: "l", Worker: id, Cache: cache, Key: k, Start: s, End: time.Now().UnixNano()})
 			return v, err
 		}
 	}
-	var outcome aside.Outcome
-	octx := context.WithValue(ctx, outcomeKey{}, &outcome)
+	var outcomes aside.Outcomes
+	octx := context.WithValue(ctx, outcomeKey{}, &outcomes)
 	start := time.Now().UnixNano()
 	var v row
 	var err error
@@ -230,19 +266,20 @@ func read(ctx context.Context, c *caches, src source, rec *recorder, id int, r *
 		v, err = c.stale.Get(octx, key(k), load(name, k))
 	default: // a batch of the plain cache
 		ids := []int{k, int(zipf.Uint64()), int(zipf.Uint64())}
-		byID, err := aside.GetBatch(ctx, c.plain, ids, aside.Batch[int, row]{
+		byID, err := aside.GetBatch(octx, c.plain, ids, aside.Batch[int, row]{
 			Key: key,
 			Load: func(ctx context.Context, ids []int) (map[int]row, error) {
 				s := time.Now().UnixNano()
 				m, err := src.loadMany(ctx, ids)
 				time.Sleep(work)
 				for _, id2 := range ids {
-					rec.add(event{T: "l", Worker: id, Cache: "plain", Key: id2, Start: s, End: time.Now().UnixNano(), Tier: "batch"})
+					note.add(rec, event{T: "l", Worker: id, Cache: "plain", Key: id2, Start: s, End: time.Now().UnixNano()})
 				}
 				return m, err
 			},
 		})
 		end := time.Now().UnixNano()
+		note.finish(rec, map[bool]string{true: "degraded", false: "batch"}[outcomes[aside.OutcomeDegraded] > 0])
 		if ctx.Err() != nil {
 			return // the worker is stopping: its own ctx ended the read
 		}
@@ -255,7 +292,12 @@ func read(ctx context.Context, c *caches, src source, rec *recorder, id int, r *
 		}
 		return
 	}
-	e := event{T: "r", Worker: id, Cache: name, Key: k, Start: start, End: time.Now().UnixNano(), V: v.Version, Tier: outcome.String()}
+	tier := "none"
+	if o, one := outcomes.Only(); one {
+		tier = o.String()
+	}
+	note.finish(rec, tier)
+	e := event{T: "r", Worker: id, Cache: name, Key: k, Start: start, End: time.Now().UnixNano(), V: v.Version, Tier: tier}
 	if err != nil && ctx.Err() == nil {
 		e.Err = err.Error()
 	}

@@ -4,15 +4,31 @@
 # files, their PIDs, and "addrs" (host:port,host:port,host:port).
 #
 #   scripts/redis-cluster.sh start DIR [REPLICAS]  # prints the masters' addresses
+#   scripts/redis-cluster.sh restart DIR PORT      # starts a node it started (and that died) again
 #   scripts/redis-cluster.sh stop DIR              # stops exactly the processes it started
 #
 # REPLICAS (default 1) replicas per master let tests fail a master over.
 set -euo pipefail
-cmd=${1:-}; dir=${2:-}; replicas=${3:-1}
+cmd=${1:-}; dir=${2:-}; replicas=${3:-1}; port_arg=${3:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 
 # is_free PORT: nothing listens on PORT.
 is_free() { ! (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
+# run_node PORT: runs the node of PORT in the background (with the cluster
+# state it saved, if it ran before) and waits until it answers PING.
+run_node() {
+	local port=$1
+	redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+		--cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 2000 \
+		--save "" --appendonly no --dir "$dir" --logfile "$dir/redis-$port.log" \
+		--daemonize yes --pidfile "$dir/redis-$port.pid" --protected-mode no || return 1
+	for _ in $(seq 50); do
+		redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	return 1
+}
 
 # start_node: starts one node on a free port (its cluster bus port, +10000,
 # free too, so below 55536) and prints the port once it answers PING.
@@ -20,17 +36,10 @@ start_node() {
 	for _ in $(seq 20); do
 		local port=$((20000 + RANDOM % 35000))
 		is_free "$port" && is_free $((port + 10000)) || continue
-		redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
-			--cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 2000 \
-			--save "" --appendonly no --dir "$dir" --logfile "$dir/redis-$port.log" \
-			--daemonize yes --pidfile "$dir/redis-$port.pid" --protected-mode no || continue
-		for _ in $(seq 50); do
-			if redis-cli -p "$port" ping >/dev/null 2>&1; then
-				echo "$port"
-				return 0
-			fi
-			sleep 0.1
-		done
+		if run_node "$port"; then
+			echo "$port"
+			return 0
+		fi
 		[ -f "$dir/redis-$port.pid" ] && kill "$(cat "$dir/redis-$port.pid")" 2>/dev/null || true
 	done
 	echo "no free port for a node" >&2
@@ -68,6 +77,10 @@ start)
 	done
 	echo "cluster did not reach state ok; see $dir" >&2
 	exit 1
+	;;
+restart)
+	[ -n "$port_arg" ] && [ -f "$dir/nodes-$port_arg.conf" ] || { echo "no node of port '$port_arg' in $dir" >&2; exit 2; }
+	run_node "$port_arg"
 	;;
 stop)
 	for f in "$dir"/redis-*.pid; do
