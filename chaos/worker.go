@@ -23,7 +23,8 @@ import (
 
 // event is one line of a worker's record: a read ("r"), a load ("l"), a
 // commit ("c"), an invalidation that returned ("i") or failed ("w"), or a
-// sample of the worker's heap and goroutines ("m"). Times are wall-clock ns: every process
+// sample of the worker's heap and goroutines ("m"), or its breaker opening, closing
+// or a Redis error ("b"). Times are wall-clock ns: every process
 // runs on this one machine.
 type event struct {
 	T      string `json:"t"`
@@ -133,7 +134,7 @@ func bucket(id int) string { return "bucket:" + strconv.Itoa(id%buckets) }
 
 func key(id int) string { return aside.Key(strconv.Itoa(id)) }
 
-func openCaches(redisAddr string, cluster bool) (*caches, error) {
+func openCaches(redisAddr string, cluster bool, opts ...aside.StoreOption) (*caches, error) {
 	var rdb redis.UniversalClient
 	if cluster {
 		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(redisAddr, ","), ContextTimeoutEnabled: true,
@@ -145,8 +146,8 @@ func openCaches(redisAddr string, cluster bool) (*caches, error) {
 	short := aside.Profile{Name: "short", TTL: 3 * time.Second, Jitter: time.Second, LoadTimeout: 2 * time.Second, EarlyRefresh: 1}
 	swr := short
 	swr.Name, swr.StaleWindow = "swr", 5*time.Second
-	store, err := aside.NewStore(rdb, aside.WithPrefix("chaos"), aside.WithProfiles(short, swr), aside.WithTracer(slotTracer{}),
-		aside.WithBreaker(3, 500*time.Millisecond))
+	store, err := aside.NewStore(rdb, append([]aside.StoreOption{aside.WithPrefix("chaos"), aside.WithProfiles(short, swr),
+		aside.WithTracer(slotTracer{}), aside.WithBreaker(3, 500*time.Millisecond)}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +167,23 @@ func openCaches(redisAddr string, cluster bool) (*caches, error) {
 	return c, nil
 }
 
+// breakerEvents records the Store's breaker opening and closing ("b"), and
+// the Redis errors that open it — at most one every 100 ms.
+func breakerEvents(rec *recorder, id int) aside.Observer {
+	var last atomic.Int64
+	return func(e aside.Event) {
+		now := time.Now().UnixNano()
+		switch e.Kind {
+		case aside.EventBreakerOpen, aside.EventBreakerClosed:
+			rec.add(event{T: "b", Worker: id, End: now, Tier: e.Kind.String()})
+		case aside.EventRedisError:
+			if l := last.Load(); now-l > int64(100*time.Millisecond) && last.CompareAndSwap(l, now) {
+				rec.add(event{T: "b", Worker: id, End: now, Tier: e.Kind.String(), Err: fmt.Sprint(e.Err)})
+			}
+		}
+	}
+}
+
 // runWorker reads (role "reader") or writes (role "writer") until SIGTERM.
 func runWorker(role string, id int, redisAddr, table, out string, cfg config) error {
 	keys := cfg.keys
@@ -182,7 +200,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	}
 	defer rec.f.Close()
 	defer rec.flush()
-	c, err := openCaches(redisAddr, cfg.cluster)
+	c, err := openCaches(redisAddr, cfg.cluster, aside.WithObserver(breakerEvents(rec, id)))
 	if err != nil {
 		return err
 	}
