@@ -71,22 +71,24 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 func buildBroken(t *testing.T, b breakage) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "chaos"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, pattern := range []string{"../*.go", "../go.mod", "../go.sum", "*.go", "go.mod", "go.sum"} {
+	// The library's package and module, the helper package this command
+	// uses, and this command: "../x" lands in dir, "x" in dir/chaos.
+	for _, pattern := range []string{"../*.go", "../go.mod", "../go.sum", "../asidetest/*.go", "*.go", "go.mod", "go.sum"} {
 		files, _ := filepath.Glob(pattern)
 		for _, f := range files {
 			data, err := os.ReadFile(f)
 			if err != nil {
 				t.Fatal(err)
 			}
-			to := filepath.Join(dir, "chaos", f) // "../x.go" lands in dir
-			if filepath.Base(f) == b.file && strings.HasPrefix(f, "..") {
+			if f == filepath.Join("..", b.file) {
 				if strings.Count(string(data), b.old) != 1 {
 					t.Fatalf("%s: the change's text %q is not there once: update the breakage", b.file, b.old)
 				}
 				data = []byte(strings.Replace(string(data), b.old, b.new, 1))
+			}
+			to := filepath.Join(dir, "chaos", f)
+			if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+				t.Fatal(err)
 			}
 			if err := os.WriteFile(to, data, 0o644); err != nil {
 				t.Fatal(err)
