@@ -188,8 +188,9 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 
 // recoveries sets each window's Recovery: from the undo until the last
 // degraded read (served by its loader because its Store could not use
-// Redis) of a worker that was reading before the undo, up to the next
-// fault. Windows are in the order they were injected.
+// Redis) of a worker that was reading before the undo, among the reads
+// over before the next fault began. Windows are in the order they were
+// injected.
 func recoveries(events []event, windows []window) {
 	reads := map[int][]event{} // by worker, in End order
 	for _, e := range events {
@@ -209,7 +210,7 @@ func recoveries(events []event, windows []window) {
 				continue // a worker started since: it has nothing to recover from
 			}
 			for ; j < len(rs) && rs[j].Start < until; j++ {
-				if rs[j].Start >= w.Undone && rs[j].Tier == "degraded" {
+				if rs[j].Start >= w.Undone && rs[j].End < until && rs[j].Tier == "degraded" {
 					w.Recovery = max(w.Recovery, rs[j].End-w.Undone)
 				}
 			}

@@ -129,6 +129,7 @@ func TestCheckerRecovery(t *testing.T) {
 		{T: "r", Worker: 1, Start: 120, End: 130, Tier: "degraded"}, // the last one: 30 after the undo at 100
 		{T: "r", Worker: 1, Start: 140, End: 150, Tier: "loaded"},
 		{T: "r", Worker: 3, Start: 150, End: 160, Tier: "degraded"}, // started since
+		{T: "r", Worker: 2, Start: 190, End: 220, Tier: "degraded"}, // over after the next fault began: its
 		{T: "r", Worker: 2, Start: 210, End: 220, Tier: "degraded"}, // the next fault's
 	}
 	ws := []window{{Start: 50, Undone: 100}, {Start: 200, Undone: 205}}
