@@ -299,6 +299,17 @@ func replayedBy(events []event) []event {
 	return out
 }
 
+// undrained counts the workers that stopped cleanly with invalidations
+// still in their replay queue after Close.
+func undrained(events []event) (n int) {
+	for _, e := range events {
+		if e.T == "q" && (e.V != 0 || e.Err != "") {
+			n++
+		}
+	}
+	return n
+}
+
 // procGrowth is a worker process that lived through the run: its sample
 // after warm-up (the first quarter) and its last.
 type procGrowth struct {

@@ -138,3 +138,11 @@ func TestCheckerRecovery(t *testing.T) {
 		t.Errorf("recoveries = %d, %d; want 30, 15", ws[0].Recovery, ws[1].Recovery)
 	}
 }
+
+// TestCheckerUndrained: a worker stopped cleanly must have replayed its
+// queue on Close — none left, and no error.
+func TestCheckerUndrained(t *testing.T) {
+	if n := undrained([]event{{T: "q"}, {T: "q", V: 2}, {T: "q", Err: "aside: unavailable"}, {T: "i", V: 3}}); n != 2 {
+		t.Errorf("undrained = %d, want 2", n)
+	}
+}

@@ -99,10 +99,13 @@ type result struct {
 	total verdict
 	left  int
 	grew  int // worker processes whose goroutines or heap grew
+	// undrained counts workers stopped cleanly whose replay queue still
+	// held invalidations after Close.
+	undrained int
 }
 
 func (r result) held() bool {
-	return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 && r.total.Unleased == 0 && r.grew == 0
+	return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 && r.total.Unleased == 0 && r.grew == 0 && r.undrained == 0
 }
 
 type run struct {
@@ -270,8 +273,9 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	total, per := check(events, windows)
 	recoveries(events, windows)
 	ps := growth(events)
-	report(w, cfg, total, per, windows, left, events, ps)
-	return result{total: total, left: left, grew: grew(ps)}, nil
+	res := result{total: total, left: left, grew: grew(ps), undrained: undrained(events)}
+	report(w, cfg, res, per, windows, events, ps)
+	return res, nil
 }
 
 // leftStale peeks every key of every cache through a fresh Store after the

@@ -24,7 +24,7 @@ import (
 // event is one line of a worker's record: a read ("r"), a load ("l"), a
 // commit ("c"), an invalidation that returned ("i") or failed ("w"), or a
 // sample of the worker's heap and goroutines ("m"), or its breaker opening, closing
-// or a Redis error ("b"). Times are wall-clock ns: every process
+// or a Redis error ("b"), and what its replay queue held once closed ("q"). Times are wall-clock ns: every process
 // runs on this one machine.
 type event struct {
 	T      string `json:"t"`
@@ -204,7 +204,12 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	if err != nil {
 		return err
 	}
-	defer c.store.Close()
+	closed := false
+	defer func() {
+		if !closed {
+			_ = c.store.Close()
+		}
+	}()
 	go func() { // flush often: a SIGKILL loses at most this much
 		for i := 0; ; i++ {
 			time.Sleep(100 * time.Millisecond)
@@ -249,6 +254,15 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 		}()
 	}
 	wg.Wait()
+	// A worker stopped cleanly drains its replay queue: Close replays it.
+	closed = true
+	err = c.store.Close()
+	pending, _ := c.store.Pending()
+	e := event{T: "q", Worker: id, End: time.Now().UnixNano(), V: int64(pending)}
+	if err != nil {
+		e.Err = err.Error()
+	}
+	rec.add(e)
 	return nil
 }
 
