@@ -41,7 +41,7 @@ var faults = []fault{
 			return nil, nil
 		}
 		_ = p.cmd.Process.Kill()
-		_, _ = p.cmd.Process.Wait()
+		_ = p.cmd.Wait() // sets ProcessState: the process is no longer picked
 		return func() { _, _ = r.spawn("reader") }, nil
 	}},
 	{id: "stop-reader", mayOverlap: true, name: "SIGSTOP a reader past its L1 lease", do: func(r *run) (func(), error) {
@@ -87,7 +87,7 @@ var faults = []fault{
 		_ = p.cmd.Process.Signal(syscall.SIGUSR1) // commit the next write, then hang before invalidating
 		time.Sleep(300 * time.Millisecond)
 		_ = p.cmd.Process.Kill()
-		_, _ = p.cmd.Process.Wait()
+		_ = p.cmd.Wait() // sets ProcessState: the process is no longer picked
 		return func() { _, _ = r.spawn("writer") }, nil
 	}},
 	{id: "latency", only: "single", mayOverlap: true, name: "60 ms latency on odd-numbered workers' Redis connections, 2 s", do: func(r *run) (func(), error) {

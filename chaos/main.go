@@ -217,7 +217,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 			if p.cmd.ProcessState == nil {
 				_ = p.cmd.Process.Signal(syscall.SIGCONT)
 				_ = p.cmd.Process.Kill()
-				_, _ = p.cmd.Process.Wait()
+				_ = p.cmd.Wait()
 			}
 		}
 	}()
