@@ -86,19 +86,14 @@ return 1`)
 // fillScript is the compare-and-set of a fill: the value is written only
 // while the caller's lease is still there. An invalidation in between
 // deleted the lease, so a load that read the old row can never write it back.
-// It answers 0 (refused), 1 (written), 2 (written, and callers wait) or 3
-// (written, and the announcement ARGV[5] published on ARGV[4] for them).
+// It answers 0 (refused), 1 (written) or 2 (written, and callers wait).
 var fillScript = redis.NewScript(`
 local l = redis.call('HMGET', KEYS[2], 't', 'w')
 if l[1] ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
-if not l[2] then return 1 end
-if ARGV[5] then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
-  return 3
-end
-return 2`)
+if l[2] then return 2 end
+return 1`)
 
 // releaseScript gives a lease back after a failed load, so that waiters
 // retry at once instead of waiting for the lease to expire. It answers 1
@@ -284,16 +279,8 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 	}
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	// Where one server holds the entries and the bus (a single node or a
-	// Sentinel group), a fill that callers wait on announces itself in the
-	// same step: the waiters' pollers read at once, one round trip sooner.
-	bus, inScript := c.store.bus, c.store.bus.ordered && !c.hooks.noFillWake()
 	cmds, err := c.store.evalEntries(octx, fillScript, rks, func(i int) []any {
-		args := []any{tasks[fills[i].task].token, fills[i].b, fills[i].ttl.Milliseconds()}
-		if inScript {
-			args = append(args, bus.channel, bus.encode(busMessage{Kind: busFill, Names: rks[i : i+1]})[0])
-		}
-		return args
+		return []any{tasks[fills[i].task].token, fills[i].b, fills[i].ttl.Milliseconds()}
 	})
 	c.store.record(octx, err, &c.stats, c.name)
 	var waited []string
@@ -303,7 +290,7 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 		case err == nil && n >= 1:
 			tasks[fc.task].f.valid = true
 			c.stats.bytesWritten.Add(uint64(len(fc.b)))
-			if n == 2 { // waited on, not yet announced
+			if n == 2 {
 				waited = append(waited, rks[i])
 			}
 		case err == nil:
