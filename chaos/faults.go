@@ -246,11 +246,13 @@ func faultIDList() string {
 	return strings.Join(ids, ", ")
 }
 
-// anyAlive returns a random live worker of role, nil if none lives.
+// anyAlive returns a random live worker of role, nil if none lives. The
+// first worker of each role is never picked: it lives through the run, so
+// that its heap and goroutines can be checked from warm-up to the end.
 func (r *run) anyAlive(role string) *proc {
 	var ps []*proc
 	for _, p := range r.procs {
-		if p.role == role && p.cmd.ProcessState == nil {
+		if p.role == role && p.cmd.ProcessState == nil && p != r.first(role) {
 			ps = append(ps, p)
 		}
 	}
@@ -258,6 +260,16 @@ func (r *run) anyAlive(role string) *proc {
 		return nil
 	}
 	return ps[rand.IntN(len(ps))]
+}
+
+// first is the first worker of role the run spawned.
+func (r *run) first(role string) *proc {
+	for _, p := range r.procs {
+		if p.role == role {
+			return p
+		}
+	}
+	return nil
 }
 
 // restartRedis starts the run's Redis again on its port, from the snapshot
