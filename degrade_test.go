@@ -287,3 +287,47 @@ func TestT20InvalidationsTakeEffectInOrder(t *testing.T) {
 		t.Errorf("broken variant (a running replay skipped): v%d, want the old v1 — the test must be able to fail", got)
 	}
 }
+
+// TestReplayQueueOverflow: past 100 000 queued invalidations the queue is
+// dropped and the Store stops reading Redis (every Get goes to its loader),
+// but its invalidations still reach Redis and the other Stores.
+func TestReplayQueueOverflow(t *testing.T) {
+	writer, fake := asidetest.New(t, aside.WithBreaker(1, time.Hour))
+	reader, err := aside.NewStore(fake.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	w, _ := aside.New[int](writer, "n")
+	r, _ := aside.New[int](reader, "n")
+	version := 1
+	load := func(context.Context) (int, error) { return version, nil }
+	mustGet(t, r, "k", load)
+	fake.Down()
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("x", i)
+	}
+	for range 101 {
+		_ = w.Invalidate(bgCtx, keys...)
+	}
+	if _, overflowed := writer.Pending(); !overflowed {
+		t.Fatal("101 000 failed invalidations did not overflow the queue")
+	}
+	fake.Up()
+	fake.Advance(time.Hour) // the breaker may probe again
+	version = 2
+	if err := w.Invalidate(bgCtx, "k"); err != nil {
+		t.Fatalf("an invalidation after the overflow: %v, want it to reach Redis", err)
+	}
+	if got := mustGet(t, r, "k", load); got != 2 {
+		t.Errorf("another Store reads v%d, want v2", got)
+	}
+	var loads atomic.Int32
+	for range 2 {
+		mustGet(t, w, "k", func(context.Context) (int, error) { loads.Add(1); return version, nil })
+	}
+	if loads.Load() != 2 {
+		t.Errorf("the overflowed Store loaded %d times for 2 Gets, want 2: it must not read Redis", loads.Load())
+	}
+}

@@ -89,8 +89,8 @@ func (s *Store) replayPending(ctx context.Context) bool {
 // one that failed has taken effect too — in Redis and in every Store's L1.
 // An error leaves the queue for later; the caller fails and queues its own.
 func (s *Store) replayFirst(ctx context.Context) error {
-	if s.pending.n.Load() == 0 {
-		return nil
+	if s.pending.n.Load() <= 0 {
+		return nil // nothing queued; or it overflowed, was dropped, and this Store no longer reads Redis
 	}
 	if s.hooks.unorderedReplay() {
 		s.replayPending(ctx)
