@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -24,8 +25,12 @@ type window struct {
 // verdict is what the checker found in one span of time.
 type verdict struct {
 	Reads, Stale, Failed, Loads int
-	MaxStaleMs                  float64
-	StaleByTier                 map[string]int
+	// BySource counts the failed reads whose error was their loader's: the
+	// source failed or did not answer within LoadTimeout. Reported, not a
+	// broken guarantee: aside returns what the loader returns.
+	BySource    int
+	MaxStaleMs  float64
+	StaleByTier map[string]int
 	// Duplicate counts loads that began while another load of the same
 	// key of the same cache was in flight, with no write of the key (or of
 	// its tag, for the tagged cache) between their starts: what a lease
@@ -110,6 +115,23 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 		return per[name], in
 	}
 	total.StaleByTier = map[string]int{}
+	// The loads that failed, by worker, cache and key: a read that failed
+	// while one of them ended has its loader's error.
+	failedLoads := map[[2]string][]event{}
+	for _, e := range events {
+		if e.T == "l" && e.Err != "" {
+			k := [2]string{strconv.Itoa(e.Worker), e.Cache + ":" + strconv.Itoa(e.Key)}
+			failedLoads[k] = append(failedLoads[k], e)
+		}
+	}
+	failedLoad := func(r event) bool {
+		cache := r.Cache
+		if cache == "batch" {
+			cache = "plain"
+		}
+		return slices.ContainsFunc(failedLoads[[2]string{strconv.Itoa(r.Worker), cache + ":" + strconv.Itoa(r.Key)}],
+			func(l event) bool { return l.End >= r.Start && l.End <= r.End })
+	}
 	for _, e := range duplicateLoads(events, false) {
 		v, _ := at(e.Start)
 		v.Duplicate++
@@ -142,6 +164,11 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 			total.Reads++
 			v.latencies = append(v.latencies, e.End-e.Start)
 			total.latencies = append(total.latencies, e.End-e.Start)
+			if e.Err != "" && failedLoad(e) {
+				v.BySource++
+				total.BySource++
+				continue
+			}
 			if e.Err != "" {
 				v.Failed++
 				total.Failed++

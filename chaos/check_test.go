@@ -146,3 +146,20 @@ func TestCheckerUndrained(t *testing.T) {
 		t.Errorf("undrained = %d, want 2", n)
 	}
 }
+
+// TestCheckerFailedBySource: a failed read whose own worker's load of the
+// same key failed while it ran has its loader's error — counted apart; any
+// other failed read breaks the run.
+func TestCheckerFailedBySource(t *testing.T) {
+	events := []event{
+		{T: "l", Worker: 1, Cache: "tagged", Key: 5, Start: 100, End: 300, Err: "context deadline exceeded"},
+		{T: "r", Worker: 1, Cache: "tagged", Key: 5, Start: 150, End: 310, Err: "aside: load: context deadline exceeded"}, // a joiner: by the source
+		{T: "r", Worker: 2, Cache: "tagged", Key: 5, Start: 150, End: 310, Err: "aside: redis unavailable"},               // another worker: failed
+		{T: "l", Worker: 1, Cache: "plain", Key: 6, Start: 100, End: 120, Err: "boom"},
+		{T: "r", Worker: 1, Cache: "batch", Key: 6, Start: 90, End: 130, Err: "aside: batch: boom"}, // the batch's loader: by the source
+	}
+	total, _ := check(events, nil)
+	if total.BySource != 2 || total.Failed != 1 {
+		t.Errorf("by the source %d (want 2), failed %d (want 1)", total.BySource, total.Failed)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -39,9 +40,9 @@ func report(w io.Writer, cfg config, res result, per map[string]*verdict, window
 	sort.Strings(names)
 	for _, n := range names {
 		v := per[n]
-		fmt.Fprintf(w, "| %s | %d | %s | %.1f ms | %d | %d | %d | %s |\n", n, v.Reads, staleCell(v), v.MaxStaleMs, v.Failed, v.Loads, v.Duplicate, latencyCells(v))
+		fmt.Fprintf(w, "| %s | %d | %s | %.1f ms | %s | %d | %d | %s |\n", n, v.Reads, staleCell(v), v.MaxStaleMs, failedCell(v), v.Loads, v.Duplicate, latencyCells(v))
 	}
-	fmt.Fprintf(w, "| **total** | %d | %s | %.1f ms | %d | %d | %d | %s |\n\n", total.Reads, staleCell(&total), total.MaxStaleMs, total.Failed, total.Loads, total.Duplicate, latencyCells(&total))
+	fmt.Fprintf(w, "| **total** | %d | %s | %.1f ms | %s | %d | %d | %s |\n\n", total.Reads, staleCell(&total), total.MaxStaleMs, failedCell(&total), total.Loads, total.Duplicate, latencyCells(&total))
 	fmt.Fprintf(w, "Loads at peak: %d in 100 ms.\n\n", total.PeakLoads)
 	workerTable(w, ps)
 	fmt.Fprintf(w, "| fault | times | recovery — from the undo until the last read served degraded: median | max |\n|---|---|---|---|\n")
@@ -89,6 +90,13 @@ func staleCell(v *verdict) string {
 		s += fmt.Sprintf(" + %d excused (Redis lost acknowledged writes)", v.Excused)
 	}
 	return s
+}
+
+func failedCell(v *verdict) string {
+	if v.BySource > 0 {
+		return fmt.Sprintf("%d + %d by the source (its loader's error)", v.Failed, v.BySource)
+	}
+	return strconv.Itoa(v.Failed)
 }
 
 func latencyCells(v *verdict) string {

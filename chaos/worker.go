@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -86,6 +87,15 @@ func (s slotSpan) End(os aside.Outcomes, _ error) {
 	if s.slot != nil {
 		*s.slot = os
 	}
+}
+
+// loadErr is how a load's record says that the source failed: a row not
+// found is an answer, not a failure.
+func loadErr(err error) string {
+	if err == nil || errors.Is(err, aside.ErrNotFound) {
+		return ""
+	}
+	return err.Error()
 }
 
 // loadNote holds the loads a read runs until the read returns, to stamp
@@ -273,7 +283,7 @@ func read(ctx context.Context, c *caches, src source, rec *recorder, id int, r *
 			s := time.Now().UnixNano()
 			v, err := src.load(ctx, k)
 			time.Sleep(work)
-			note.add(rec, event{T: "l", Worker: id, Cache: cache, Key: k, Start: s, End: time.Now().UnixNano()})
+			note.add(rec, event{T: "l", Worker: id, Cache: cache, Key: k, Start: s, End: time.Now().UnixNano(), Err: loadErr(err)})
 			return v, err
 		}
 	}
@@ -305,7 +315,7 @@ func read(ctx context.Context, c *caches, src source, rec *recorder, id int, r *
 				m, err := src.loadMany(ctx, ids)
 				time.Sleep(work)
 				for _, id2 := range ids {
-					note.add(rec, event{T: "l", Worker: id, Cache: "plain", Key: id2, Start: s, End: time.Now().UnixNano()})
+					note.add(rec, event{T: "l", Worker: id, Cache: "plain", Key: id2, Start: s, End: time.Now().UnixNano(), Err: loadErr(err)})
 				}
 				return m, err
 			},
