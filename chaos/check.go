@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"cmp"
 	"encoding/json"
-	"math"
 	"os"
 	"slices"
 	"sort"
@@ -213,95 +212,6 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 	return total, per
 }
 
-// recoveries sets each window's Recovery: from the undo until the last
-// degraded read (served by its loader because its Store could not use
-// Redis) of a worker that was reading before the undo, among the reads
-// over before the next fault began. Windows are in the order they were
-// injected.
-func recoveries(events []event, windows []window) {
-	reads := map[int][]event{} // by worker, in End order
-	for _, e := range events {
-		if e.T == "r" && e.Tier != "" {
-			reads[e.Worker] = append(reads[e.Worker], e)
-		}
-	}
-	for i := range windows {
-		w := &windows[i]
-		until := int64(math.MaxInt64)
-		if i+1 < len(windows) {
-			until = windows[i+1].Start
-		}
-		for _, rs := range reads {
-			j := sort.Search(len(rs), func(j int) bool { return rs[j].End >= w.Undone })
-			if j == 0 {
-				continue // a worker started since: it has nothing to recover from
-			}
-			for ; j < len(rs) && rs[j].Start < until; j++ {
-				if rs[j].Start >= w.Undone && rs[j].End < until && rs[j].Tier == "degraded" {
-					w.Recovery = max(w.Recovery, rs[j].End-w.Undone)
-				}
-			}
-		}
-	}
-}
-
-// duplicateLoads returns the loads that began while another load of the
-// same cache and key was in flight, unless a write could have revoked the
-// first one's lease in between: its invalidation ran between its commit and
-// its return (never, if it did not return), and it concerns the key — or,
-// for the tagged cache, any key of the bucket. leasedOnly leaves out the
-// degraded loads, which run without a lease by design.
-func duplicateLoads(events []event, leasedOnly bool) []event {
-	type ck struct {
-		cache string
-		key   int // for the tagged cache's writes: -1 - bucket
-	}
-	type span struct{ from, to int64 }
-	returned := map[[3]int64]int64{} // worker, key, version → when the invalidation returned
-	for _, e := range events {
-		if e.T == "i" {
-			returned[[3]int64{int64(e.Worker), int64(e.Key), e.V}] = e.End
-		}
-	}
-	loads := map[ck][]event{}
-	writes := map[ck][]span{}
-	for _, e := range events {
-		switch e.T {
-		case "l":
-			if !leasedOnly || e.Tier != "degraded" {
-				loads[ck{e.Cache, e.Key}] = append(loads[ck{e.Cache, e.Key}], e)
-			}
-		case "c":
-			to, ok := returned[[3]int64{int64(e.Worker), int64(e.Key), e.V}]
-			if !ok {
-				to = math.MaxInt64
-			}
-			for _, c := range []ck{{"plain", e.Key}, {"l1", e.Key}, {"swr", e.Key}, {"tagged", -1 - e.Key%buckets}} {
-				writes[c] = append(writes[c], span{e.End, to})
-			}
-		}
-	}
-	var out []event
-	for id, ls := range loads {
-		slices.SortFunc(ls, func(a, b event) int { return cmp.Compare(a.Start, b.Start) })
-		ws := writes[id]
-		if id.cache == "tagged" {
-			ws = writes[ck{"tagged", -1 - id.key%buckets}]
-		}
-		var inFlight int64 // the latest end of the loads begun so far
-		var since int64    // when the load that set it began
-		for _, l := range ls {
-			if l.Start < inFlight && !slices.ContainsFunc(ws, func(w span) bool { return w.from <= l.Start && w.to >= since }) {
-				out = append(out, l)
-			}
-			if l.End > inFlight {
-				inFlight, since = l.End, l.Start
-			}
-		}
-	}
-	return out
-}
-
 // replayedBy returns, for each invalidation that failed ("w"), one that
 // takes effect when the next invalidation of the same worker returned; none
 // for those no later one followed (the worker died, or the run ended: the
@@ -323,65 +233,6 @@ func replayedBy(events []event) []event {
 			out = append(out, event{T: "i", Worker: e.Worker, Key: e.Key, End: ts[i], V: e.V})
 		}
 	}
-	return out
-}
-
-// undrained counts the workers that stopped cleanly with invalidations
-// still in their replay queue after Close.
-func undrained(events []event) (n int) {
-	for _, e := range events {
-		if e.T == "q" && (e.V != 0 || e.Err != "") {
-			n++
-		}
-	}
-	return n
-}
-
-// procGrowth is a worker process that lived through the run: its sample
-// after warm-up (the first quarter) and its last.
-type procGrowth struct {
-	id        int
-	warm, end event
-}
-
-// flat: no goroutine leak and no heap growth beyond GC's own swing — at
-// most 16 goroutines more, and twice the heap or 32 MiB more.
-func (p procGrowth) flat() bool {
-	return p.end.Gor <= p.warm.Gor+16 && p.end.Heap <= max(2*p.warm.Heap, p.warm.Heap+32<<20)
-}
-
-func grew(ps []procGrowth) (n int) {
-	for _, p := range ps {
-		if !p.flat() {
-			n++
-		}
-	}
-	return n
-}
-
-// growth returns the workers that lived from the warm-up to the end.
-func growth(events []event) []procGrowth {
-	samples := map[int][]event{}
-	var first, last int64
-	for _, e := range events {
-		if e.T != "m" {
-			continue
-		}
-		samples[e.Worker] = append(samples[e.Worker], e)
-		if first == 0 || e.End < first {
-			first = e.End
-		}
-		last = max(last, e.End)
-	}
-	warm := first + (last-first)/4
-	var out []procGrowth
-	for id, ss := range samples {
-		if ss[0].End < warm && ss[len(ss)-1].End > last-int64(2*time.Second) { // alive from the start to the end
-			i := sort.Search(len(ss), func(i int) bool { return ss[i].End >= warm })
-			out = append(out, procGrowth{id: id, warm: ss[min(i, len(ss)-1)], end: ss[len(ss)-1]})
-		}
-	}
-	slices.SortFunc(out, func(a, b procGrowth) int { return cmp.Compare(a.id, b.id) })
 	return out
 }
 
