@@ -96,7 +96,11 @@ func (s *Store) replayFirst(ctx context.Context) error {
 		s.replayPending(ctx)
 		return nil
 	}
-	return s.replay(ctx, true)
+	err := s.replay(ctx, true)
+	for try := 0; errors.Is(err, errReplaying) && try < 3; try++ {
+		err = s.replay(ctx, true) // more failed while it replayed: those too
+	}
+	return err
 }
 
 // replay deletes the queued keys and replaces the queued tags' tokens, tells
@@ -158,11 +162,13 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 		return err
 	}
 	s.pending.mu.Lock()
-	s.pending.ops = s.pending.ops[len(ops):] // what was added meanwhile stays
-	s.pending.n.Store(int64(len(s.pending.ops)))
+	if !s.pending.overflow { // an overflow meanwhile dropped the queue
+		s.pending.ops = s.pending.ops[len(ops):] // what was added meanwhile stays
+		s.pending.n.Store(int64(len(s.pending.ops)))
+	}
 	s.pending.mu.Unlock()
 	s.log(slog.LevelInfo, "aside: replayed invalidations that failed while Redis was unreachable", "count", len(ops))
-	if s.pending.n.Load() != 0 {
+	if s.pending.n.Load() > 0 {
 		return errReplaying // more failed meanwhile: the next caller replays them
 	}
 	return nil
