@@ -331,3 +331,37 @@ func TestReplayQueueOverflow(t *testing.T) {
 		t.Errorf("the overflowed Store loaded %d times for 2 Gets, want 2: it must not read Redis", loads.Load())
 	}
 }
+
+// TestReplayQueueOverflowDuringAReplay: failed invalidations that overflow
+// the queue while a replay is writing drop it; the replay ends cleanly (it
+// used to trim the dropped queue and panic) and the Store stops reading Redis.
+func TestReplayQueueOverflowDuringAReplay(t *testing.T) {
+	writer, fake := asidetest.New(t, aside.WithBreaker(1, time.Hour))
+	w, _ := aside.New[int](writer, "n")
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("x", i)
+	}
+	var armed atomic.Bool
+	aside.SetStoreHooks(writer, &aside.TestHooks{BeforeReplay: func() {
+		if !armed.CompareAndSwap(true, false) {
+			return
+		}
+		fake.Down()
+		for range 101 {
+			_ = w.Invalidate(bgCtx, keys...) // the breaker is open: queued at once
+		}
+		fake.Up()
+	}})
+	fake.Down()
+	if err := w.Invalidate(bgCtx, "k"); err == nil {
+		t.Fatal("Invalidate with Redis down returned nil")
+	}
+	fake.Up()
+	fake.Advance(time.Hour)
+	armed.Store(true)
+	_ = writer.Close() // replays; the hook overflows the queue meanwhile
+	if _, overflowed := writer.Pending(); !overflowed {
+		t.Fatal("the queue did not overflow during the replay")
+	}
+}
