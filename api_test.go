@@ -324,19 +324,10 @@ func TestTracerSeesEveryOutcome(t *testing.T) {
 func TestWriteOnlyProcessReplaysItsQueue(t *testing.T) {
 	for _, via := range []string{"next write", "Close"} {
 		t.Run(via, func(t *testing.T) {
-			writer, fake := asidetest.New(t, aside.WithBreaker(1, time.Hour))
-			reader, err := aside.NewStore(fake.Client()) // another process on the same Redis
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer reader.Close()
-			w, _ := aside.New[int](writer, "n")
-			r, _ := aside.New[int](reader, "n")
-			version := 1
-			load := func(context.Context) (int, error) { return version, nil }
-			mustGet(t, r, "k", load)
+			g := newReplayRig(t)
+			writer, fake, w, r, load := g.writer, g.fake, g.w, g.r, g.load
 			fake.Down()
-			version = 2
+			g.version = 2
 			if err := w.Invalidate(bgCtx, "k"); err == nil {
 				t.Fatal("Invalidate with Redis down returned nil")
 			}

@@ -292,40 +292,25 @@ func TestT20InvalidationsTakeEffectInOrder(t *testing.T) {
 // dropped and the Store stops reading Redis (every Get goes to its loader),
 // but its invalidations still reach Redis and the other Stores.
 func TestReplayQueueOverflow(t *testing.T) {
-	writer, fake := asidetest.New(t, aside.WithBreaker(1, time.Hour))
-	reader, err := aside.NewStore(fake.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reader.Close()
-	w, _ := aside.New[int](writer, "n")
-	r, _ := aside.New[int](reader, "n")
-	version := 1
-	load := func(context.Context) (int, error) { return version, nil }
-	mustGet(t, r, "k", load)
+	g := newReplayRig(t)
+	writer, fake, w, r := g.writer, g.fake, g.w, g.r
 	fake.Down()
-	keys := make([]string, 1000)
-	for i := range keys {
-		keys[i] = fmt.Sprint("x", i)
-	}
-	for range 101 {
-		_ = w.Invalidate(bgCtx, keys...)
-	}
+	overflow(w)
 	if _, overflowed := writer.Pending(); !overflowed {
 		t.Fatal("101 000 failed invalidations did not overflow the queue")
 	}
 	fake.Up()
 	fake.Advance(time.Hour) // the breaker may probe again
-	version = 2
+	g.version = 2
 	if err := w.Invalidate(bgCtx, "k"); err != nil {
 		t.Fatalf("an invalidation after the overflow: %v, want it to reach Redis", err)
 	}
-	if got := mustGet(t, r, "k", load); got != 2 {
+	if got := mustGet(t, r, "k", g.load); got != 2 {
 		t.Errorf("another Store reads v%d, want v2", got)
 	}
 	var loads atomic.Int32
 	for range 2 {
-		mustGet(t, w, "k", func(context.Context) (int, error) { loads.Add(1); return version, nil })
+		mustGet(t, w, "k", func(context.Context) (int, error) { loads.Add(1); return g.version, nil })
 	}
 	if loads.Load() != 2 {
 		t.Errorf("the overflowed Store loaded %d times for 2 Gets, want 2: it must not read Redis", loads.Load())
@@ -338,19 +323,13 @@ func TestReplayQueueOverflow(t *testing.T) {
 func TestReplayQueueOverflowDuringAReplay(t *testing.T) {
 	writer, fake := asidetest.New(t, aside.WithBreaker(1, time.Hour))
 	w, _ := aside.New[int](writer, "n")
-	keys := make([]string, 1000)
-	for i := range keys {
-		keys[i] = fmt.Sprint("x", i)
-	}
 	var armed atomic.Bool
 	aside.SetStoreHooks(writer, &aside.TestHooks{BeforeReplay: func() {
 		if !armed.CompareAndSwap(true, false) {
 			return
 		}
 		fake.Down()
-		for range 101 {
-			_ = w.Invalidate(bgCtx, keys...) // the breaker is open: queued at once
-		}
+		overflow(w) // the breaker is open: queued at once
 		fake.Up()
 	}})
 	fake.Down()
@@ -363,5 +342,44 @@ func TestReplayQueueOverflowDuringAReplay(t *testing.T) {
 	_ = writer.Close() // replays; the hook overflows the queue meanwhile
 	if _, overflowed := writer.Pending(); !overflowed {
 		t.Fatal("the queue did not overflow during the replay")
+	}
+}
+
+// replayRig is two processes on one fake Redis: a writer whose breaker
+// opens at the first failure, and a reader that has read "k" at version 1.
+// The loaders of both return version.
+type replayRig struct {
+	writer  *aside.Store
+	fake    *asidetest.Redis
+	w, r    *aside.Cache[int]
+	version int
+}
+
+func newReplayRig(t *testing.T) *replayRig {
+	t.Helper()
+	g := &replayRig{version: 1}
+	g.writer, g.fake = asidetest.New(t, aside.WithBreaker(1, time.Hour))
+	reader, err := aside.NewStore(g.fake.Client()) // another process on the same Redis
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = reader.Close() })
+	g.w, _ = aside.New[int](g.writer, "n")
+	g.r, _ = aside.New[int](reader, "n")
+	mustGet(t, g.r, "k", g.load)
+	return g
+}
+
+func (g *replayRig) load(context.Context) (int, error) { return g.version, nil }
+
+// overflow makes 101 000 invalidations of w fail (Redis must be down): one
+// more than the replay queue holds.
+func overflow(w *aside.Cache[int]) {
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("x", i)
+	}
+	for range 101 {
+		_ = w.Invalidate(bgCtx, keys...)
 	}
 }
