@@ -131,9 +131,14 @@ func aMaster(ctx context.Context, admin redis.UniversalClient) (master, replica 
 	return node{}, node{}, errors.New("no master with a live replica")
 }
 
+// nodeClient is a client of the one node on port (close it after use).
+func nodeClient(port string) *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + port, DisableIdentity: true, MaxRetries: -1})
+}
+
 // waitMaster waits until the node of port reports itself master.
 func waitMaster(ctx context.Context, port string, within time.Duration) error {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + port, DisableIdentity: true, MaxRetries: -1})
+	c := nodeClient(port)
 	defer c.Close()
 	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if info, err := c.Info(ctx, "replication").Result(); err == nil && strings.Contains(info, "role:master") {
@@ -153,7 +158,7 @@ func waitHealthy(ctx context.Context, admin redis.UniversalClient, within time.D
 		}
 		ok := true
 		for _, n := range ns {
-			c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + n.port, DisableIdentity: true, MaxRetries: -1})
+			c := nodeClient(n.port)
 			info, err := c.ClusterInfo(ctx).Result()
 			_ = c.Close()
 			ok = ok && !n.failed && err == nil && strings.Contains(info, "cluster_state:ok")

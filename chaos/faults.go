@@ -33,6 +33,12 @@ type fault struct {
 	only       string // "single" or "cluster": the only deployment it applies to
 }
 
+// restoredLife is how long an entry Redis brought back (from a snapshot, or
+// a replica that had not received a DEL) can be served: TTL 3 s + 1 s
+// jitter + the stale window's 5 s, and an L1 entry filled from one just
+// before it expired. The excused windows last that long after the fault.
+const restoredLife = 10 * time.Second
+
 // faults is every kind, in the order a run injects them (round robin).
 var faults = []fault{
 	{id: "kill-reader", mayOverlap: true, name: "SIGKILL a reader (loads in flight)", do: func(r *run) (func(), error) {
@@ -119,9 +125,7 @@ var faults = []fault{
 		}, err
 	}},
 	{id: "old-snapshot", only: "single", mayOverlap: true, name: "Redis restarted from a snapshot 1.5 s old", excused: true,
-		// Until every restored entry has expired: TTL 3 s + 1 s jitter + the
-		// stale window's 5 s, and an L1 entry filled from one just before.
-		after: 10 * time.Second,
+		after: restoredLife,
 		do: func(r *run) (func(), error) {
 			snap, err := r.redis.snapshot(r.admin.(*redis.Client))
 			if err != nil {
@@ -131,7 +135,7 @@ var faults = []fault{
 			r.redis.kill()
 			return func() { r.restartRedis(snap) }, nil
 		}},
-	{id: "failover", only: "cluster", excused: true, mayOverlap: true, after: 10 * time.Second,
+	{id: "failover", only: "cluster", excused: true, mayOverlap: true, after: restoredLife,
 		name: "replica promoted (CLUSTER FAILOVER)",
 		do: func(r *run) (func(), error) {
 			ctx := context.Background()
@@ -139,14 +143,14 @@ var faults = []fault{
 			if err != nil {
 				return nil, err
 			}
-			c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + replica.port, DisableIdentity: true, MaxRetries: -1})
+			c := nodeClient(replica.port)
 			defer c.Close()
 			if err := c.ClusterFailover(ctx).Err(); err != nil {
 				return nil, err
 			}
 			return func() {}, waitMaster(ctx, replica.port, 10*time.Second)
 		}},
-	{id: "kill-master", only: "cluster", excused: true, mayOverlap: true, after: 10 * time.Second,
+	{id: "kill-master", only: "cluster", excused: true, mayOverlap: true, after: restoredLife,
 		name: "a master SIGKILLed (its replica promoted), then restarted",
 		do: func(r *run) (func(), error) {
 			ctx := context.Background()
