@@ -51,7 +51,8 @@ func (e *BatchError) Unwrap() []error {
 // protocol as [Cache.Get], a pipeline per step: keys that other callers —
 // concurrent Gets, other batches, other processes — are loading are awaited
 // within the profile's WaitBudget, not loaded twice; fills are
-// compare-and-sets; [Tags] apply to every key, [KeyTags] to one.
+// compare-and-sets, written after GetMany returns the loaded values, as
+// with Get; [Tags] apply to every key, [KeyTags] to one.
 //
 // Keys that do not exist are absent from the map. Keys that failed are
 // absent too and reported in a *[BatchError]; the others are still

@@ -192,6 +192,7 @@ func TestGetManyOfHitsIsOneRoundTrip(t *testing.T) {
 		if _, err := c.GetMany(bgCtx, keys, r.load, aside.Tags("t1", "t2")); err != nil {
 			t.Fatal(err)
 		}
+		settled(t, store)
 		var rt roundTrips
 		rdb.AddHook(&rt)
 		got, err := c.GetMany(bgCtx, keys, r.load, aside.Tags("t1", "t2"))
@@ -215,6 +216,7 @@ func TestTaggedHitIsOneRoundTrip(t *testing.T) {
 			}
 		}
 		mustGet()
+		settled(t, store)
 		var rt roundTrips
 		rdb.AddHook(&rt)
 		mustGet()

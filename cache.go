@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"reflect"
 	"sync"
+	"time"
 )
 
 // Sentinel errors. Match them with errors.Is.
@@ -199,14 +200,16 @@ var (
 	errNilLoader = errors.New("aside: nil loader")
 )
 
-// Get returns the value cached under key or, on a miss, calls load, stores
-// its result with the profile's TTL and jitter, and returns it.
+// Get returns the value cached under key or, on a miss, calls load, returns
+// its result and stores it with the profile's TTL and jitter.
 //
 // A miss takes a lease on the key in Redis: across every process, one caller
 // loads while the others wait for its value (at most the profile's
 // WaitBudget), and the value is written only if no invalidation came in
 // between. Each caller waits on its own ctx; the load runs on a detached
-// context bounded by the profile's LoadTimeout.
+// context bounded by the profile's LoadTimeout. The loading caller gets its
+// value as soon as load returns; the write follows a round trip later, and
+// reads meanwhile wait for it ([Store.Wait] waits for it too).
 //
 // A loader error is returned unchanged and not cached, except [ErrNotFound]
 // under a profile with NegativeTTL. Get fails open: when Redis is slow, down,
@@ -281,15 +284,24 @@ func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err e
 
 // fillL1 keeps a call's answer in L1 when it may: see [call].
 func (c *Cache[T]) fillL1(cl *call[T]) {
-	if c.l1 == nil || cl.err != nil || !cl.l1OK {
+	if cl.err != nil || !cl.l1OK {
 		return
 	}
-	tags := cl.entryTags
-	if c.hooks.callTagsOnly() { // the broken variant: guarded by the call's tags only
-		tags = nil
-		for _, t := range cl.tags {
-			tags = append(tags, tagToken{name: t})
+	c.keepInL1(cl.key, cl.v, cl.note, cl.freshUntil, cl.entryTags, cl.tags)
+}
+
+// keepInL1 keeps v in L1, guarded by the tags of its entry (or, in the
+// broken variant, only by the tags the call named), unless an invalidation
+// arrived since n was noted.
+func (c *Cache[T]) keepInL1(key string, v T, n l1Note, freshUntil time.Time, entryTags []tagToken, callTags []string) {
+	if c.l1 == nil {
+		return
+	}
+	if c.hooks.callTagsOnly() {
+		entryTags = nil
+		for _, t := range callTags {
+			entryTags = append(entryTags, tagToken{name: t})
 		}
 	}
-	c.l1.set(cl.key, cl.v, cl.note, cl.freshUntil, tags)
+	c.l1.set(key, v, n, freshUntil, entryTags)
 }

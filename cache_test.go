@@ -30,7 +30,24 @@ func countingLoader[T any](v T, calls *atomic.Int32) aside.Loader[T] {
 	}
 }
 
+// mustGet is one step of a sequential scenario: a Get that must succeed,
+// and whose fill, if it loaded, has landed in Redis when it returns (as the
+// next step, looking at Redis or reading from another Store, assumes). The
+// window between a Get's return and its fill has tests of its own
+// (backlog_test.go); concurrent tests call Get itself.
 func mustGet[T any](t *testing.T, c *aside.Cache[T], key string, load aside.Loader[T]) T {
+	t.Helper()
+	v, err := c.Get(bgCtx, key, load)
+	if err != nil {
+		t.Fatalf("Get(%q): %v", key, err)
+	}
+	settled(t, aside.StoreOf(c))
+	return v
+}
+
+// getOK is a Get that must succeed, for a step taken while the test holds
+// a background write (a load, a fill, a refresh) that mustGet would wait for.
+func getOK[T any](t *testing.T, c *aside.Cache[T], key string, load aside.Loader[T]) T {
 	t.Helper()
 	v, err := c.Get(bgCtx, key, load)
 	if err != nil {

@@ -50,3 +50,6 @@ func DropPending(s *Store) {
 	s.pending.n.Store(0)
 	s.pending.mu.Unlock()
 }
+
+// StoreOf is the Store of c.
+func StoreOf[T any](c *Cache[T]) *Store { return c.store }

@@ -363,3 +363,15 @@ func raise(floor *atomic.Int64, v int64) {
 	for cur := floor.Load(); cur < v && !floor.CompareAndSwap(cur, v); cur = floor.Load() {
 	}
 }
+
+// settled waits for the fills the Store has in flight (see Store.Wait):
+// for the tests that look at Redis, or read again, right after a Get that
+// loaded.
+func settled(t testing.TB, store *aside.Store) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := store.Wait(ctx); err != nil {
+		t.Fatalf("background writes still running after 3s (held by the test? then read with getOK): %v", err)
+	}
+}

@@ -156,6 +156,7 @@ func runT1(t *testing.T, b *backend, p readPath, broken aside.TestHooks) int {
 	it.commit(t, 2)
 	close(it.proceed)
 	recv(t, a, "A")
+	settled(t, store) // A's fill has landed, or been refused
 	return mustGetVia(t, p, it.c, "k", it.load)
 }
 
@@ -168,11 +169,12 @@ func runT2(t *testing.T, b *backend, p readPath, broken aside.TestHooks) int {
 	go func() { v, _ := p.get(bgCtx, it.c, "k", it.load); a <- v }()
 	recv(t, it.loaded, "A's load")
 	it.commit(t, 2)
-	if got := mustGetVia(t, p, it.c, "k", it.load); got != 2 {
-		t.Fatalf("B = %d, want 2", got)
+	if got, err := p.get(bgCtx, it.c, "k", it.load); err != nil || got != 2 { // A's load is held: no mustGetVia
+		t.Fatalf("B = %d, %v; want 2", got, err)
 	}
 	close(it.proceed)
 	recv(t, a, "A")
+	settled(t, store) // A's fill has landed, or been refused
 	return mustGetVia(t, p, it.c, "k", it.load)
 }
 
@@ -364,12 +366,14 @@ func panickingHolder(t *testing.T, b *backend, p readPath, broken bool) (waited 
 }
 
 // mustGetVia reads key through p and fails the test on an error.
+// mustGetVia is mustGet through the read path p.
 func mustGetVia(t *testing.T, p readPath, c *aside.Cache[int], key string, load aside.Loader[int]) int {
 	t.Helper()
 	v, err := p.get(bgCtx, c, key, load)
 	if err != nil {
 		t.Fatal(err)
 	}
+	settled(t, aside.StoreOf(c))
 	return v
 }
 

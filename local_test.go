@@ -155,8 +155,8 @@ func runT8(t *testing.T, b *backend, p readPath, broken bool) int {
 	mustGet(t, a, "k", load) // v1 in Redis
 	read, proceed := make(chan struct{}), make(chan struct{})
 	var once atomic.Bool
-	aside.SetTestHooks(bc, &aside.TestHooks{BeforeL1Fill: func(string) {
-		if once.CompareAndSwap(false, true) {
+	aside.SetTestHooks(bc, &aside.TestHooks{BeforeL1Fill: func(key string) {
+		if key == "k" && once.CompareAndSwap(false, true) { // not GetMany's companion key, which B loads
 			close(read)
 			<-proceed
 		}

@@ -208,7 +208,7 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 	for i, cl := range misses {
 		// Registered before the lease exists, so that a WAIT(token) seen by
 		// another goroutine of this process always finds the flight.
-		tokens[i], flights[i], rks[i] = newToken(), &flight[T]{done: make(chan struct{})}, cl.rk
+		tokens[i], flights[i], rks[i] = newToken(), &flight[T]{done: make(chan struct{}), loaded: make(chan struct{})}, cl.rk
 		c.leases[tokens[i]] = flights[i]
 	}
 	c.mu.Unlock()

@@ -189,6 +189,7 @@ func TestT11L1GuardedByEveryTagOfItsEntry(t *testing.T) {
 				if _, err := p.get(bgCtx, ca, "k", load, aside.Tags("a", "b")); err != nil {
 					t.Fatal(err)
 				}
+				settled(t, sa)
 				for range 2 {
 					if v, err := p.get(bgCtx, cb, "k", load, aside.Tags("a")); err != nil || v != 1 {
 						t.Fatalf("B = %d, %v", v, err)
@@ -214,6 +215,7 @@ func TestT11L1GuardedByEveryTagOfItsEntry(t *testing.T) {
 				if _, err := p.get(bgCtx, c, "k", load, aside.Tags("a", "b")); err != nil {
 					t.Fatal(err)
 				}
+				settled(t, store)
 				db.Store(2)
 				if err := c.MarkStale(bgCtx, "k"); err != nil {
 					t.Fatal(err)

@@ -121,9 +121,10 @@ func newToken() string {
 // Its fields are written by the load before done is closed, and read only
 // after.
 type flight[T any] struct {
-	done chan struct{}
-	v    T
-	err  error
+	loaded chan struct{} // closed when v and err are set: the holder returns, the fill goes on
+	done   chan struct{} // closed when the fill is done: valid, tags and freshUntil are set
+	v      T
+	err    error
 	// valid: the result was confirmed under the lease — its compare-and-set
 	// fill succeeded, or, for a not-found that was not stored, the lease was
 	// still held when it came back. Only then may a caller that joined
@@ -131,6 +132,15 @@ type flight[T any] struct {
 	valid      bool
 	tags       []tagToken // the tag tokens read before the load
 	freshUntil time.Time
+	handed     bool // loaded is closed; only the flight's goroutine uses it
+}
+
+// hand gives the holder its result (once).
+func (f *flight[T]) hand() {
+	if f.loaded != nil && !f.handed {
+		f.handed = true
+		close(f.loaded)
+	}
 }
 
 // leaseTask is what a load needs of one leased key; it shares nothing with
@@ -138,6 +148,7 @@ type flight[T any] struct {
 type leaseTask[T any] struct {
 	key, rk, token string
 	tags           []string // the entry's tags, whose tokens are recorded before the load
+	note           l1Note   // the holder's L1 generations before its first read
 	f              *flight[T]
 }
 
@@ -147,7 +158,7 @@ type leaseTask[T any] struct {
 func (c *Cache[T]) startFlight(ctx context.Context, held []*call[T], src source[T]) {
 	tasks := make([]leaseTask[T], len(held))
 	for i, cl := range held {
-		tasks[i] = leaseTask[T]{key: cl.key, rk: cl.rk, token: cl.token, tags: cl.tags, f: cl.f}
+		tasks[i] = leaseTask[T]{key: cl.key, rk: cl.rk, token: cl.token, tags: cl.tags, note: cl.note, f: cl.f}
 	}
 	run := func() {
 		c.loadAndFill(context.WithoutCancel(ctx), tasks, src)
@@ -156,7 +167,7 @@ func (c *Cache[T]) startFlight(ctx context.Context, held []*call[T], src source[
 			close(t.f.done)
 		}
 	}
-	if !c.store.goTracked(run) {
+	if !c.store.goWrite(run) {
 		go run() // the Store is closed: the callers still get their values
 	}
 }
@@ -214,12 +225,26 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 			fills = append(fills, fillCmd{i, b, ttl})
 		}
 	}
+	// A holder whose value is to be stored returns now; one whose lease is
+	// given back instead (a failure, an unstored not-found) returns after
+	// that, so that its next call never joins the attempt it saw end.
+	for _, fc := range fills {
+		tasks[fc.task].f.hand()
+	}
 	for _, fc := range fills {
 		c.hooks.beforeFill(tasks[fc.task].rk)
 	}
 	c.fill(ctx, tasks, fills)
+	for _, t := range tasks {
+		if t.f.valid && t.f.err == nil {
+			c.keepInL1(t.key, t.f.v, t.note, t.f.freshUntil, t.f.tags, t.tags)
+		}
+	}
 	if !c.hooks.keepLease() {
 		c.release(ctx, tasks, releases)
+	}
+	for _, t := range tasks {
+		t.f.hand()
 	}
 }
 
@@ -335,7 +360,7 @@ func (c *Cache[T]) releaseLater(rks, tokens []string) {
 	for i := range rks {
 		tasks[i], idx[i] = leaseTask[T]{rk: rks[i], token: tokens[i], f: &flight[T]{}}, i
 	}
-	c.store.goTracked(func() { c.release(context.Background(), tasks, idx) })
+	c.store.goWrite(func() { c.release(context.Background(), tasks, idx) })
 }
 
 // leaseTTL outlives the longest load, so that a live holder never loses its
@@ -367,7 +392,7 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []
 	}
 	sum := sha1.Sum(seen)
 	seenSum := hex.EncodeToString(sum[:])
-	started := c.store.goTracked(func() {
+	started := c.store.goWrite(func() {
 		defer c.refreshing.Delete(rk)
 		ctx := context.WithoutCancel(ctx)
 		token := newToken()

@@ -39,6 +39,7 @@ type Store struct {
 	mu      sync.Mutex // protects closed, and orders running.Add before running.Wait
 	closed  bool
 	running sync.WaitGroup
+	writes  backlog // the background writes among them, for Wait
 }
 
 // NewStore wraps a go-redis client (a *redis.Client, *redis.ClusterClient,

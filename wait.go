@@ -19,7 +19,7 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 	if f := cl.f; f != nil { // the holder takes its load's result in any case
 		cl.f = nil
 		select {
-		case <-f.done:
+		case <-f.loaded: // the fill goes on for the waiters, and keeps the value in L1 if it succeeds
 		case <-ctx.Done():
 			var zero T
 			cl.finish(zero, ctx.Err())
@@ -27,9 +27,6 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 		}
 		cl.finish(f.v, f.err)
 		cl.outcome = OutcomeLoaded
-		if f.err == nil && f.valid {
-			cl.l1OK, cl.freshUntil, cl.entryTags = true, f.freshUntil, f.tags
-		}
 		return false
 	}
 	c.stats.leaseWaits.Add(1)

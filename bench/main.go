@@ -39,6 +39,7 @@ var (
 	only    = flag.String("only", "", `run some sections only: "paths" (hit, miss, batch), "stampede", "freshness" or "coherence"`)
 	counts  = flag.String("stores", "8", "coherence: numbers of Stores, comma-separated")
 	rate    = flag.Int("rate", 1000, "coherence: invalidations per second")
+	link    = flag.Duration("link", 250*time.Microsecond, "the delay a proxy adds to each request for the miss table over a slower link")
 	cluster = flag.String("cluster", "", "coherence: also on this Redis Cluster (comma-separated loopback addresses)")
 	prefix  = "asidebench" + strconv.FormatInt(time.Now().UnixNano()%1e9, 10)
 )
@@ -128,7 +129,8 @@ func main() {
 	case "paths":
 		subs := subjects(*addr)
 		hits(ctx, subs)
-		misses(ctx, subs)
+		misses(ctx, missTitle, subs)
+		linkMisses(ctx)
 		batch(ctx)
 		return
 	case "stampede":
@@ -145,7 +147,8 @@ func main() {
 	}
 	subs := subjects(*addr)
 	hits(ctx, subs)
-	misses(ctx, subs)
+	misses(ctx, missTitle, subs)
+	linkMisses(ctx)
 	batch(ctx)
 	stampede(ctx)
 	freshness(ctx, freshWindow())
@@ -218,8 +221,8 @@ func hits(ctx context.Context, subs []subject) {
 	fmt.Println()
 }
 
-func misses(ctx context.Context, subs []subject) {
-	fmt.Println("## Miss + fill (instant loader, a new key each time)")
+func misses(ctx context.Context, title string, subs []subject) {
+	fmt.Println("## " + title)
 	fmt.Println()
 	fmt.Println("| subject | per miss | allocs/op | × floor |")
 	fmt.Println("|---|---|---|---|")
@@ -267,6 +270,7 @@ func batch(ctx context.Context) {
 	}
 	_, err = c.GetMany(ctx, keys, loadMany)
 	must(err)
+	must(store.Wait(ctx)) // the fills have landed: what follows reads hits
 	raw, _ := msgpack.Marshal(sample)
 	rawKeys := make([]string, 100)
 	for i := range rawKeys {
