@@ -172,6 +172,7 @@ func runT2(t *testing.T, b *backend, p readPath, broken aside.TestHooks) int {
 	if got, err := p.get(bgCtx, it.c, "k", it.load); err != nil || got != 2 { // A's load is held: no mustGetVia
 		t.Fatalf("B = %d, %v; want 2", got, err)
 	}
+	eventually(t, "B's fill", func() bool { v, err := it.c.Peek(bgCtx, "k"); return err == nil && v == 2 })
 	close(it.proceed)
 	recv(t, a, "A")
 	settled(t, store) // A's fill has landed, or been refused

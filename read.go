@@ -14,8 +14,9 @@ import (
 // tag tokens, and serving what is usable of them.
 
 // readAll reads the entries of calls and the group's tag tokens in one
-// round trip: a GET for a lone untagged call, else one pipeline — with one
-// MGET of every entry where the client allows multi-key commands.
+// round trip: a GET for a lone untagged call; where one server holds every
+// key, one MGET of the entries and the tag keys together; else (a Cluster,
+// a Ring) one pipeline of a GET per key.
 func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 	if len(calls) == 1 && len(calls[0].tags) == 0 {
 		b, err := c.readOne(ctx, calls[0])
@@ -25,63 +26,20 @@ func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 	tags, shared := groupTags(calls)
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	// A lone tagged Get, the common case, keeps its commands on the stack.
-	var ebuf [1]*redis.StringCmd
-	var gbuf [4]*redis.StringCmd
-	entries, gets := ebuf[:0], gbuf[:0]
-	var mget *redis.SliceCmd
-	p := c.store.rdb.Pipeline()
-	if c.store.multiKey && len(calls) > 1 {
-		rks := make([]string, len(calls))
-		for i, cl := range calls {
-			rks[i] = cl.rk
-		}
-		mget = p.MGet(octx, rks...)
-	} else {
-		for _, cl := range calls {
-			entries = append(entries, p.Get(octx, cl.rk))
-		}
-	}
-	for _, t := range tags {
-		gets = append(gets, p.Get(octx, tagKey(c.store.prefix, t)))
-	}
-	_, _ = p.Exec(octx)
-	var failed error
 	snap := tagSnap{names: tags, tokens: make([]string, len(tags))}
-	for i, g := range gets {
-		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && failed == nil {
-			failed = err
-		}
-		snap.tokens[i] = g.Val() // "" when the tag key is missing
-	}
-	var vals []any
-	if mget != nil {
-		if err := mget.Err(); err != nil && failed == nil {
-			failed = err
-		}
-		vals = mget.Val()
+	var entry func(i int) ([]byte, error)
+	var failed error
+	if c.store.multiKey {
+		entry, failed = c.readMulti(octx, calls, snap)
+	} else {
+		entry, failed = c.readPipelined(octx, calls, snap)
 	}
 	for i, cl := range calls {
 		cl.snap, cl.raw = snap, nil
 		if !shared {
 			cl.snap = snap.subset(cl.tags)
 		}
-		var b []byte
-		var err error
-		if mget != nil {
-			// MGET answers nil for a key of another Redis type too: the
-			// lease script deletes it.
-			if i < len(vals) {
-				if v, ok := vals[i].(string); ok {
-					b = []byte(v)
-				}
-			}
-			if b == nil && mget.Err() == nil {
-				err = redis.Nil
-			}
-		} else {
-			b, err = entries[i].Bytes()
-		}
+		b, err := entry(i)
 		switch {
 		case err == nil && b != nil:
 			cl.raw = b
@@ -95,6 +53,58 @@ func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 	}
 	c.store.record(octx, failed, &c.stats, c.name)
 	return failed
+}
+
+// readMulti reads every entry of calls and the tag tokens of snap with one
+// MGET. MGET answers nil for a key of another Redis type as for a missing
+// one: an entry's is a miss (the lease script deletes it), a tag's an
+// absent token.
+func (c *Cache[T]) readMulti(ctx context.Context, calls []*call[T], snap tagSnap) (entry func(i int) ([]byte, error), err error) {
+	keys := make([]string, len(calls), len(calls)+len(snap.names))
+	for i, cl := range calls {
+		keys[i] = cl.rk
+	}
+	for _, t := range snap.names {
+		keys = append(keys, tagKey(c.store.prefix, t))
+	}
+	vals, err := c.store.rdb.MGet(ctx, keys...).Result()
+	if err == nil && len(vals) != len(keys) {
+		err = fmt.Errorf("aside: MGET of %d keys answered %d values", len(keys), len(vals))
+	}
+	if err != nil {
+		return func(int) ([]byte, error) { return nil, err }, err
+	}
+	for i := range snap.names {
+		snap.tokens[i], _ = vals[len(calls)+i].(string) // "" when the tag key is missing
+	}
+	return func(i int) ([]byte, error) {
+		if v, ok := vals[i].(string); ok {
+			return []byte(v), nil
+		}
+		return nil, redis.Nil
+	}, nil
+}
+
+// readPipelined reads the entries of calls and the tag tokens of snap with
+// a pipeline of GETs, for clients whose keys live on several servers.
+func (c *Cache[T]) readPipelined(ctx context.Context, calls []*call[T], snap tagSnap) (entry func(i int) ([]byte, error), failed error) {
+	p := c.store.rdb.Pipeline()
+	entries := make([]*redis.StringCmd, len(calls))
+	for i, cl := range calls {
+		entries[i] = p.Get(ctx, cl.rk)
+	}
+	gets := make([]*redis.StringCmd, len(snap.names))
+	for i, t := range snap.names {
+		gets[i] = p.Get(ctx, tagKey(c.store.prefix, t))
+	}
+	_, _ = p.Exec(ctx)
+	for i, g := range gets {
+		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && failed == nil {
+			failed = err
+		}
+		snap.tokens[i] = g.Val() // "" when the tag key is missing
+	}
+	return func(i int) ([]byte, error) { return entries[i].Bytes() }, failed
 }
 
 // groupTags returns every tag the calls of a group name, once each, and

@@ -148,6 +148,7 @@ func (f *flight[T]) hand() {
 type leaseTask[T any] struct {
 	key, rk, token string
 	tags           []string // the entry's tags, whose tokens are recorded before the load
+	snap           tagSnap  // their tokens as the holder's read saw them, before it took the lease
 	note           l1Note   // the holder's L1 generations before its first read
 	f              *flight[T]
 }
@@ -158,7 +159,7 @@ type leaseTask[T any] struct {
 func (c *Cache[T]) startFlight(ctx context.Context, held []*call[T], src source[T]) {
 	tasks := make([]leaseTask[T], len(held))
 	for i, cl := range held {
-		tasks[i] = leaseTask[T]{key: cl.key, rk: cl.rk, token: cl.token, tags: cl.tags, note: cl.note, f: cl.f}
+		tasks[i] = leaseTask[T]{key: cl.key, rk: cl.rk, token: cl.token, tags: cl.tags, snap: cl.snap, note: cl.note, f: cl.f}
 	}
 	run := func() {
 		c.loadAndFill(context.WithoutCancel(ctx), tasks, src)
@@ -185,7 +186,7 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	var recorded []tagToken
 	var tokErr error
 	if !c.hooks.tokensAfterLoad() {
-		recorded, tokErr = c.store.ensureTokens(ctx, tags) // before the load: that is the point
+		recorded, tokErr = c.tokensBeforeLoad(ctx, tasks, tags) // before the load: that is the point
 	}
 	keys := make([]string, len(tasks))
 	for i, t := range tasks {
@@ -246,6 +247,31 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	for _, t := range tasks {
 		t.f.hand()
 	}
+}
+
+// tokensBeforeLoad returns the tokens of tags to record with the load's
+// entries. When the holders' own read saw every one, they serve as they
+// are — read before the lease, so before the load, which is all the rule
+// asks (a tag invalidated since makes the entry a tag miss, never a stale
+// hit) — and the miss saves a round trip. A tag key that was missing (never
+// created, or evicted) must be created first: ensureTokens.
+func (c *Cache[T]) tokensBeforeLoad(ctx context.Context, tasks []leaseTask[T], tags []string) ([]tagToken, error) {
+	if len(tags) == 0 {
+		return nil, nil
+	}
+	out := make([]tagToken, len(tags))
+	for i, name := range tags {
+		for _, t := range tasks {
+			if tok, ok := t.snap.lookup(name); ok && tok != "" {
+				out[i] = tagToken{name: name, token: tok}
+				break
+			}
+		}
+		if out[i].token == "" {
+			return c.store.ensureTokens(ctx, tags)
+		}
+	}
+	return out, nil
 }
 
 // lifetime is how long a value loaded at start stays fresh, and how long

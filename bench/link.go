@@ -24,9 +24,9 @@ func linkMisses(ctx context.Context) {
 	a := p.Addr()
 	subs := []subject{
 		cacheAside("floor (GET/SET + msgpack)", newClient(a), prefix+":linkfloor:"),
-		asideSubject("aside (over the link)", newClient(a), false),
-		asideSubject("aside + 2 tags (over the link)", newClient(a), true),
-		goRedisCache("go-redis/cache (over the link)", newClient(a), false),
+		asideSubject("aside, over the link", newClient(a), false),
+		asideSubject("aside + 2 tags, over the link", newClient(a), true),
+		goRedisCache("go-redis/cache, over the link", newClient(a), false),
 	}
 	title := fmt.Sprintf("Miss + fill over a slower link (a proxy delays each request by %v: one round trip %s here)", *link, dur(roundTrip(ctx, a)))
 	misses(ctx, title, subs)

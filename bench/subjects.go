@@ -85,7 +85,7 @@ func newCSCClient(a string) *redis.Client {
 const cscName = "go-redis client-side cache (GET/SET, RESP3)"
 
 func asideSubject(name string, rdb *redis.Client, tagged bool, opts ...aside.Option) subject {
-	store, err := aside.NewStore(rdb, aside.WithPrefix(prefix+strings.ReplaceAll(strings.ReplaceAll(name, " ", ""), "+", "")))
+	store, err := aside.NewStore(rdb, aside.WithPrefix(prefix+strings.NewReplacer(" ", "", "+", "", ",", "").Replace(name)))
 	must(err)
 	c, err := aside.New[user](store, "user", opts...)
 	must(err)
