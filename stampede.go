@@ -118,8 +118,8 @@ func newToken() string {
 }
 
 // flight is one fill attempt of this process, found by its lease token.
-// Its fields are written by the load before done is closed, and read only
-// after.
+// Its fields are written by the load's goroutine: v and err before loaded
+// is closed, the others before done is closed; they are read only after.
 type flight[T any] struct {
 	loaded chan struct{} // closed when v and err are set: the holder returns, the fill goes on
 	done   chan struct{} // closed when the fill is done: valid, tags and freshUntil are set
