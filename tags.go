@@ -271,3 +271,43 @@ func sameTokens(recorded []tagToken, snap tagSnap) bool {
 	}
 	return true
 }
+
+// tokensBeforeLoad returns the tokens of tags to record with the load's
+// entries. When the holders' own read saw every one, they serve as they
+// are — read before the lease, so before the load, which is all the rule
+// asks (a tag invalidated since makes the entry a tag miss, never a stale
+// hit) — and the miss saves a round trip. A tag key that was missing (never
+// created, or evicted) must be created first: ensureTokens.
+func (c *Cache[T]) tokensBeforeLoad(ctx context.Context, tasks []leaseTask[T], tags []string) ([]tagToken, error) {
+	if len(tags) == 0 {
+		return nil, nil
+	}
+	out := make([]tagToken, len(tags))
+	for i, name := range tags {
+		for _, t := range tasks {
+			if tok, ok := t.snap.lookup(name); ok && tok != "" {
+				out[i] = tagToken{name: name, token: tok}
+				break
+			}
+		}
+		if out[i].token == "" {
+			return c.store.ensureTokens(ctx, tags)
+		}
+	}
+	return out, nil
+}
+
+// tokensOf picks the tokens of names out of recorded (all of them when the
+// task names every tag of the load).
+func tokensOf(recorded []tagToken, names []string, all bool) []tagToken {
+	if all {
+		return recorded
+	}
+	out := make([]tagToken, 0, len(names))
+	for _, t := range recorded {
+		if slices.Contains(names, t.name) {
+			out = append(out, t)
+		}
+	}
+	return out
+}

@@ -172,3 +172,20 @@ func (p Profile) shouldRefreshEarly(now, freshUntil time.Time, lastLoad time.Dur
 	gap := time.Duration(-float64(lastLoad) * p.EarlyRefresh * math.Log(u))
 	return !now.Add(gap).Before(freshUntil)
 }
+
+// lifetime is how long a value loaded at start stays fresh, and how long
+// Redis keeps it: the profile's TTL with jitter, plus its stale window —
+// both cut at until when the loader set one with ExpireAt. keep is false
+// when until has passed already.
+func (c *Cache[T]) lifetime(start, until time.Time) (fresh, ttl time.Duration, keep bool) {
+	fresh = c.profile.freshFor()
+	ttl = fresh + c.profile.StaleWindow
+	if until.IsZero() {
+		return fresh, ttl, true
+	}
+	left := until.Sub(c.store.now())
+	if left < time.Millisecond {
+		return 0, 0, false
+	}
+	return min(fresh, until.Sub(start)), min(ttl, left), true
+}
