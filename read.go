@@ -164,14 +164,19 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 		c.stats.tagMisses.Add(1)
 		return false
 	}
-	var v T
+	var zero T
 	if e.negative() {
 		c.stats.negativeHits.Add(1)
-		cl.finish(v, c.notFoundAnswer)
+		cl.finish(zero, c.notFoundAnswer)
 		cl.outcome = OutcomeNegative
 		return true
 	}
-	if err := c.codec.Unmarshal(e.payload, &v); err != nil {
+	// Decoded in place: the call is on the heap already, a value of its own
+	// would be one more allocation per hit. Zeroed first, as a failed decode
+	// leaves a partial value that the next one must not merge into.
+	cl.v = zero
+	if err := c.codec.Unmarshal(e.payload, &cl.v); err != nil {
+		cl.v = zero
 		c.decodeFailed(fmt.Errorf("aside: decode: %w", err))
 		return false
 	}
@@ -186,7 +191,7 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 	default:
 		c.stats.hits.Add(1)
 	}
-	cl.finish(v, nil)
+	cl.finish(cl.v, nil)
 	cl.outcome = OutcomeHit
 	if e.stale() || tags == tagsSoftStale || !now.Before(freshUntil) {
 		cl.outcome = OutcomeStale
