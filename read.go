@@ -26,45 +26,53 @@ func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 	tags, shared := groupTags(calls)
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	snap := tagSnap{names: tags, tokens: make([]string, len(tags))}
-	var entry func(i int) ([]byte, error)
-	var failed error
+	g := readGroup{snap: tagSnap{names: tags, tokens: make([]string, len(tags))}, shared: shared}
 	if c.store.multiKey {
-		entry, failed = c.readMulti(octx, calls, snap)
+		c.readMulti(octx, calls, &g)
 	} else {
-		entry, failed = c.readPipelined(octx, calls, snap)
+		c.readPipelined(octx, calls, &g)
 	}
-	for i, cl := range calls {
-		cl.snap, cl.raw = snap, nil
-		if !shared {
-			cl.snap = snap.subset(cl.tags)
-		}
-		b, err := entry(i)
-		switch {
-		case err == nil && b != nil:
-			cl.raw = b
-		case errors.Is(err, redis.Nil):
-			c.stats.misses.Add(1)
-		case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"): // the lease script deletes it
-			c.decodeFailed(fmt.Errorf("%w: key holds another Redis type", errCorrupt))
-		case failed == nil:
-			failed = err
-		}
-	}
-	c.store.record(octx, failed, &c.stats, c.name)
-	return failed
+	c.store.record(octx, g.failed, &c.stats, c.name)
+	return g.failed
 }
 
-// readMulti reads every entry of calls and the tag tokens of snap with one
+// readGroup is what one read of a group shares: the tag tokens it read,
+// whether every call names the same tags, and the first failure.
+type readGroup struct {
+	snap   tagSnap
+	shared bool
+	failed error
+}
+
+// took gives cl what the read brought for its entry: bytes, a miss
+// (redis.Nil), or an error.
+func (c *Cache[T]) took(cl *call[T], g *readGroup, b []byte, err error) {
+	cl.snap, cl.raw = g.snap, nil
+	if !g.shared {
+		cl.snap = g.snap.subset(cl.tags)
+	}
+	switch {
+	case err == nil && b != nil:
+		cl.raw = b
+	case errors.Is(err, redis.Nil):
+		c.stats.misses.Add(1)
+	case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"): // the lease script deletes it
+		c.decodeFailed(fmt.Errorf("%w: key holds another Redis type", errCorrupt))
+	case g.failed == nil:
+		g.failed = err
+	}
+}
+
+// readMulti reads every entry of calls and the group's tag tokens with one
 // MGET. MGET answers nil for a key of another Redis type as for a missing
 // one: an entry's is a miss (the lease script deletes it), a tag's an
 // absent token.
-func (c *Cache[T]) readMulti(ctx context.Context, calls []*call[T], snap tagSnap) (entry func(i int) ([]byte, error), err error) {
-	keys := make([]string, len(calls), len(calls)+len(snap.names))
+func (c *Cache[T]) readMulti(ctx context.Context, calls []*call[T], g *readGroup) {
+	keys := make([]string, len(calls), len(calls)+len(g.snap.names))
 	for i, cl := range calls {
 		keys[i] = cl.rk
 	}
-	for _, t := range snap.names {
+	for _, t := range g.snap.names {
 		keys = append(keys, tagKey(c.store.prefix, t))
 	}
 	vals, err := c.store.rdb.MGet(ctx, keys...).Result()
@@ -72,39 +80,48 @@ func (c *Cache[T]) readMulti(ctx context.Context, calls []*call[T], snap tagSnap
 		err = fmt.Errorf("aside: MGET of %d keys answered %d values", len(keys), len(vals))
 	}
 	if err != nil {
-		return func(int) ([]byte, error) { return nil, err }, err
-	}
-	for i := range snap.names {
-		snap.tokens[i], _ = vals[len(calls)+i].(string) // "" when the tag key is missing
-	}
-	return func(i int) ([]byte, error) {
-		if v, ok := vals[i].(string); ok {
-			return []byte(v), nil
+		for _, cl := range calls {
+			c.took(cl, g, nil, err)
 		}
-		return nil, redis.Nil
-	}, nil
+		return
+	}
+	for i := range g.snap.names {
+		g.snap.tokens[i], _ = vals[len(calls)+i].(string) // "" when the tag key is missing
+	}
+	for i, cl := range calls {
+		if v, ok := vals[i].(string); ok {
+			c.took(cl, g, []byte(v), nil)
+		} else {
+			c.took(cl, g, nil, redis.Nil)
+		}
+	}
 }
 
-// readPipelined reads the entries of calls and the tag tokens of snap with
+// readPipelined reads the entries of calls and the group's tag tokens with
 // a pipeline of GETs, for clients whose keys live on several servers.
-func (c *Cache[T]) readPipelined(ctx context.Context, calls []*call[T], snap tagSnap) (entry func(i int) ([]byte, error), failed error) {
+func (c *Cache[T]) readPipelined(ctx context.Context, calls []*call[T], g *readGroup) {
+	// A lone tagged Get, the common case, keeps its commands on the stack.
+	var ebuf [1]*redis.StringCmd
+	var gbuf [4]*redis.StringCmd
+	entries, gets := ebuf[:0], gbuf[:0]
 	p := c.store.rdb.Pipeline()
-	entries := make([]*redis.StringCmd, len(calls))
-	for i, cl := range calls {
-		entries[i] = p.Get(ctx, cl.rk)
+	for _, cl := range calls {
+		entries = append(entries, p.Get(ctx, cl.rk))
 	}
-	gets := make([]*redis.StringCmd, len(snap.names))
-	for i, t := range snap.names {
-		gets[i] = p.Get(ctx, tagKey(c.store.prefix, t))
+	for _, t := range g.snap.names {
+		gets = append(gets, p.Get(ctx, tagKey(c.store.prefix, t)))
 	}
 	_, _ = p.Exec(ctx)
-	for i, g := range gets {
-		if err := g.Err(); err != nil && !errors.Is(err, redis.Nil) && failed == nil {
-			failed = err
+	for i, get := range gets {
+		if err := get.Err(); err != nil && !errors.Is(err, redis.Nil) && g.failed == nil {
+			g.failed = err
 		}
-		snap.tokens[i] = g.Val() // "" when the tag key is missing
+		g.snap.tokens[i] = get.Val() // "" when the tag key is missing
 	}
-	return func(i int) ([]byte, error) { return entries[i].Bytes() }, failed
+	for i, cl := range calls {
+		b, err := entries[i].Bytes()
+		c.took(cl, g, b, err)
+	}
 }
 
 // groupTags returns every tag the calls of a group name, once each, and
