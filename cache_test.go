@@ -37,10 +37,7 @@ func countingLoader[T any](v T, calls *atomic.Int32) aside.Loader[T] {
 // (backlog_test.go); concurrent tests call Get itself.
 func mustGet[T any](t *testing.T, c *aside.Cache[T], key string, load aside.Loader[T]) T {
 	t.Helper()
-	v, err := c.Get(bgCtx, key, load)
-	if err != nil {
-		t.Fatalf("Get(%q): %v", key, err)
-	}
+	v := getOK(t, c, key, load)
 	settled(t, aside.StoreOf(c))
 	return v
 }
