@@ -237,7 +237,7 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	}
 	c.fill(ctx, tasks, fills)
 	for _, t := range tasks {
-		if t.f.valid && t.f.err == nil {
+		if t.f.loaded != nil && t.f.valid && t.f.err == nil { // a caller's load (a refresh has no L1 note)
 			c.keepInL1(t.key, t.f.v, t.note, t.f.freshUntil, t.f.tags, t.tags)
 		}
 	}
