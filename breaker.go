@@ -126,47 +126,6 @@ func (b *breaker) transition(from, to BreakerState) bool {
 	return true
 }
 
-// opContext derives the context of one Redis call: the caller's values and
-// cancellation, with a deadline no later than the op timeout. It starts no
-// timer — go-redis turns a context's deadline into the socket's read and
-// write deadlines (ContextTimeoutEnabled; without it [NewStore] demands
-// socket timeouts within the op timeout), and that is what ends a call to a
-// slow Redis, as a socket timeout. Done and Err stay the caller's: a call
-// its caller abandons still ends at once. A timer per call cost five
-// allocations and a timer-heap update on every hit.
-func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	d := time.Now().Add(s.opTimeout)
-	if dl, ok := ctx.Deadline(); ok && !dl.After(d) {
-		return ctx, noCancel // the caller's own deadline comes first
-	}
-	return &opCtx{Context: ctx, deadline: d}, noCancel
-}
-
-// opCtx is the caller's context with the op timeout as its deadline.
-type opCtx struct {
-	context.Context
-	deadline time.Time
-}
-
-func (c *opCtx) Deadline() (time.Time, bool) { return c.deadline, true }
-
-func noCancel() {}
-
-// caller returns the caller's context under an op context.
-func caller(octx context.Context) context.Context {
-	if o, ok := octx.(*opCtx); ok {
-		return o.Context
-	}
-	return octx
-}
-
-// detachedOpContext is opContext for calls whose result must be known
-// whatever the caller does: calls that create state in Redis (a lease), or
-// that the Store makes for itself (the probe, the replay).
-func (s *Store) detachedOpContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return s.opContext(context.WithoutCancel(ctx))
-}
-
 // usable reports whether this call may use Redis: the breaker lets it, and
 // no failed invalidation waits to be replayed (or this call replayed them).
 func (s *Store) usable(ctx context.Context) bool {

@@ -49,6 +49,8 @@ type testHooks struct {
 	// Broken variants of the Store.
 	CounterTokens bool // T5: tag tokens are counters, which eviction can make valid again
 	CallerProbe   bool // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
+	CallerDone    bool // an op context's Done is the caller's: dials and pool waits outlast the op timeout
+	CountEachRead bool // every Redis read of a call counts an outcome: a waited miss is a hit as well
 	// T20: an invalidation neither waits for a replay of earlier failed
 	// ones that is running, nor fails when theirs fails (as in v1).
 	UnorderedReplay bool
@@ -126,6 +128,8 @@ func (h *testHooks) subscribeVia() redis.UniversalClient {
 }
 func (h *testHooks) counterTokens() bool { return h != nil && h.CounterTokens }
 func (h *testHooks) callerProbe() bool   { return h != nil && h.CallerProbe }
+func (h *testHooks) callerDone() bool    { return h != nil && h.CallerDone }
+func (h *testHooks) countEachRead() bool { return h != nil && h.CountEachRead }
 
 // naiveGet is the broken variant behind testHooks.Naive: read, then one
 // load per key shared by whoever asks while it runs, then an unconditional

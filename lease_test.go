@@ -41,10 +41,11 @@ func TestStampedeAcrossProcesses(t *testing.T) {
 			warmPool(t, rdb, perStore) // running processes have warm connection pools
 		}
 		// Every round must make exactly one loader call; the wall time is a
-		// latency measured on a shared machine, so the best of 3 rounds
-		// counts.
+		// latency measured on a shared machine, so the best of 5 rounds
+		// counts (a round takes ~75 ms on the Cluster here; what the bound
+		// catches — a wait for a second load or a poll interval — adds 50).
 		best := time.Hour
-		for round := range 3 {
+		for round := range 5 {
 			calls, wall := stampedeRound(t, caches, perStore, fmt.Sprint("cold", round), loadTime)
 			if calls != 1 {
 				t.Fatalf("round %d: loader calls = %d across %d stores, want 1", round, calls, stores)
@@ -52,7 +53,7 @@ func TestStampedeAcrossProcesses(t *testing.T) {
 			best = min(best, wall)
 		}
 		if b.mini == nil && best >= 2*loadTime { // miniredis runs every script under one lock: too slow to time
-			t.Errorf("best wall time of 3 rounds %v, want < %v", best, 2*loadTime)
+			t.Errorf("best wall time of 5 rounds %v, want < %v", best, 2*loadTime)
 		}
 		t.Logf("%d stores × %d goroutines: 1 loader call per round, best wall %v", stores, perStore, best)
 	})

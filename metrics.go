@@ -6,7 +6,11 @@ import (
 )
 
 // Stats is a snapshot of one cache's counters since it was created. Taking
-// it reads atomics only: it never blocks the requests it counts.
+// it reads atomics only: it never blocks the requests it counts. Each read
+// counts one outcome, by what its first read found: L1Hits, Hits,
+// StaleServed, NegativeHits, Misses and TagMisses add up to the reads that
+// reached L1 or Redis (a read that skipped Redis counts in Degraded, one
+// whose Redis call failed in RedisErrors).
 type Stats struct {
 	Cache   string       // the cache's name
 	Profile string       // its TTL profile

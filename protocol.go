@@ -39,6 +39,7 @@ type call[T any] struct {
 	raw      []byte    // bytes read but not served (undecodable, invalidated): the lease script drops them
 	deadline time.Time // end of the wait budget, set at the first miss
 	note     l1Note    // L1 generations before the first read
+	counted  bool      // its read outcome (hit, miss, ...) is counted: once per call, at its first read
 
 	token string     // the lease this call holds (f set), or waits on
 	f     *flight[T] // the fill attempt this call holds

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -55,9 +56,9 @@ func (c *Cache[T]) took(cl *call[T], g *readGroup, b []byte, err error) {
 	case err == nil && b != nil:
 		cl.raw = b
 	case errors.Is(err, redis.Nil):
-		c.stats.misses.Add(1)
+		c.count(cl, &c.stats.misses)
 	case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"): // the lease script deletes it
-		c.decodeFailed(fmt.Errorf("%w: key holds another Redis type", errCorrupt))
+		c.decodeFailed(cl, fmt.Errorf("%w: key holds another Redis type", errCorrupt))
 	case g.failed == nil:
 		g.failed = err
 	}
@@ -152,11 +153,11 @@ func (c *Cache[T]) readOne(ctx context.Context, cl *call[T]) ([]byte, error) {
 	switch {
 	case errors.Is(err, redis.Nil):
 		c.store.record(octx, nil, &c.stats, c.name)
-		c.stats.misses.Add(1)
+		c.count(cl, &c.stats.misses)
 		return nil, nil
 	case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"): // the lease script deletes it (checked for nil first: it allocates)
 		c.store.record(octx, nil, &c.stats, c.name)
-		c.decodeFailed(fmt.Errorf("%w: key holds another Redis type", errCorrupt))
+		c.decodeFailed(cl, fmt.Errorf("%w: key holds another Redis type", errCorrupt))
 		return nil, nil
 	}
 	c.store.record(octx, err, &c.stats, c.name)
@@ -173,17 +174,17 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 		err = fmt.Errorf("%w: written for another type", errCorrupt)
 	}
 	if err != nil {
-		c.decodeFailed(err)
+		c.decodeFailed(cl, err)
 		return false
 	}
 	tags := c.checkTags(ctx, &e, cl.snap)
 	if tags == tagsInvalid || tags == tagsSoftStale && e.negative() {
-		c.stats.tagMisses.Add(1)
+		c.count(cl, &c.stats.tagMisses)
 		return false
 	}
 	var zero T
 	if e.negative() {
-		c.stats.negativeHits.Add(1)
+		c.count(cl, &c.stats.negativeHits)
 		cl.finish(zero, c.notFoundAnswer)
 		cl.outcome = OutcomeNegative
 		return true
@@ -194,19 +195,19 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 	cl.v = zero
 	if err := c.codec.Unmarshal(e.payload, &cl.v); err != nil {
 		cl.v = zero
-		c.decodeFailed(fmt.Errorf("aside: decode: %w", err))
+		c.decodeFailed(cl, fmt.Errorf("aside: decode: %w", err))
 		return false
 	}
 	now, freshUntil := c.store.now(), time.UnixMilli(e.freshMs)
 	switch {
 	case e.stale() || tags == tagsSoftStale || !now.Before(freshUntil):
-		c.stats.staleServed.Add(1)
+		c.count(cl, &c.stats.staleServed)
 		c.refreshInBackground(ctx, cl, b, e.tags, src)
 	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
-		c.stats.hits.Add(1)
+		c.count(cl, &c.stats.hits)
 		c.refreshInBackground(ctx, cl, b, e.tags, src)
 	default:
-		c.stats.hits.Add(1)
+		c.count(cl, &c.stats.hits)
 	}
 	cl.finish(cl.v, nil)
 	cl.outcome = OutcomeHit
@@ -219,8 +220,20 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 	return true
 }
 
-func (c *Cache[T]) decodeFailed(err error) {
+// count adds cl's read outcome to n unless cl has one counted already. A
+// call counts what its first read found: a caller that missed and then
+// took the value another caller loaded (from Redis, or from that caller's
+// flight) is a miss that waited (LeaseWaits), not a miss and a hit, so
+// that the outcomes of a cache's reads add up to its reads.
+func (c *Cache[T]) count(cl *call[T], n *atomic.Uint64) {
+	if !cl.counted || c.hooks.countEachRead() {
+		cl.counted = true
+		n.Add(1)
+	}
+}
+
+func (c *Cache[T]) decodeFailed(cl *call[T], err error) {
 	c.stats.decodeErrors.Add(1)
-	c.stats.misses.Add(1)
+	c.count(cl, &c.stats.misses)
 	c.store.emit(Event{Kind: EventDecodeError, Cache: c.name, Err: err})
 }

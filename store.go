@@ -18,6 +18,7 @@ type Store struct {
 	rdb       redis.UniversalClient
 	prefix    string
 	opTimeout time.Duration
+	deadlines deadlines // the op contexts' Done channels
 	profiles  map[string]Profile
 	breaker   *breaker
 	observer  Observer

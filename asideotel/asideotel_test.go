@@ -24,6 +24,11 @@ func TestInstrumentsReadBackRealValues(t *testing.T) {
 		if _, err := products.Get(ctx, "42", func(context.Context) (string, error) { return "laptop", nil }); err != nil {
 			t.Fatal(err)
 		}
+		// A load's fill lands just after its Get returns: the next read,
+		// made at once, would wait on it and count a miss.
+		if err := store.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	reader := sdkmetric.NewManualReader()
 	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))

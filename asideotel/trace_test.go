@@ -39,6 +39,9 @@ func TestSpansNameTheOutcomeAndNestTheLoader(t *testing.T) {
 		if _, err := products.Get(ctx, "secret-key-42", load); err != nil {
 			t.Fatal(err)
 		}
+		if err := store.Wait(ctx); err != nil { // the fill lands after Get returns: the second Get is then a hit
+			t.Fatal(err)
+		}
 	}
 	_, _ = products.Get(ctx, "gone", func(context.Context) (string, error) { return "", aside.ErrNotFound })
 	_, _ = products.Get(ctx, "broken", func(context.Context) (string, error) { return "", errors.New("db down") })

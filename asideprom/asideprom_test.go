@@ -26,6 +26,11 @@ func TestCollectorScrapesRealValues(t *testing.T) {
 		if _, err := products.Get(ctx, "42", load); err != nil {
 			t.Fatal(err)
 		}
+		// A load's fill lands just after its Get returns: the next read,
+		// made at once, would wait on it and count a miss.
+		if err := store.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(asideprom.NewCollector(products))

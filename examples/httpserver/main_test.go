@@ -66,6 +66,9 @@ func driveCatalogue(t *testing.T, db catalogue) {
 	if code, body := do("GET", "/products/1", ""); code != 200 || !strings.Contains(body, `"Laptop"`) {
 		t.Fatalf("GET /products/1 = %d %s", code, body)
 	}
+	if err := store.Wait(context.Background()); err != nil { // the miss's fill lands just after its reply
+		t.Fatal(err)
+	}
 	do("GET", "/products/1", "") // a hit
 	if code, _ := do("GET", "/products/404", ""); code != 404 {
 		t.Errorf("unknown product: %d, want 404", code)
@@ -121,6 +124,9 @@ func TestTraceShowsTheQueryUnderTheMiss(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
+		if err := store.Wait(context.Background()); err != nil { // the miss's fill lands just after its reply
+			t.Fatal(err)
+		}
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(lines) != 3 ||
