@@ -99,6 +99,7 @@ func TestRedisKilledMidRun(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	getAll("refill") // the restarted Redis is empty: one more load per key at most
+	settled(t, store)
 	before, hitsBefore := loads.Load(), c.Stats().Hits
 	getAll("after restart")
 	if loads.Load() != before || c.Stats().Hits-hitsBefore != 50 {

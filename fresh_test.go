@@ -49,6 +49,7 @@ func TestNegativeCaching(t *testing.T) {
 		if _, err := c.Get(bgCtx, "7", missing); !errors.Is(err, aside.ErrNotFound) {
 			t.Fatalf("Get %d = %v, want ErrNotFound", i, err)
 		}
+		settled(t, store) // the negative entry lands just after the Get returns
 	}
 	if s := c.Stats(); loads.Load() != 1 || s.NegativeHits != 2 {
 		t.Errorf("%d loads, %d negative hits; want 1 and 2", loads.Load(), s.NegativeHits)

@@ -36,7 +36,7 @@ var (
 	addr    = flag.String("addr", "127.0.0.1:6379", "Redis address (loopback only)")
 	repeats = flag.Int("repeats", 5, "repeats per measurement; the median is reported")
 	benchT  = flag.Duration("benchtime", 200*time.Millisecond, "time per repeat")
-	only    = flag.String("only", "", `run some sections only: "paths" (hit, miss, batch), "stampede", "freshness" or "coherence"`)
+	only    = flag.String("only", "", `run some sections only: "paths" (hit, miss, batch), "stampede", "freshness", "down" or "coherence"`)
 	counts  = flag.String("stores", "8", "coherence: numbers of Stores, comma-separated")
 	rate    = flag.Int("rate", 1000, "coherence: invalidations per second")
 	link    = flag.Duration("link", 250*time.Microsecond, "the delay a proxy adds to each request for the miss table over a slower link")
@@ -138,6 +138,9 @@ func main() {
 		return
 	case "freshness":
 		freshness(ctx, freshWindow())
+		return
+	case "down":
+		redisDown(ctx)
 		return
 	}
 	if *only == "coherence" {
