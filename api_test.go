@@ -74,6 +74,7 @@ func TestPeekReadsWithoutLoading(t *testing.T) {
 		t.Fatalf("Peek after Get = %+v, %v; want the cached value", p, err)
 	}
 	_, _ = c.Get(bgCtx, "2", func(context.Context) (product, error) { return product{}, errNoSuchProduct })
+	settled(t, store) // the negative entry lands just after the Get returns
 	if _, err := c.Peek(bgCtx, "2"); !errors.Is(err, errNoSuchProduct) || !errors.Is(err, aside.ErrNotFound) {
 		t.Fatalf("Peek of a cached not-found = %v, want the cache's not-found", err)
 	}

@@ -102,9 +102,13 @@ type Cache[T any] struct {
 	profile Profile
 	keys    keyspace
 	codec   Codec
-	typeID  uint32
-	stats   counters
-	hooks   *testHooks // nil outside tests
+	// codecCopies: the codec keeps nothing of the bytes it decodes (the
+	// built-in msgpack reads them through a reader), so a reply's bytes
+	// need no copy of their own (see replyBytes).
+	codecCopies bool
+	typeID      uint32
+	stats       counters
+	hooks       *testHooks // nil outside tests
 	// ownNotFound is the error of WithNotFound (nil without), and
 	// notFoundAnswer what a not-found that no loader returned just now (a
 	// negative entry, a key a batch loader left out) answers.
@@ -167,7 +171,9 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		keys:    newKeyspace(store.prefix, name, o.version),
 		codec:   o.codec,
 		typeID:  typeFingerprint[T](),
-		hooks:   store.hooks,
+
+		codecCopies: o.codec == Codec(msgpackCodec{}),
+		hooks:       store.hooks,
 
 		ownNotFound:    o.notFound,
 		notFoundAnswer: ErrNotFound,

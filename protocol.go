@@ -245,8 +245,8 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 		c.unregister(tokens[i])
 		switch kind {
 		case replyHit:
-			if !c.serve(ctx, cl, []byte(payload), src) {
-				cl.raw = []byte(payload)
+			if b := c.replyBytes(payload); !c.serve(ctx, cl, b, src) {
+				cl.raw = b
 			}
 		case replyWait:
 			cl.token = payload

@@ -51,11 +51,12 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 			c.loadDegraded(ctx, cl.alone(), src)
 			return false
 		case r.kind == replyHit:
-			if c.serve(ctx, cl, []byte(r.payload), src) {
+			b := c.replyBytes(r.payload)
+			if c.serve(ctx, cl, b, src) {
 				cl.outcome = OutcomeWaited
 				return false
 			}
-			cl.raw = []byte(r.payload)
+			cl.raw = b
 			return true
 		case r.kind == replyWait:
 			token = r.payload // the same holder, or a new one after it failed
