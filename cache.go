@@ -171,10 +171,9 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		keys:    newKeyspace(store.prefix, name, o.version),
 		codec:   o.codec,
 		typeID:  typeFingerprint[T](),
+		hooks:   store.hooks,
 
-		codecCopies: o.codec == Codec(msgpackCodec{}),
-		hooks:       store.hooks,
-
+		codecCopies:    o.codec == Codec(msgpackCodec{}),
 		ownNotFound:    o.notFound,
 		notFoundAnswer: ErrNotFound,
 		leases:         map[string]*flight[T]{},
