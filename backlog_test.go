@@ -68,25 +68,11 @@ func TestCallerReturnsBeforeItsFill(t *testing.T) {
 
 // TestReadDuringAFillWaitsForIt: a read of another process between the
 // holder's return and its fill finds the lease and takes the fill's value:
-// one load in all.
+// one load in all (waitedRead, in stats_test.go, checks the value).
 func TestReadDuringAFillWaitsForIt(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		prefix := uniquePrefix()
-		sa, _ := b.newStore(t, aside.WithPrefix(prefix))
-		sb, _ := b.newStore(t, aside.WithPrefix(prefix))
-		ca, cb := newCache[int](t, sa), newCache[int](t, sb)
-		held := holdFirstFill(ca, aside.TestHooks{})
-		var loads atomic.Int32
-		got := make(chan int, 1)
-		go func() { v, _ := ca.Get(bgCtx, "k", countingLoader(1, &loads)); got <- v }()
-		recv(t, held.filling, "the fill")
-		recv(t, got, "the holder")
-		other := make(chan int, 1)
-		go func() { v, _ := cb.Get(bgCtx, "k", countingLoader(2, &loads)); other <- v }()
-		eventually(t, "the other process to wait", func() bool { return cb.Stats().LeaseWaits == 1 })
-		close(held.proceed)
-		if v := recv(t, other, "the other process"); v != 1 || loads.Load() != 1 {
-			t.Errorf("other process got %d after %d loads, want the fill's 1 after 1 load", v, loads.Load())
+		if _, _, _, loads := waitedRead(t, b, true, false); loads != 1 {
+			t.Errorf("the other process's read took the fill's value after %d loads, want 1", loads)
 		}
 	})
 }

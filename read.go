@@ -173,11 +173,13 @@ func (c *Cache[T]) readOne(ctx context.Context, cl *call[T]) ([]byte, error) {
 }
 
 // replyBytes returns the bytes of a Redis reply. Where the codec keeps none
-// of them, they are the reply string's own memory, not a copy (a copy of
-// every value read, a kilobyte per hit for a 1 KB value): nothing in aside
-// writes into bytes it has read, and those it keeps (a lease script's
-// argument, a refresh's checksum) are only read. A codec of the user's might
-// keep a slice of its input inside the value it returns: it gets a copy.
+// of them, they are the reply string's own memory, not a copy — as go-redis's
+// StringCmd.Bytes already gave a GET's, and now also MGET's values and the
+// scripts' replies, which came as strings (a copy per value read, 100 KB
+// per GetMany of 100 1 KB values): nothing in aside writes into bytes it
+// has read, and those it keeps (a lease script's argument, a refresh's
+// checksum) are only read. A codec of the user's might keep a slice of its
+// input inside the value it returns: it gets a copy, on every path.
 func (c *Cache[T]) replyBytes(s string) []byte {
 	if !c.codecCopies || s == "" {
 		return []byte(s)
@@ -220,24 +222,21 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 		return false
 	}
 	now, freshUntil := c.store.now(), time.UnixMilli(e.freshMs)
-	switch {
-	case e.stale() || tags == tagsSoftStale || !now.Before(freshUntil):
-		c.count(cl, &c.stats.staleServed)
-		c.refreshInBackground(ctx, cl, b, e.tags, src)
-	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
-		c.count(cl, &c.stats.hits)
-		c.refreshInBackground(ctx, cl, b, e.tags, src)
-	default:
-		c.count(cl, &c.stats.hits)
-	}
+	// Past this point the tags are fresh or soft-stale (invalid returned above).
+	stale := e.stale() || tags == tagsSoftStale || !now.Before(freshUntil)
 	cl.finish(cl.v, nil)
-	cl.outcome = OutcomeHit
-	if e.stale() || tags == tagsSoftStale || !now.Before(freshUntil) {
+	switch {
+	case stale:
+		c.count(cl, &c.stats.staleServed)
 		cl.outcome = OutcomeStale
+		c.refreshInBackground(ctx, cl, b, e.tags, src)
+		return true
+	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
+		c.refreshInBackground(ctx, cl, b, e.tags, src)
 	}
-	if !e.stale() && tags == tagsFresh && now.Before(freshUntil) {
-		cl.l1OK, cl.freshUntil, cl.entryTags = true, freshUntil, e.tags
-	}
+	c.count(cl, &c.stats.hits)
+	cl.outcome = OutcomeHit
+	cl.l1OK, cl.freshUntil, cl.entryTags = true, freshUntil, e.tags
 	return true
 }
 
