@@ -53,3 +53,13 @@ func DropPending(s *Store) {
 
 // StoreOf is the Store of c.
 func StoreOf[T any](c *Cache[T]) *Store { return c.store }
+
+// PendingReads is how many keys wait in s's pending read batch.
+func PendingReads(s *Store) int {
+	s.reads.mu.Lock()
+	defer s.reads.mu.Unlock()
+	if s.reads.pending == nil {
+		return 0
+	}
+	return len(s.reads.pending.keys)
+}

@@ -19,6 +19,14 @@ type testHooks struct {
 	AfterLoad, BeforeFill, BeforePoll func(rk string)
 	BeforeL1Fill                      func(key string)
 	BeforeApply                       func() // before a heard invalidation is applied
+	// Coalesced reads: every read goes in a batch (none on its own), so that
+	// tests can drive the batch path; before a batch's own goroutine claims
+	// it to send it (readers gather meanwhile, up to batchReaders: the one
+	// that fills it sends it); once its answer is in, before its readers
+	// take it.
+	BatchEveryRead   bool
+	BeforeBatchClaim func()
+	AfterBatchRead   func(keys []string)
 
 	// Broken variants of the lease protocol.
 	UnconditionalFill bool // T1/T2: write a loaded value even if its lease was revoked
@@ -30,6 +38,8 @@ type testHooks struct {
 	AcquireOnCaller   bool // the lease script runs on the caller's ctx; a lease taken as it ends is orphaned
 	DegradedBackward  bool // T15: degraded reads join a load already running
 	NoFillWake        bool // T19: a fill that callers wait on does not announce itself; they learn of it by polling
+	JoinSentBatch     bool // T21: a read joins a batch already sent that reads its key, and takes its answer
+	BatchOnCaller     bool // a batch is sent on its first reader's context: that reader's cancellation fails the others' reads
 	// PollEvery, when set, replaces the pollers' intervals: a test of the
 	// wake-up makes them long, so that only the announcement can be quick.
 	PollEvery time.Duration
@@ -88,6 +98,22 @@ func (h *testHooks) beforeApply() {
 		h.BeforeApply()
 	}
 }
+
+func (h *testHooks) beforeBatchClaim() {
+	if h != nil && h.BeforeBatchClaim != nil {
+		h.BeforeBatchClaim()
+	}
+}
+
+func (h *testHooks) afterBatchRead(keys []string) {
+	if h != nil && h.AfterBatchRead != nil {
+		h.AfterBatchRead(keys)
+	}
+}
+
+func (h *testHooks) batchEveryRead() bool { return h != nil && h.BatchEveryRead }
+func (h *testHooks) joinSentBatch() bool  { return h != nil && h.JoinSentBatch }
+func (h *testHooks) batchOnCaller() bool  { return h != nil && h.BatchOnCaller }
 
 func (h *testHooks) unorderedReplay() bool { return h != nil && h.UnorderedReplay }
 

@@ -18,7 +18,8 @@ import (
 
 // The seam matrix: every read path × L1 placement × kind of invalidation ×
 // fault, on every backend. In each cell Store A invalidates and Store B
-// reads; the row goes from version 1 to 2 before the invalidation. It must
+// reads, every read of B in a coalesced batch (both read afterwards); the
+// row goes from version 1 to 2 before the invalidation. It must
 // show: no read that started after the invalidation returned gets version 1
 // — in any Store, with L1 or without (strict L1, with a 300 ms lease so that
 // a Store cut off by a fault costs the invalidation at most that); no key
@@ -39,6 +40,7 @@ var matrixPaths = []matrixPath{
 	{name: "GetMany", fillTags: []string{"t1", "t2"}, readTags: []string{"t1", "t2"}, many: true},
 	{name: "negative", fillTags: []string{"t1", "t2"}, readTags: []string{"t1", "t2"}, negative: true},
 	{name: "stale-while-revalidate", fillTags: []string{"t1", "t2"}, readTags: []string{"t1"}, stale: true},
+	{name: "Get-untagged"},
 }
 
 var matrixL1 = []string{"off", "reader", "every"}
@@ -143,6 +145,9 @@ func runMatrix(t *testing.T, top topology, paths []matrixPath, invs []string) {
 					if fault == "pubsub-killed" && top.killPubSub == nil {
 						continue // miniredis and the Ring have no CLIENT KILL here
 					}
+					if len(p.fillTags) == 0 && strings.Contains(inv, "Tags") {
+						continue // nothing tagged to invalidate
+					}
 					name := strings.Join([]string{p.name, "L1=" + l1, inv, fault}, "/")
 					t.Run(name, func(t *testing.T) { runCell(t, top, p, l1, inv, fault, &n, nil) })
 				}
@@ -186,7 +191,7 @@ func runCell(t *testing.T, top topology, p matrixPath, l1, inv, fault string, n 
 		}
 		return v, nil
 	}
-	newSide := func(withL1 bool, version int) *side {
+	newSide := func(withL1 bool, version int, batched bool) *side {
 		rdb := top.client(t)
 		down := new(atomic.Bool)
 		rdb.AddHook(faultHook{down})
@@ -197,10 +202,14 @@ func runCell(t *testing.T, top topology, p matrixPath, l1, inv, fault string, n 
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = store.Close() })
+		// Store A reads as a Store does; every read of Store B goes in a
+		// coalesced batch (coalesce.go).
+		var h aside.TestHooks
 		if broken != nil {
-			h := *broken
-			aside.SetStoreHooks(store, &h)
+			h = *broken
 		}
+		h.BatchEveryRead = batched
+		aside.SetStoreHooks(store, &h)
 		opts := []aside.Option{aside.WithProfile("matrix"), aside.WithVersion(version)}
 		if withL1 {
 			opts = append(opts, aside.WithL1(100, time.Minute))
@@ -214,8 +223,8 @@ func runCell(t *testing.T, top topology, p matrixPath, l1, inv, fault string, n 
 		}
 		return &side{store: store, down: down, c: c, l1: withL1}
 	}
-	a := newSide(l1 == "every", 1)
-	bs := newSide(l1 != "off", 1)
+	a := newSide(l1 == "every", 1, false)
+	bs := newSide(l1 != "off", 1, true)
 
 	read := func(ctx context.Context, s *side, tags []string) (int, error) {
 		opts := []aside.CallOption{aside.Tags(tags...)}
@@ -284,7 +293,7 @@ func runCell(t *testing.T, top topology, p matrixPath, l1, inv, fault string, n 
 	case "Purge":
 		_, err = a.c.Purge(bgCtx)
 	case "version": // a deploy: both Stores move to version 2 of the cache
-		a, bs = newSide(a.l1, 2), newSide(bs.l1, 2)
+		a, bs = newSide(a.l1, 2, false), newSide(bs.l1, 2, true)
 	}
 	if err != nil {
 		t.Fatalf("%s: %v", inv, err)

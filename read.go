@@ -16,9 +16,8 @@ import (
 // tag tokens, and serving what is usable of them.
 
 // readAll reads the entries of calls and the group's tag tokens in one
-// round trip: a GET for a lone untagged call; where one server holds every
-// key, one MGET of the entries and the tag keys together; else (a Cluster,
-// a Ring) one pipeline of a GET per key.
+// round trip (Store.fetch), shared with other callers' reads where some are
+// on the wire already (coalesce.go).
 func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 	if len(calls) == 1 && len(calls[0].tags) == 0 {
 		b, err := c.readOne(ctx, calls[0])
@@ -26,15 +25,30 @@ func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 		return err
 	}
 	tags, shared := groupTags(calls)
-	octx, cancel := c.store.opContext(ctx)
-	defer cancel()
-	g := readGroup{snap: tagSnap{names: tags, tokens: make([]string, len(tags))}, shared: shared}
-	if c.store.multiKey {
-		c.readMulti(octx, calls, &g)
-	} else {
-		c.readPipelined(octx, calls, &g)
+	keys := make([]string, len(calls), len(calls)+len(tags))
+	for i, cl := range calls {
+		keys[i] = cl.rk
 	}
-	c.store.record(octx, g.failed, &c.stats, c.name)
+	for _, t := range tags {
+		keys = append(keys, tagKey(c.store.prefix, t))
+	}
+	r := c.store.readKeys(ctx, keys)
+	g := readGroup{snap: tagSnap{names: tags, tokens: make([]string, len(tags))}, shared: shared}
+	for i := range tags {
+		err := r.errs[len(calls)+i]
+		if err != nil && !errors.Is(err, redis.Nil) && g.failed == nil {
+			g.failed = err
+		}
+		g.snap.tokens[i] = r.vals[len(calls)+i] // "" when the tag key is missing
+	}
+	for i, cl := range calls {
+		var b []byte
+		if r.errs[i] == nil {
+			b = c.replyBytes(r.vals[i])
+		}
+		c.took(cl, &g, b, r.errs[i])
+	}
+	c.store.record(r.octx, g.failed, &c.stats, c.name)
 	return g.failed
 }
 
@@ -65,71 +79,6 @@ func (c *Cache[T]) took(cl *call[T], g *readGroup, b []byte, err error) {
 	}
 }
 
-// readMulti reads every entry of calls and the group's tag tokens with one
-// MGET. MGET answers nil for a key of another Redis type as for a missing
-// one: an entry's is a miss (the lease script deletes it), a tag's an
-// absent token.
-func (c *Cache[T]) readMulti(ctx context.Context, calls []*call[T], g *readGroup) {
-	keys := make([]string, len(calls), len(calls)+len(g.snap.names))
-	for i, cl := range calls {
-		keys[i] = cl.rk
-	}
-	for _, t := range g.snap.names {
-		keys = append(keys, tagKey(c.store.prefix, t))
-	}
-	vals, err := c.store.rdb.MGet(ctx, keys...).Result()
-	if err == nil && len(vals) != len(keys) {
-		err = fmt.Errorf("aside: MGET of %d keys answered %d values", len(keys), len(vals))
-	}
-	if err != nil {
-		for _, cl := range calls {
-			c.took(cl, g, nil, err)
-		}
-		return
-	}
-	for i := range g.snap.names {
-		g.snap.tokens[i], _ = vals[len(calls)+i].(string) // "" when the tag key is missing
-	}
-	for i, cl := range calls {
-		if v, ok := vals[i].(string); ok {
-			c.took(cl, g, c.replyBytes(v), nil)
-		} else {
-			c.took(cl, g, nil, redis.Nil)
-		}
-	}
-}
-
-// readPipelined reads the entries of calls and the group's tag tokens with
-// a pipeline of GETs, for clients whose keys live on several servers.
-func (c *Cache[T]) readPipelined(ctx context.Context, calls []*call[T], g *readGroup) {
-	// A lone tagged Get, the common case, keeps its commands on the stack.
-	var ebuf [1]*redis.StringCmd
-	var gbuf [4]*redis.StringCmd
-	entries, gets := ebuf[:0], gbuf[:0]
-	p := c.store.rdb.Pipeline()
-	for _, cl := range calls {
-		entries = append(entries, p.Get(ctx, cl.rk))
-	}
-	for _, t := range g.snap.names {
-		gets = append(gets, p.Get(ctx, tagKey(c.store.prefix, t)))
-	}
-	_, _ = p.Exec(ctx)
-	for i, get := range gets {
-		if err := get.Err(); err != nil && !errors.Is(err, redis.Nil) && g.failed == nil {
-			g.failed = err
-		}
-		g.snap.tokens[i] = get.Val() // "" when the tag key is missing
-	}
-	for i, cl := range calls {
-		v, err := entries[i].Result()
-		var b []byte
-		if err == nil {
-			b = c.replyBytes(v)
-		}
-		c.took(cl, g, b, err)
-	}
-}
-
 // groupTags returns every tag the calls of a group name, once each, and
 // whether every call names the same (the common case: no per-call copies).
 func groupTags[T any](calls []*call[T]) (tags []string, shared bool) {
@@ -150,11 +99,9 @@ func groupTags[T any](calls []*call[T]) (tags []string, shared bool) {
 	return tags, false
 }
 
-// readOne is the hit path: one GET.
+// readOne is the hit path: one GET, or a share of a batch (coalesce.go).
 func (c *Cache[T]) readOne(ctx context.Context, cl *call[T]) ([]byte, error) {
-	octx, cancel := c.store.opContext(ctx)
-	defer cancel()
-	v, err := c.store.rdb.Get(octx, cl.rk).Result()
+	v, octx, err := c.store.readEntry(ctx, cl.rk)
 	switch {
 	case errors.Is(err, redis.Nil):
 		c.store.record(octx, nil, &c.stats, c.name)

@@ -19,6 +19,7 @@ type Store struct {
 	prefix    string
 	opTimeout time.Duration
 	deadlines deadlines // the op contexts' Done channels
+	reads     coalescer // concurrent hits' shared round trips
 	profiles  map[string]Profile
 	breaker   *breaker
 	observer  Observer

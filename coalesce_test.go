@@ -1,0 +1,314 @@
+package aside_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/asidecache/aside"
+)
+
+// Coalesced reads (coalesce.go): concurrent reads share one round trip,
+// each caller gets its own keys' answers, no caller takes the answer to a
+// read sent before it arrived, and one caller's cancellation fails no
+// other's read.
+
+// holdBatches makes a batch's own goroutine claim no batch before release
+// is closed: readers gather in the pending one (up to the most a batch
+// waits for: the reader that fills it sends it).
+func holdBatches(s *aside.Store, h *aside.TestHooks, release <-chan struct{}) {
+	h.BeforeBatchClaim = func() { <-release }
+	aside.SetStoreHooks(s, h)
+}
+
+// TestConcurrentReadsShareARoundTrip: an untagged Get, a tagged Get and a
+// GetMany that arrive while a read is on the wire go out as one batch, and
+// each caller gets its own keys' values; four readers fill a batch, and the
+// fourth sends it at once. A goroutine alone never batches.
+func TestConcurrentReadsShareARoundTrip(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		store, _ := b.newStore(t)
+		release := make(chan struct{})
+		var mu sync.Mutex
+		var batches [][]string
+		h := &aside.TestHooks{AfterBatchRead: func(k []string) {
+			mu.Lock()
+			batches = append(batches, k)
+			mu.Unlock()
+		}}
+		holdBatches(store, h, release)
+		c := newCache[string](t, store)
+		valueOf := func(key string) aside.Loader[string] {
+			return func(context.Context) (string, error) { return "v-" + key, nil }
+		}
+		get := func(key string, errs chan<- error, opts ...aside.CallOption) {
+			v, err := c.Get(bgCtx, key, valueOf(key), opts...)
+			if err == nil && v != "v-"+key {
+				err = fmt.Errorf("Get(%s) = %q", key, v)
+			}
+			errs <- err
+		}
+		collect := func(errs <-chan error, n int) {
+			t.Helper()
+			for range n {
+				select {
+				case err := <-errs:
+					if err != nil {
+						t.Error(err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("a reader never returned")
+				}
+			}
+		}
+		sent := func() int { mu.Lock(); defer mu.Unlock(); return len(batches) }
+
+		// Alone: ten Gets, one after the other, no batch.
+		for i := range 10 {
+			key := "k" + strconv.Itoa(i)
+			var opts []aside.CallOption
+			if i == 4 {
+				opts = append(opts, aside.Tags("t1", "t2")) // a tagged read: entry and tags in one MGET
+			}
+			if v, err := c.Get(bgCtx, key, valueOf(key), opts...); err != nil || v != "v-"+key {
+				t.Fatalf("%s = %q, %v", key, v, err)
+			}
+			settled(t, store)
+		}
+		if n := sent(); n != 0 {
+			t.Fatalf("%d batches sent by one goroutine reading alone", n)
+		}
+
+		// Three readers gather; the batch's goroutine sends them as one.
+		h.BatchEveryRead = true
+		errs := make(chan error, 8)
+		go get("k0", errs)
+		go get("k4", errs, aside.Tags("t1", "t2"))
+		go func() {
+			m, err := c.GetMany(bgCtx, []string{"k5", "k6"}, func(_ context.Context, ks []string) (map[string]string, error) {
+				return nil, errors.New("GetMany loaded: its keys were cached")
+			})
+			if err == nil && (m["k5"] != "v-k5" || m["k6"] != "v-k6") {
+				err = fmt.Errorf("GetMany = %v", m)
+			}
+			errs <- err
+		}()
+		// k0; k4 and its 2 tags; k5 and k6.
+		eventually(t, "6 keys pending", func() bool { return aside.PendingReads(store) == 6 })
+		close(release)
+		collect(errs, 3)
+		if n := sent(); n != 1 || len(batches[0]) != 6 {
+			t.Fatalf("batches %v, want one of 6 keys", batches)
+		}
+
+		// Four readers fill a batch: the fourth sends it, whatever its goroutine does.
+		release = make(chan struct{})
+		holdBatches(store, h, release)
+		for i := range 3 {
+			go get("k"+strconv.Itoa(i+1), errs)
+		}
+		eventually(t, "3 keys pending", func() bool { return aside.PendingReads(store) == 3 })
+		go get("k7", errs)
+		collect(errs, 4)
+		close(release)
+		if n := sent(); n != 2 || len(batches[1]) != 4 {
+			t.Fatalf("batches %v, want a second one of 4 keys", batches)
+		}
+		if s := c.Stats(); s.Hits != 8 || s.RedisErrors != 0 {
+			t.Errorf("stats %+v: want 8 hits, no Redis error", s)
+		}
+	})
+}
+
+// TestT21NoReadSharedFromBeforeTheCaller: a caller's read is issued after
+// it arrived. A read of k is on the wire and has its answer (version 1);
+// k is invalidated; a Get that starts now must not take that answer.
+// Broken variant: a read joins a batch already sent that reads its key.
+func TestT21NoReadSharedFromBeforeTheCaller(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		forEachPath(t, func(t *testing.T, p readPath) {
+			expectBroken(t, "a Get after an invalidation gets no answer read before it", func(broken bool) bool {
+				store, _ := b.newStore(t)
+				var hold atomic.Bool
+				held, release := make(chan struct{}), make(chan struct{})
+				aside.SetStoreHooks(store, &aside.TestHooks{BatchEveryRead: true, JoinSentBatch: broken,
+					AfterBatchRead: func([]string) {
+						if hold.CompareAndSwap(true, false) {
+							close(held)
+							<-release
+						}
+					}})
+				c := newCache[int](t, store)
+				var db atomic.Int64
+				db.Store(1)
+				load := func(context.Context) (int, error) { return int(db.Load()), nil }
+				mustGetVia(t, p, c, "k", load)
+
+				hold.Store(true)
+				first := make(chan error, 1)
+				go func() { _, err := p.get(bgCtx, c, "k", load); first <- err }()
+				select {
+				case <-held:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the first read never came back from Redis")
+				}
+				db.Store(2)
+				if err := c.Invalidate(bgCtx, "k"); err != nil {
+					t.Fatal(err)
+				}
+				type result struct {
+					v   int
+					err error
+				}
+				after := make(chan result, 1)
+				go func() { v, err := p.get(bgCtx, c, "k", load); after <- result{v, err} }()
+				var r result
+				select {
+				case r = <-after:
+					close(release)
+				case <-time.After(time.Second): // waits on the held read: only the broken variant
+					close(release)
+					r = <-after
+				}
+				if err := <-first; err != nil {
+					t.Fatal(err)
+				}
+				settled(t, store)
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				t.Logf("broken=%v: the Get after the invalidation read %d", broken, r.v)
+				return r.v == 2
+			})
+		})
+	})
+}
+
+// TestABatchOutlivesACancelledReader: two readers wait in one batch; the
+// first one's caller gives up. It returns its context's error at once; the
+// other still reads its key from Redis (no load, no Redis error). Broken
+// variant: the batch is sent on its first reader's context.
+func TestABatchOutlivesACancelledReader(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		expectBroken(t, "a reader's cancellation fails no other reader", func(broken bool) bool {
+			store, _ := b.newStore(t)
+			release := make(chan struct{})
+			h := &aside.TestHooks{BatchOnCaller: broken}
+			holdBatches(store, h, release)
+			c := newCache[int](t, store)
+			var loads atomic.Int64
+			load := func(context.Context) (int, error) { loads.Add(1); return 7, nil }
+			mustGet(t, c, "a", load)
+			mustGet(t, c, "b", load)
+			loads.Store(0)
+			h.BatchEveryRead = true
+
+			ctx, cancel := context.WithCancel(bgCtx)
+			defer cancel()
+			gaveUp := make(chan error, 1)
+			go func() { _, err := c.Get(ctx, "a", load); gaveUp <- err }()
+			eventually(t, "the first reader pending", func() bool { return aside.PendingReads(store) == 1 })
+			other := make(chan error, 1)
+			go func() {
+				v, err := c.Get(bgCtx, "b", load)
+				if err == nil && v != 7 {
+					err = fmt.Errorf("b = %d", v)
+				}
+				other <- err
+			}()
+			eventually(t, "both readers pending", func() bool { return aside.PendingReads(store) == 2 })
+			cancel()
+			select {
+			case err := <-gaveUp:
+				if !errors.Is(err, context.Canceled) {
+					t.Fatalf("the reader that gave up: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a reader that gave up still waits for its batch")
+			}
+			close(release)
+			select {
+			case err := <-other:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the other reader never returned")
+			}
+			settled(t, store)
+			s := c.Stats()
+			t.Logf("broken=%v: %d loads, %d Redis errors, breaker %v", broken, loads.Load(), s.RedisErrors, store.BreakerState())
+			return loads.Load() == 0 && s.RedisErrors == 0 && store.BreakerState() == aside.BreakerClosed
+		})
+	})
+}
+
+// TestManyReadersOneBatchEach: 32 goroutines read 64 keys through Get
+// (untagged and tagged) and GetMany while reads coalesce freely; every
+// answer is its own key's.
+func TestManyReadersOneBatchEach(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		store, _ := b.newStore(t)
+		c := newCache[string](t, store)
+		load := func(key string) aside.Loader[string] {
+			return func(context.Context) (string, error) { return "v-" + key, nil }
+		}
+		many := func(_ context.Context, ks []string) (map[string]string, error) {
+			m := map[string]string{}
+			for _, k := range ks {
+				m[k] = "v-" + k
+			}
+			return m, nil
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 32)
+		for g := range 32 {
+			wg.Go(func() {
+				for i := range 50 {
+					key := "k" + strconv.Itoa((g*7+i)%64)
+					var got map[string]string
+					var err error
+					switch i % 3 {
+					case 0:
+						var v string
+						v, err = c.Get(bgCtx, key, load(key))
+						got = map[string]string{key: v}
+					case 1:
+						var v string
+						v, err = c.Get(bgCtx, key, load(key), aside.Tags("t"+strconv.Itoa(g%4)))
+						got = map[string]string{key: v}
+					default:
+						other := "k" + strconv.Itoa((g+i)%64)
+						got, err = c.GetMany(bgCtx, []string{key, other}, many)
+					}
+					for k, v := range got {
+						if err == nil && v != "v-"+k {
+							err = fmt.Errorf("%s read %q", k, v)
+						}
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			t.Fatal("readers still running after 60 s")
+		}
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		settled(t, store)
+	})
+}
