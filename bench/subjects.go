@@ -82,6 +82,8 @@ func newCSCClient(a string) *redis.Client {
 		ClientSideCacheConfig: &redis.ClientSideCacheConfig{MaxEntries: 10_000}})
 }
 
+const floorAgain = "floor again (a second client: the noise)"
+
 const cscName = "go-redis client-side cache (GET/SET, RESP3)"
 
 func asideSubject(name string, rdb *redis.Client, tagged bool, opts ...aside.Option) subject {
@@ -124,6 +126,9 @@ func sturdy() subject {
 func subjects(a string) []subject {
 	return []subject{
 		floor(newClient(a)),
+		// The same code again, on a client of its own: how far apart two
+		// identical subjects measure here, the noise under every ratio.
+		cacheAside(floorAgain, newClient(a), prefix+":floor2:"),
 		asideSubject("aside", newClient(a), false),
 		asideSubject("aside + 2 tags", newClient(a), true),
 		asideSubject("aside + L1", newClient(a), false, aside.WithL1(10_000, time.Minute)),
