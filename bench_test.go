@@ -46,11 +46,18 @@ func benchAddr(b *testing.B) string {
 
 func newBenchCache(b *testing.B, addr string) *aside.Cache[benchUser] {
 	b.Helper()
-	rdb := newClient(b, addr)
+	return benchCacheOn(b, newClient(b, addr))
+}
+
+// benchCacheOn is the benchmarks' cache of benchUser over rdb, in a Store
+// of its own that is closed when b ends.
+func benchCacheOn(b *testing.B, rdb redis.UniversalClient) *aside.Cache[benchUser] {
+	b.Helper()
 	store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()))
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { _ = store.Close() })
 	c, err := aside.New[benchUser](store, "user")
 	if err != nil {
 		b.Fatal(err)
@@ -134,20 +141,12 @@ func BenchmarkHitOverhead(b *testing.B) {
 	})
 	b.Run("aside", func(b *testing.B) {
 		rdb := newClient(b, srv.Addr())
-		store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer store.Close()
-		c, err := aside.New[benchUser](store, "user")
-		if err != nil {
-			b.Fatal(err)
-		}
+		c := benchCacheOn(b, rdb)
 		load := func(context.Context) (benchUser, error) { return sampleUser, nil }
 		if _, err := c.Get(ctx, "hot", load); err != nil {
 			b.Fatal(err)
 		}
-		if err := store.Wait(ctx); err != nil {
+		if err := aside.StoreOf(c).Wait(ctx); err != nil {
 			b.Fatal(err)
 		}
 		keys, _ := rdb.Keys(ctx, "*user*").Result()
@@ -237,15 +236,7 @@ func BenchmarkParallelHit(b *testing.B) {
 			})
 		})
 		b.Run("aside"+suffix, func(b *testing.B) {
-			store, err := aside.NewStore(client(b), aside.WithPrefix(uniquePrefix()))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer store.Close()
-			c, err := aside.New[benchUser](store, "user")
-			if err != nil {
-				b.Fatal(err)
-			}
+			c := benchCacheOn(b, client(b))
 			load := func(context.Context) (benchUser, error) { return sampleUser, nil }
 			for k := range keys {
 				if _, err := c.Get(ctx, strconv.Itoa(k), load); err != nil {
