@@ -134,8 +134,8 @@ func main() {
 		os.Exit(1)
 	}
 	start := time.Now()
-	fmt.Printf("# aside benchmarks\n\n%s, %d cores, %s %s/%s, Redis %s on %s; medians of %d × %v; ~1 KB msgpack value. Ratios: the median of the per-repeat ratios (both sides ran in each repeat), with their range (the middle half for the single-goroutine hit, measured in 50 turns of 20 ms).\n\n",
-		cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, version, *addr, *repeats, *benchT)
+	fmt.Printf("# aside benchmarks\n\n%s, %d cores, %s %s/%s, Redis %s on %s; medians of %d × %v; ~1 KB msgpack value. Ratios: the median of the per-repeat ratios (both sides ran in each repeat), with their range (the middle half for the single-goroutine hit, measured in %d turns of %v).\n\n",
+		cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, version, *addr, *repeats, *benchT, 10**repeats, *benchT/10)
 
 	switch *only {
 	case "paths":
