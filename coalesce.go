@@ -168,9 +168,12 @@ func (s *Store) sendWhenReady(b *readBatch) {
 // sendBatch reads b's keys in one round trip and hands out the answers.
 func (s *Store) sendBatch(b *readBatch) {
 	co := &s.reads
-	co.mu.Lock()
-	co.sent = b
-	co.mu.Unlock()
+	broken := s.hooks.joinSentBatch() // only its joins look at the batch sent
+	if broken {
+		co.mu.Lock()
+		co.sent = b
+		co.mu.Unlock()
+	}
 	b.vals, b.errs = make([]string, len(b.keys)), make([]error, len(b.keys))
 	octx, cancel := s.detachedOpContext(context.Background())
 	if s.hooks.batchOnCaller() {
@@ -179,11 +182,13 @@ func (s *Store) sendBatch(b *readBatch) {
 	s.fetch(octx, b.keys, b.vals, b.errs)
 	cancel()
 	s.hooks.afterBatchRead(b.keys)
-	co.mu.Lock()
-	if co.sent == b {
-		co.sent = nil
+	if broken {
+		co.mu.Lock()
+		if co.sent == b {
+			co.sent = nil
+		}
+		co.mu.Unlock()
 	}
-	co.mu.Unlock()
 	close(b.done)
 }
 

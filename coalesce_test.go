@@ -56,13 +56,8 @@ func TestConcurrentReadsShareARoundTrip(t *testing.T) {
 		collect := func(errs <-chan error, n int) {
 			t.Helper()
 			for range n {
-				select {
-				case err := <-errs:
-					if err != nil {
-						t.Error(err)
-					}
-				case <-time.After(10 * time.Second):
-					t.Fatal("a reader never returned")
+				if err := recv(t, errs, "a reader"); err != nil {
+					t.Error(err)
 				}
 			}
 		}
@@ -152,11 +147,7 @@ func TestT21NoReadSharedFromBeforeTheCaller(t *testing.T) {
 				hold.Store(true)
 				first := make(chan error, 1)
 				go func() { _, err := p.get(bgCtx, c, "k", load); first <- err }()
-				select {
-				case <-held:
-				case <-time.After(10 * time.Second):
-					t.Fatal("the first read never came back from Redis")
-				}
+				recv(t, held, "the first read to come back from Redis")
 				db.Store(2)
 				if err := c.Invalidate(bgCtx, "k"); err != nil {
 					t.Fatal(err)
@@ -223,22 +214,13 @@ func TestABatchOutlivesACancelledReader(t *testing.T) {
 			}()
 			eventually(t, "both readers pending", func() bool { return aside.PendingReads(store) == 2 })
 			cancel()
-			select {
-			case err := <-gaveUp:
-				if !errors.Is(err, context.Canceled) {
-					t.Fatalf("the reader that gave up: %v", err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("a reader that gave up still waits for its batch")
+			// The batch is still held: a reader that gave up returns without it.
+			if err := recv(t, gaveUp, "the reader that gave up"); !errors.Is(err, context.Canceled) {
+				t.Fatalf("the reader that gave up: %v", err)
 			}
 			close(release)
-			select {
-			case err := <-other:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the other reader never returned")
+			if err := recv(t, other, "the other reader"); err != nil {
+				t.Fatal(err)
 			}
 			settled(t, store)
 			s := c.Stats()
