@@ -308,6 +308,9 @@ func TestTracerSeesEveryOutcome(t *testing.T) {
 	_, _ = c.Get(bgCtx, "nf", func(context.Context) (string, error) { return "", aside.ErrNotFound })
 	settled(t, store)
 	_, _ = c.Get(bgCtx, "nf", load)
+	// Strict L1 keeps and serves values only once the Store has heard its
+	// own first heartbeat back: on a busy machine, later than this point.
+	eventually(t, "L1 serving", func() bool { return store.Coherence().L1Serving })
 	_, _ = l1.Get(bgCtx, "k", load)
 	settled(t, store)
 	_, _ = l1.Get(bgCtx, "k", load)

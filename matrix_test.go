@@ -112,6 +112,10 @@ type matrixCounts struct {
 
 func TestSeamMatrix(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
+		// The backends are servers of their own, and a cell mostly waits (a
+		// silent Store's L + margin, a breaker's cooldown): side by side,
+		// the matrix takes its slowest backend's time, not their sum.
+		t.Parallel()
 		runMatrix(t, backendTopology(t, b), matrixPaths, matrixInvalidations)
 	})
 }
