@@ -108,6 +108,7 @@ type Cache[T any] struct {
 	codecCopies bool
 	typeID      uint32
 	stats       counters
+	trend       missTrend  // whether reads lately missed: then they start with the lease script
 	hooks       *testHooks // nil outside tests
 	// ownNotFound is the error of WithNotFound (nil without), and
 	// notFoundAnswer what a not-found that no loader returned just now (a
@@ -280,7 +281,7 @@ func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err e
 	if err != nil {
 		return nil, v, err
 	}
-	cl = &call[T]{key: key, rk: c.keys.entry(key), tags: tags}
+	cl = &call[T]{key: key, rk: c.keys.entry(key), tags: tags, leaseFirst: o.leaseFirst}
 	if c.l1 != nil {
 		cl.note = c.l1.note(key)
 	}

@@ -63,3 +63,7 @@ func PendingReads(s *Store) int {
 	}
 	return len(s.reads.pending.keys)
 }
+
+// LeaseFirstCall makes a read start with the lease script, as reads do
+// while their cache's reads mostly miss: the tests' way onto that path.
+func LeaseFirstCall() CallOption { return func(o *callOptions) { o.leaseFirst = true } }

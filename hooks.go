@@ -27,6 +27,10 @@ type testHooks struct {
 	BatchEveryRead   bool
 	BeforeBatchClaim func()
 	AfterBatchRead   func(keys []string)
+	// ReadFirst: reads never start with the lease script, whatever the
+	// cache's recent misses (read.go), for tests of the read step's own
+	// interleavings. (A call starts with it through LeaseFirstCall.)
+	ReadFirst bool
 
 	// Broken variants of the lease protocol.
 	UnconditionalFill bool // T1/T2: write a loaded value even if its lease was revoked
@@ -156,6 +160,7 @@ func (h *testHooks) counterTokens() bool { return h != nil && h.CounterTokens }
 func (h *testHooks) callerProbe() bool   { return h != nil && h.CallerProbe }
 func (h *testHooks) callerDone() bool    { return h != nil && h.CallerDone }
 func (h *testHooks) countEachRead() bool { return h != nil && h.CountEachRead }
+func (h *testHooks) readFirst() bool     { return h != nil && h.ReadFirst }
 
 // naiveGet is the broken variant behind testHooks.Naive: read, then one
 // load per key shared by whoever asks while it runs, then an unconditional

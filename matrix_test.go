@@ -32,6 +32,7 @@ type matrixPath struct {
 	fillTags, readTags []string
 	many, negative     bool
 	stale              bool // read in the stale window (stale-while-revalidate)
+	leaseFirst         bool // every read starts with the lease script (read.go)
 }
 
 var matrixPaths = []matrixPath{
@@ -41,6 +42,7 @@ var matrixPaths = []matrixPath{
 	{name: "negative", fillTags: []string{"t1", "t2"}, readTags: []string{"t1", "t2"}, negative: true},
 	{name: "stale-while-revalidate", fillTags: []string{"t1", "t2"}, readTags: []string{"t1"}, stale: true},
 	{name: "Get-untagged"},
+	{name: "Get-lease-first", leaseFirst: true}, // untagged: a tagged read never starts with the lease script
 }
 
 var matrixL1 = []string{"off", "reader", "every"}
@@ -232,6 +234,9 @@ func runCell(t *testing.T, top topology, p matrixPath, l1, inv, fault string, n 
 
 	read := func(ctx context.Context, s *side, tags []string) (int, error) {
 		opts := []aside.CallOption{aside.Tags(tags...)}
+		if p.leaseFirst {
+			opts = append(opts, aside.LeaseFirstCall())
+		}
 		var v int
 		var err error
 		if p.many {

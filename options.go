@@ -138,8 +138,9 @@ func WithL1Lease(d time.Duration) StoreOption { return func(o *storeOptions) { o
 type CallOption func(*callOptions)
 
 type callOptions struct {
-	tags    []string
-	keyTags func(key string) []string
+	tags       []string
+	keyTags    func(key string) []string
+	leaseFirst bool // tests: the read starts with the lease script whatever the trend (read.go)
 }
 
 // Tags attaches tags to the entry, so that [Store.InvalidateTags] of any of

@@ -40,6 +40,9 @@ type call[T any] struct {
 	deadline time.Time // end of the wait budget, set at the first miss
 	note     l1Note    // L1 generations before the first read
 	counted  bool      // its read outcome (hit, miss, ...) is counted: once per call, at its first read
+	// leaseFirst: the read starts with the lease script whatever the
+	// cache's trend (read.go); set by tests, through a call option.
+	leaseFirst bool
 
 	token string     // the lease this call holds (f set), or waits on
 	f     *flight[T] // the fill attempt this call holds
@@ -76,7 +79,8 @@ func finishAll[T any](calls []*call[T], err error) {
 // resolve answers every call of a group: read (one round trip), serve what
 // is usable, lease the misses (one round trip), load what this group
 // leased (one loader call) while waiting for what others load, and read
-// again where a wait ended without a usable result.
+// again where a wait ended without a usable result. A lone read that will
+// probably miss skips the first read: the lease script serves a hit too.
 func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T]) {
 	if c.hooks.naive() {
 		for _, cl := range calls {
@@ -84,28 +88,21 @@ func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T])
 		}
 		return
 	}
+	leaseFirst := c.leaseFirst(calls)
 	for len(calls) > 0 {
 		if !c.store.usable(ctx) {
 			c.stats.skipped.Add(uint64(len(calls)))
 			c.loadDegraded(ctx, calls, src)
 			return
 		}
-		if err := c.readAll(ctx, calls); err != nil {
-			if ctx.Err() != nil {
-				finishAll(calls, ctx.Err())
+		misses := calls
+		if leaseFirst {
+			leaseFirst = false // the lease script reads the entry too (read.go)
+		} else {
+			var done bool
+			if misses, done = c.readStep(ctx, calls, src); done {
 				return
 			}
-			c.loadDegraded(ctx, calls, src)
-			return
-		}
-		var misses []*call[T]
-		for _, cl := range calls {
-			if cl.raw == nil || !c.serve(ctx, cl, cl.raw, src) {
-				misses = append(misses, cl)
-			}
-		}
-		if len(misses) == 0 {
-			return // every call was served: the hit path stops here
 		}
 		again := c.lease(ctx, misses, src)
 		calls = again[:0]
@@ -238,6 +235,9 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 		res, cerr := cmds[i].Slice()
 		kind, payload := parseReply(res, cerr)
 		cl.raw, cl.token = nil, ""
+		if kind == replyLease || kind == replyWait || kind == replyFree {
+			c.count(cl, &c.stats.misses) // a read that started here (leaseFirst) has counted nothing yet
+		}
 		if kind == replyLease {
 			cl.token, cl.f = tokens[i], flights[i]
 			continue

@@ -52,6 +52,70 @@ func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 	return g.failed
 }
 
+// readStep reads calls and serves what is usable. It returns the misses,
+// or done when nothing is left to lease: every call was served (the hit
+// path stops here), or answered without Redis.
+func (c *Cache[T]) readStep(ctx context.Context, calls []*call[T], src source[T]) (misses []*call[T], done bool) {
+	if err := c.readAll(ctx, calls); err != nil {
+		if ctx.Err() != nil {
+			finishAll(calls, ctx.Err())
+			return nil, true
+		}
+		c.loadDegraded(ctx, calls, src)
+		return nil, true
+	}
+	for _, cl := range calls {
+		if cl.raw == nil || !c.serve(ctx, cl, cl.raw, src) {
+			misses = append(misses, cl)
+		}
+	}
+	return misses, len(misses) == 0
+}
+
+// Reads that will probably miss start with the lease script. A miss costs
+// the read, the lease script and the fill — three round trips, where the
+// floor's miss (GET, load, SET) costs two. The lease script's first step is
+// the read, and it answers a hit as such; so a cache whose reads have
+// lately been missing (a cold start, a version bump, keys seldom read
+// twice) skips the read, and its misses cost two round trips. Its few hits
+// then cost a script instead of a GET: the same round trip, a few µs of
+// Redis CPU and a lease token prepared for nothing. A tagged read is left
+// alone: it fetches its tag tokens with the entry, which the script does
+// not. The trend rises by one with each read that missed and falls by four
+// with each that hit: it stays high only while fewer than one read in five
+// hits, and one hit in four reads brings it down.
+const (
+	trendMax     = 16 // a long run of misses is worth no more than this
+	trendHit     = 4  // what a hit takes off
+	leaseFirstAt = 8  // reads start with the lease script from here
+)
+
+// missTrend is a cache's recent reads, weighed: see leaseFirstAt.
+type missTrend struct{ n atomic.Int32 }
+
+func (m *missTrend) observe(missed bool) {
+	for {
+		cur := m.n.Load()
+		next := cur + 1
+		if !missed {
+			next = cur - trendHit
+		}
+		next = min(max(next, 0), trendMax)
+		if next == cur || m.n.CompareAndSwap(cur, next) {
+			return
+		}
+	}
+}
+
+// leaseFirst reports whether a group's read should start with the lease
+// script: a lone untagged read, while the cache's reads mostly miss.
+func (c *Cache[T]) leaseFirst(calls []*call[T]) bool {
+	if len(calls) != 1 || len(calls[0].tags) > 0 || c.hooks.readFirst() {
+		return false
+	}
+	return calls[0].leaseFirst || c.trend.n.Load() >= leaseFirstAt
+}
+
 // readGroup is what one read of a group shares: the tag tokens it read,
 // whether every call names the same tags, and the first failure.
 type readGroup struct {
@@ -196,6 +260,7 @@ func (c *Cache[T]) count(cl *call[T], n *atomic.Uint64) {
 	if !cl.counted || c.hooks.countEachRead() {
 		cl.counted = true
 		n.Add(1)
+		c.trend.observe(n == &c.stats.misses || n == &c.stats.tagMisses)
 	}
 }
 

@@ -33,6 +33,11 @@ var readPaths = []readPath{
 		return c.Get(ctx, key, load, opts...)
 	}},
 	{"GetMany", 2, getViaMany},
+	// A Get that starts with the lease script, as reads do while their
+	// cache's reads mostly miss (read.go); with tags, it is the Get above.
+	{"Get-lease-first", 1, func(ctx context.Context, c *aside.Cache[int], key string, load aside.Loader[int], opts ...aside.CallOption) (int, error) {
+		return c.Get(ctx, key, load, append(opts[:len(opts):len(opts)], aside.LeaseFirstCall())...)
+	}},
 }
 
 // getViaMany reads key with GetMany, beside a companion key that mirrors
