@@ -42,7 +42,7 @@ var matrixPaths = []matrixPath{
 	{name: "negative", fillTags: []string{"t1", "t2"}, readTags: []string{"t1", "t2"}, negative: true},
 	{name: "stale-while-revalidate", fillTags: []string{"t1", "t2"}, readTags: []string{"t1"}, stale: true},
 	{name: "Get-untagged"},
-	{name: "Get-lease-first", leaseFirst: true}, // untagged: a tagged read never starts with the lease script
+	{name: "Get-lease-first", fillTags: []string{"t1", "t2"}, readTags: []string{"t1", "t2"}, leaseFirst: true},
 }
 
 var matrixL1 = []string{"off", "reader", "every"}

@@ -2,6 +2,7 @@ package aside
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -95,7 +96,7 @@ func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T])
 			c.loadDegraded(ctx, calls, src)
 			return
 		}
-		misses := calls
+		misses, first := calls, leaseFirst
 		if leaseFirst {
 			leaseFirst = false // the lease script reads the entry too (read.go)
 		} else {
@@ -104,7 +105,7 @@ func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T])
 				return
 			}
 		}
-		again := c.lease(ctx, misses, src)
+		again := c.lease(ctx, misses, src, first)
 		calls = again[:0]
 		for _, cl := range again {
 			if time.Now().After(cl.deadline) { // gone round past its wait budget: load alone
@@ -118,8 +119,9 @@ func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T])
 
 // lease takes leases for the misses in one round trip, starts one load for
 // those this group now holds, waits for the others, and returns the calls
-// that must read again.
-func (c *Cache[T]) lease(ctx context.Context, misses []*call[T], src source[T]) (again []*call[T]) {
+// that must read again. first: no read came before (read.go), so the tag
+// tokens come in the lease's round trip.
+func (c *Cache[T]) lease(ctx context.Context, misses []*call[T], src source[T], first bool) (again []*call[T]) {
 	if len(misses) == 0 {
 		return nil
 	}
@@ -133,7 +135,7 @@ func (c *Cache[T]) lease(ctx context.Context, misses []*call[T], src source[T]) 
 			cl.deadline = now.Add(c.profile.waitBudget())
 		}
 	}
-	degraded, err := c.acquire(ctx, misses, src)
+	degraded, err := c.acquire(ctx, misses, src, first)
 	switch {
 	case err != nil && ctx.Err() != nil:
 		finishAll(misses, ctx.Err())
@@ -198,7 +200,9 @@ const maxWaiters = 16
 // given up by then. Each call ends up answered (the entry appeared), holding
 // a lease (f), waiting on one (token), or with neither (read again).
 // degraded are the calls whose script failed on its own (an error reply).
-func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]) (degraded []*call[T], err error) {
+// first: a lone call that started here reads its tag tokens in the same
+// round trip, as its read would have.
+func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T], first bool) (degraded []*call[T], err error) {
 	flights := make([]*flight[T], len(misses))
 	tokens := make([]string, len(misses))
 	rks := make([]string, len(misses))
@@ -217,12 +221,18 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 	octx, cancel := c.store.opContext(actx)
 	defer cancel()
 	leaseMs := c.leaseTTL().Milliseconds()
-	cmds, err := c.store.evalEntries(octx, acquireScript, rks, func(i int) []any {
+	args := func(i int) []any {
 		if misses[i].raw != nil {
 			return []any{tokens[i], leaseMs, "1", misses[i].raw}
 		}
 		return []any{tokens[i], leaseMs, "0", ""}
-	})
+	}
+	var cmds []*redis.Cmd
+	if first && len(misses[0].tags) > 0 {
+		cmds, err = c.leaseWithTokens(octx, misses[0], args(0))
+	} else {
+		cmds, err = c.store.evalEntries(octx, acquireScript, rks, args)
+	}
 	c.store.record(octx, err, &c.stats, c.name)
 	if isOutage(err) || cutShort(octx, err) { // cut short: only the broken variant runs on the caller's ctx
 		c.unregister(tokens...)
@@ -256,6 +266,32 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 		}
 	}
 	return degraded, nil
+}
+
+// leaseWithTokens runs the lease script for a call that skipped its read,
+// and reads the call's tag tokens in the same round trip (a pipeline, the
+// tag keys after the script): what the read would have brought with the
+// entry, and read, as it would have been, before any load. A token read
+// that fails leaves cl's snapshot unread: the load then reads the tokens
+// itself (tokensBeforeLoad), a hit its entry's (checkTags).
+func (c *Cache[T]) leaseWithTokens(octx context.Context, cl *call[T], args []any) ([]*redis.Cmd, error) {
+	p := c.store.rdb.Pipeline()
+	cmd := acquireScript.Eval(octx, p, []string{cl.rk, leaseKey(cl.rk)}, args...)
+	gets := make([]*redis.StringCmd, len(cl.tags))
+	for i, t := range cl.tags {
+		gets[i] = p.Get(octx, tagKey(c.store.prefix, t))
+	}
+	_, _ = p.Exec(octx) // its error is a command's: the script's is decided below, the tokens' here
+	snap := tagSnap{names: cl.tags, tokens: make([]string, len(gets))}
+	for i, g := range gets {
+		tok, err := g.Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return []*redis.Cmd{cmd}, cmd.Err()
+		}
+		snap.tokens[i] = tok // "" when the tag key is missing
+	}
+	cl.snap = snap
+	return []*redis.Cmd{cmd}, cmd.Err()
 }
 
 func (c *Cache[T]) unregister(tokens ...string) {

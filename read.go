@@ -79,9 +79,8 @@ func (c *Cache[T]) readStep(ctx context.Context, calls []*call[T], src source[T]
 // lately been missing (a cold start, a version bump, keys seldom read
 // twice) skips the read, and its misses cost two round trips. Its few hits
 // then cost a script instead of a GET: the same round trip, a few µs of
-// Redis CPU and a lease token prepared for nothing. A tagged read is left
-// alone: it fetches its tag tokens with the entry, which the script does
-// not. The trend rises by one with each read that missed and falls by four
+// Redis CPU and a lease token prepared for nothing. A tagged read reads its
+// tag tokens in the script's round trip (leaseWithTokens). The trend rises by one with each read that missed and falls by four
 // with each that hit: it stays high only while fewer than one read in five
 // hits, and one hit in four reads brings it down.
 const (
@@ -108,9 +107,9 @@ func (m *missTrend) observe(missed bool) {
 }
 
 // leaseFirst reports whether a group's read should start with the lease
-// script: a lone untagged read, while the cache's reads mostly miss.
+// script: a lone read, while the cache's reads mostly miss.
 func (c *Cache[T]) leaseFirst(calls []*call[T]) bool {
-	if len(calls) != 1 || len(calls[0].tags) > 0 || c.hooks.readFirst() {
+	if len(calls) != 1 || c.hooks.readFirst() {
 		return false
 	}
 	return calls[0].leaseFirst || c.trend.n.Load() >= leaseFirstAt

@@ -5,36 +5,63 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
+	"github.com/asidecache/aside"
 	"github.com/redis/go-redis/v9"
 )
 
 // entryCommands records the names of the commands sent for entry keys of
-// the cache "items" (not tag keys, not the bus), in order.
+// the cache "items" (not tag keys, not the bus), in order, and counts the
+// round trips.
 type entryCommands struct {
 	mu    sync.Mutex
 	names []string
+	trips atomic.Int32 // round trips for entries and tags: commands and pipelines
+}
+
+// record notes cmd if it is for an entry, and reports whether it is for an
+// entry or a tag.
+func (e *entryCommands) record(cmd redis.Cmder) bool {
+	args := cmd.Args()
+	key := 1 // GET key, SET key ...
+	if name := cmd.Name(); name == "evalsha" || name == "eval" {
+		key = 3 // EVALSHA sha numkeys key ...
+	}
+	k, _ := args[min(key, len(args)-1)].(string)
+	if strings.Contains(k, ":items:") {
+		e.mu.Lock()
+		e.names = append(e.names, cmd.Name())
+		e.mu.Unlock()
+		return true
+	}
+	return strings.Contains(k, ":#tag:")
 }
 
 func (e *entryCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (e *entryCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		args := cmd.Args()
-		key := 1 // GET key, SET key ...
-		if name := cmd.Name(); name == "evalsha" || name == "eval" {
-			key = 3 // EVALSHA sha numkeys key ...
+		err := next(ctx, cmd)
+		// A script's first run on a server is EVALSHA, NOSCRIPT, then EVAL:
+		// one round trip is counted, as every later run costs.
+		if (err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT")) && e.record(cmd) {
+			e.trips.Add(1)
 		}
-		if k, ok := args[min(key, len(args)-1)].(string); ok && strings.Contains(k, ":items:") {
-			e.mu.Lock()
-			e.names = append(e.names, cmd.Name())
-			e.mu.Unlock()
-		}
-		return next(ctx, cmd)
+		return err
 	}
 }
 func (e *entryCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		ours := false
+		for _, cmd := range cmds {
+			ours = e.record(cmd) || ours
+		}
+		if ours {
+			e.trips.Add(1)
+		}
+		return next(ctx, cmds)
+	}
 }
 
 // first returns the first command recorded since the last call, and forgets them.
@@ -49,41 +76,56 @@ func (e *entryCommands) first() string {
 }
 
 // TestReadsThatMostlyMissStartWithTheLeaseScript: once a cache's reads
-// have been missing, a read skips its GET — the lease script answers a hit
-// too — and a miss costs two round trips, as the floor's; one hit in the
-// lease script brings the GET back.
+// have been missing, a read skips its read step — the lease script answers
+// a hit too, and a tagged read's tokens come in its round trip — so a miss
+// costs two round trips, as the floor's; one hit brings the GET back.
 func TestReadsThatMostlyMissStartWithTheLeaseScript(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		store, rdb := b.newStore(t)
+		if err := store.InvalidateTags(bgCtx, "t"); err != nil { // the tag's token exists: no load creates it
+			t.Fatal(err)
+		}
 		c := newCache[int](t, store)
 		sent := &entryCommands{}
 		rdb.AddHook(sent)
 		load := func(context.Context) (int, error) { return 7, nil }
-		startedWith := func(key string) string {
+		// startedWith reads key and returns its first command and its round trips.
+		startedWith := func(key string, opts ...aside.CallOption) (string, int32) {
 			t.Helper()
 			sent.first()
-			if v := mustGet(t, c, key, load); v != 7 {
-				t.Fatalf("Get(%s) = %d, want 7", key, v)
+			n := sent.trips.Load()
+			if v, err := c.Get(bgCtx, key, load, opts...); err != nil || v != 7 {
+				t.Fatalf("Get(%s) = %d, %v; want 7", key, v, err)
 			}
-			return sent.first()
+			settled(t, store) // the fill, if any, is one of the read's round trips
+			return sent.first(), sent.trips.Load() - n
 		}
 		isScript := func(name string) bool { return name == "evalsha" || name == "eval" }
 		for i := range 8 { // the trend reaches leaseFirstAt
-			if got := startedWith("cold" + strconv.Itoa(i)); got != "get" {
-				t.Fatalf("miss %d started with %s, want get", i+1, got)
+			if got, n := startedWith("cold" + strconv.Itoa(i)); got != "get" || n != 3 {
+				t.Fatalf("miss %d started with %s, %d round trips; want get, 3 (read, lease, fill)", i+1, got, n)
 			}
 		}
-		if got := startedWith("cold8"); !isScript(got) {
-			t.Fatalf("the 9th miss in a row started with %s, want the lease script", got)
+		if got, n := startedWith("cold8"); !isScript(got) || n != 2 {
+			t.Fatalf("the 9th miss in a row started with %s, %d round trips; want the lease script, 2 (lease, fill)", got, n)
 		}
-		if got := startedWith("cold0"); !isScript(got) {
-			t.Fatalf("a hit after 9 misses started with %s, want the lease script", got)
+		if got, n := startedWith("tagged", aside.Tags("t")); !isScript(got) || n != 2 {
+			t.Fatalf("a tagged miss then started with %s, %d round trips; want the lease script, 2 (lease and tokens, fill)", got, n)
 		}
-		if got := startedWith("cold1"); got != "get" {
-			t.Errorf("the read after a hit started with %s, want get", got)
+		if got, n := startedWith("cold0"); !isScript(got) || n != 1 {
+			t.Fatalf("a hit after 10 misses started with %s, %d round trips; want the lease script, 1", got, n)
 		}
-		if s := c.Stats(); s.Misses != 9 || s.Hits != 2 || s.Loads != 9 {
-			t.Errorf("stats %+v; want 9 misses, 2 hits, 9 loads: each read counted once", s)
+		if got, n := startedWith("cold1"); got != "get" || n != 1 {
+			t.Errorf("the read after a hit started with %s, %d round trips; want get, 1", got, n)
+		}
+		if err := store.InvalidateTags(bgCtx, "t"); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := c.Get(bgCtx, "tagged", func(context.Context) (int, error) { return 8, nil }, aside.Tags("t")); err != nil || v != 8 {
+			t.Errorf("after its tag's invalidation the tagged entry read %d, %v; want 8 from the loader", v, err)
+		}
+		if s := c.Stats(); s.Misses != 10 || s.Hits != 2 || s.TagMisses != 1 || s.Loads != 11 {
+			t.Errorf("stats %+v; want 10 misses, 2 hits, 1 tag miss, 11 loads: each read counted once", s)
 		}
 	})
 }
