@@ -2,7 +2,6 @@ package aside
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
@@ -271,9 +270,10 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 // leaseWithTokens runs the lease script for a call that skipped its read,
 // and reads the call's tag tokens in the same round trip (a pipeline, the
 // tag keys after the script): what the read would have brought with the
-// entry, and read, as it would have been, before any load. A token read
-// that fails leaves cl's snapshot unread: the load then reads the tokens
-// itself (tokensBeforeLoad), a hit its entry's (checkTags).
+// entry, and read, as it would have been, before any load. A token that
+// could not be read counts as missing (""), which is fail-safe: no entry
+// guarded by its tag is served on it (checkTags), no flight is joined on
+// it (sameTokens), and a load reads it again (tokensBeforeLoad).
 func (c *Cache[T]) leaseWithTokens(octx context.Context, cl *call[T], args []any) ([]*redis.Cmd, error) {
 	p := c.store.rdb.Pipeline()
 	cmd := acquireScript.Eval(octx, p, []string{cl.rk, leaseKey(cl.rk)}, args...)
@@ -281,16 +281,11 @@ func (c *Cache[T]) leaseWithTokens(octx context.Context, cl *call[T], args []any
 	for i, t := range cl.tags {
 		gets[i] = p.Get(octx, tagKey(c.store.prefix, t))
 	}
-	_, _ = p.Exec(octx) // its error is a command's: the script's is decided below, the tokens' here
-	snap := tagSnap{names: cl.tags, tokens: make([]string, len(gets))}
+	_, _ = p.Exec(octx) // the error is a command's: the script's is returned, the tokens' are missing ones
+	cl.snap = tagSnap{names: cl.tags, tokens: make([]string, len(gets))}
 	for i, g := range gets {
-		tok, err := g.Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return []*redis.Cmd{cmd}, cmd.Err()
-		}
-		snap.tokens[i] = tok // "" when the tag key is missing
+		cl.snap.tokens[i], _ = g.Result() // "" for a missing tag key, or one not read
 	}
-	cl.snap = snap
 	return []*redis.Cmd{cmd}, cmd.Err()
 }
 

@@ -2,6 +2,7 @@ package aside_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,6 +127,51 @@ func TestReadsThatMostlyMissStartWithTheLeaseScript(t *testing.T) {
 		}
 		if s := c.Stats(); s.Misses != 10 || s.Hits != 2 || s.TagMisses != 1 || s.Loads != 11 {
 			t.Errorf("stats %+v; want 10 misses, 2 hits, 1 tag miss, 11 loads: each read counted once", s)
+		}
+	})
+}
+
+// failTagReads makes every GET of a tag key sent in a pipeline fail, as a
+// Cluster node holding the tag keys that does not answer.
+type failTagReads struct{}
+
+func (failTagReads) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (failTagReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (failTagReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			if k, _ := cmd.Args()[len(cmd.Args())-1].(string); cmd.Name() == "get" && strings.Contains(k, ":#tag:") {
+				cmd.SetErr(errors.New("tag read failed (injected)"))
+			}
+		}
+		return err
+	}
+}
+
+// TestLeaseFirstReadWithoutItsTokensServesNothingTheTagGuards: a tagged
+// read that starts with the lease script and cannot read a tag's token
+// takes it as missing: an entry written without that tag, before the tag's
+// invalidation returned, is a miss (as a read that names a tag the entry
+// lacks always is), not a hit.
+func TestLeaseFirstReadWithoutItsTokensServesNothingTheTagGuards(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		store, rdb := b.newStore(t)
+		c := newCache[int](t, store)
+		var db atomic.Int64
+		db.Store(1)
+		load := func(context.Context) (int, error) { return int(db.Load()), nil }
+		if v := mustGet(t, c, "k", load); v != 1 { // written without the tag
+			t.Fatalf("fill = %d", v)
+		}
+		db.Store(2)
+		if err := store.InvalidateTags(bgCtx, "t"); err != nil {
+			t.Fatal(err)
+		}
+		rdb.AddHook(failTagReads{})
+		v, err := c.Get(bgCtx, "k", load, aside.Tags("t"), aside.LeaseFirstCall())
+		if err == nil && v != 2 {
+			t.Errorf("Get naming t after InvalidateTags(t) returned %d without reading t's token; want 2 (or an error)", v)
 		}
 	})
 }
