@@ -244,7 +244,7 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 		res, cerr := cmds[i].Slice()
 		kind, payload := parseReply(res, cerr)
 		cl.raw, cl.token = nil, ""
-		if kind == replyLease || kind == replyWait || kind == replyFree {
+		if kind != replyHit {
 			c.count(cl, &c.stats.misses) // a read that started here (leaseFirst) has counted nothing yet
 		}
 		if kind == replyLease {

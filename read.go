@@ -80,9 +80,10 @@ func (c *Cache[T]) readStep(ctx context.Context, calls []*call[T], src source[T]
 // twice) skips the read, and its misses cost two round trips. Its few hits
 // then cost a script instead of a GET: the same round trip, a few µs of
 // Redis CPU and a lease token prepared for nothing. A tagged read reads its
-// tag tokens in the script's round trip (leaseWithTokens). The trend rises by one with each read that missed and falls by four
-// with each that hit: it stays high only while fewer than one read in five
-// hits, and one hit in four reads brings it down.
+// tag tokens in the script's round trip (leaseWithTokens). The trend rises
+// by one with each read that missed and falls by four with each that hit,
+// so it stays at leaseFirstAt or above only while fewer than one read in
+// five hits.
 const (
 	trendMax     = 16 // a long run of misses is worth no more than this
 	trendHit     = 4  // what a hit takes off
