@@ -388,6 +388,7 @@ func mustGetVia(t *testing.T, p readPath, c *aside.Cache[int], key string, load 
 // no announcement (B learns of the fill at its next poll).
 func TestT19WaitersWokenByTheFill(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel() // servers of their own; the cells wait on timers, not the CPU
 		forEachPath(t, func(t *testing.T, p readPath) {
 			expectBroken(t, "a waiter in another Store is woken by the fill", func(broken bool) bool {
 				prefix := uniquePrefix()

@@ -307,6 +307,7 @@ func runT12(t *testing.T, b *backend, p readPath, negTTL time.Duration, broken b
 // bounds waits on other processes (v1).
 func TestWaitBudgetBoundsWaitersInTheHoldersProcess(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
+		t.Parallel() // servers of their own; the cells wait on timers, not the CPU
 		forEachPath(t, func(t *testing.T, p readPath) {
 			expectBroken(t, "waiter back within its budget", func(broken bool) bool {
 				prof := aside.Profile{Name: "budget", TTL: time.Minute, LoadTimeout: 5 * time.Second, WaitBudget: 100 * time.Millisecond}
