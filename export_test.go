@@ -29,6 +29,11 @@ func SetStoreHooks(s *Store, h *TestHooks) {
 	s.bus.hooks = h
 }
 
+// TagSlot is the generation counter that guards s's L1 copies carrying
+// tag: tags that share one are dropped together (a false positive that keeps
+// L1 safe), which a test of "only this tag drops it" must avoid.
+func TagSlot(s *Store, tag string) uint16 { return s.bus.tagSlot(tag) }
+
 // BusState reports whether s's subscription is up, its epoch, and how many
 // foreign messages it has applied.
 func BusState(s *Store) (up bool, epoch, received uint64) {
