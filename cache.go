@@ -116,9 +116,10 @@ type Cache[T any] struct {
 	ownNotFound, notFoundAnswer error
 	l1                          *local[T] // nil unless WithL1
 
-	mu         sync.Mutex                 // protects leases, polls, degraded and the pollers' rounds
+	mu         sync.Mutex                 // protects leases, polls, scripts, degraded and the pollers' rounds
 	leases     map[string]*flight[T]      // fill attempts of this process, by lease token
 	polls      map[string]*poller         // shared pollers of keys leased elsewhere, by entry key
+	scripts    map[string]*leaseScript    // lone calls' lease scripts on the wire, by entry key
 	degraded   map[string]*degradedKey[T] // loads while Redis cannot be used, by entry key
 	refreshing sync.Map                   // entry keys with a background refresh running here
 }
@@ -179,6 +180,7 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		notFoundAnswer: ErrNotFound,
 		leases:         map[string]*flight[T]{},
 		polls:          map[string]*poller{},
+		scripts:        map[string]*leaseScript{},
 		degraded:       map[string]*degradedKey[T]{},
 	}
 	if o.notFound != nil {

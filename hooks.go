@@ -44,6 +44,12 @@ type testHooks struct {
 	NoFillWake        bool // T19: a fill that callers wait on does not announce itself; they learn of it by polling
 	JoinSentBatch     bool // T21: a read joins a batch already sent that reads its key, and takes its answer
 	BatchOnCaller     bool // a batch is sent on its first reader's context: that reader's cancellation fails the others' reads
+	OwnLeaseScript    bool // every miss sends its own lease script, none shares another's on the wire
+	ShareScriptHit    bool // a call that shares another's lease script takes its hit, read before it arrived
+	// LeaseScriptArrival is called when a lone call's miss comes to the lease
+	// script: shared, it waits for another call's script on the wire;
+	// otherwise it is about to send its own.
+	LeaseScriptArrival func(rk string, shared bool)
 	// PollEvery, when set, replaces the pollers' intervals: a test of the
 	// wake-up makes them long, so that only the announcement can be quick.
 	PollEvery time.Duration
@@ -136,6 +142,14 @@ func (h *testHooks) budgetOnlyAcross() bool  { return h != nil && h.BudgetOnlyAc
 func (h *testHooks) acquireOnCaller() bool   { return h != nil && h.AcquireOnCaller }
 func (h *testHooks) degradedBackward() bool  { return h != nil && h.DegradedBackward }
 func (h *testHooks) noFillWake() bool        { return h != nil && h.NoFillWake }
+func (h *testHooks) ownLeaseScript() bool    { return h != nil && h.OwnLeaseScript }
+func (h *testHooks) shareScriptHit() bool    { return h != nil && h.ShareScriptHit }
+
+func (h *testHooks) leaseScriptArrival(rk string, shared bool) {
+	if h != nil && h.LeaseScriptArrival != nil {
+		h.LeaseScriptArrival(rk, shared)
+	}
+}
 
 // pollDelays returns the pollers' first and longest interval.
 func (h *testHooks) pollDelays() (first, most time.Duration) {

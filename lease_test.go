@@ -303,12 +303,19 @@ func TestT6FailedHolders(t *testing.T) {
 			// A takes the lease and its process "dies": the load never
 			// returns and nothing releases the lease (the hook blocks before
 			// the fill or release, and A's caller gives up).
-			hang := make(chan struct{})
+			hang, held := make(chan struct{}), make(chan struct{})
 			defer close(hang)
-			aside.SetTestHooks(ca, &aside.TestHooks{AfterLoad: func(string) { <-hang }})
-			ctx, cancel := context.WithTimeout(bgCtx, 20*time.Millisecond)
-			defer cancel()
-			_, _ = ca.Get(ctx, "k", func(context.Context) (string, error) { return "never written", nil })
+			var once sync.Once
+			aside.SetTestHooks(ca, &aside.TestHooks{AfterLoad: func(string) { once.Do(func() { close(held) }); <-hang }})
+			ctx, cancel := context.WithCancel(bgCtx)
+			aDone := make(chan struct{})
+			go func() {
+				defer close(aDone)
+				_, _ = ca.Get(ctx, "k", func(context.Context) (string, error) { return "never written", nil })
+			}()
+			recv(t, held, "A's load") // (a deadline instead could end A before its lease on a cold Cluster client)
+			cancel()
+			recv(t, aDone, "A's caller giving up")
 			var loads atomic.Int32
 			start := time.Now()
 			got := mustGet(t, cb, "k", countingLoader("v", &loads))

@@ -46,6 +46,9 @@ type call[T any] struct {
 
 	token string     // the lease this call holds (f set), or waits on
 	f     *flight[T] // the fill attempt this call holds
+	// Its lease script (stampede.go): the one it sends, which others may
+	// share, or the one on the wire that it shares instead.
+	script, shares *leaseScript
 
 	// The answer, and whether it may go to L1: it came fresh from Redis or
 	// from a fill that succeeded; it stays fresh until freshUntil and is
@@ -197,16 +200,42 @@ const maxWaiters = 16
 // context the caller cannot cut short: a lease taken in Redis always has a
 // holder here, which hands it to the detached load even if the caller has
 // given up by then. Each call ends up answered (the entry appeared), holding
-// a lease (f), waiting on one (token), or with neither (read again).
+// a lease (f), waiting on one (token), or with neither (read again). A miss
+// whose key's script another call of this process has on the wire shares
+// that script's lease instead of sending its own (stampede.go).
 // degraded are the calls whose script failed on its own (an error reply).
 // first: a lone call that started here reads its tag tokens in the same
 // round trip, as its read would have.
 func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T], first bool) (degraded []*call[T], err error) {
-	flights := make([]*flight[T], len(misses))
-	tokens := make([]string, len(misses))
-	rks := make([]string, len(misses))
+	send := c.planLeaseScripts(misses, first)
+	if len(send) > 0 {
+		if degraded, err = c.sendLeaseScripts(ctx, send, src, first); err != nil {
+			return nil, err // every miss degrades, those that shared a script too
+		}
+	}
+	if len(send) < len(misses) {
+		for _, cl := range misses {
+			if cl.shares != nil {
+				c.takeSharedLease(ctx, cl, src)
+			}
+		}
+	}
+	return degraded, err
+}
+
+// sendLeaseScripts runs the lease scripts of send, and hands each answer
+// to the calls that share it.
+func (c *Cache[T]) sendLeaseScripts(ctx context.Context, send []*call[T], src source[T], first bool) (degraded []*call[T], err error) {
+	defer func() {
+		for _, cl := range send {
+			c.endLeaseScript(cl) // after an error too: its sharers then read again
+		}
+	}()
+	flights := make([]*flight[T], len(send))
+	tokens := make([]string, len(send))
+	rks := make([]string, len(send))
 	c.mu.Lock()
-	for i, cl := range misses {
+	for i, cl := range send {
 		// Registered before the lease exists, so that a WAIT(token) seen by
 		// another goroutine of this process always finds the flight.
 		tokens[i], flights[i], rks[i] = newToken(), &flight[T]{done: make(chan struct{}), loaded: make(chan struct{})}, cl.rk
@@ -221,14 +250,14 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 	defer cancel()
 	leaseMs := c.leaseTTL().Milliseconds()
 	args := func(i int) []any {
-		if misses[i].raw != nil {
-			return []any{tokens[i], leaseMs, "1", misses[i].raw}
+		if send[i].raw != nil {
+			return []any{tokens[i], leaseMs, "1", send[i].raw}
 		}
 		return []any{tokens[i], leaseMs, "0", ""}
 	}
 	var cmds []*redis.Cmd
-	if first && len(misses[0].tags) > 0 {
-		cmds, err = c.leaseWithTokens(octx, misses[0], args(0))
+	if first && len(send[0].tags) > 0 {
+		cmds, err = c.leaseWithTokens(octx, send[0], args(0))
 	} else {
 		cmds, err = c.store.evalEntries(octx, acquireScript, rks, args)
 	}
@@ -240,7 +269,7 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 		}
 		return nil, err
 	}
-	for i, cl := range misses {
+	for i, cl := range send {
 		res, cerr := cmds[i].Slice()
 		kind, payload := parseReply(res, cerr)
 		cl.raw, cl.token = nil, ""
@@ -249,16 +278,20 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 		}
 		if kind == replyLease {
 			cl.token, cl.f = tokens[i], flights[i]
+			c.shareAnswer(cl, cl.token, nil)
 			continue
 		}
 		c.unregister(tokens[i])
 		switch kind {
 		case replyHit:
-			if b := c.replyBytes(payload); !c.serve(ctx, cl, b, src) {
+			b := c.replyBytes(payload)
+			c.shareAnswer(cl, "", b)
+			if !c.serve(ctx, cl, b, src) {
 				cl.raw = b
 			}
 		case replyWait:
 			cl.token = payload
+			c.shareAnswer(cl, cl.token, nil)
 		case replyFree:
 		default:
 			degraded = append(degraded, cl)

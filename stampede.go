@@ -143,6 +143,114 @@ func (f *flight[T]) hand() {
 	}
 }
 
+// leaseScript is a lease script on the wire, which the calls of this
+// process that miss the same key meanwhile share instead of sending their
+// own: a stampede of N goroutines costs each process one script, not N (in
+// the bench module's stampede, the load then starts ~1 ms after the herd
+// arrives instead of 2–15 ms: N scripts queued in Redis and N replies in the
+// client ahead of the holder's).
+//
+// Only the lease of its answer is shared, never a value: a hit was read
+// before the sharing caller arrived, perhaps before an invalidation that
+// returned since, and would be stale (as a batch already sent, T21); the
+// caller reads again instead. A lease is safe to share whenever its script
+// ran: an invalidation after it revokes the lease, so the flight's
+// compare-and-set fails and a joiner reads again (DESIGN step 4), and a wait
+// on another process's lease takes only a poll or an announcement issued
+// after the caller registered.
+type leaseScript struct {
+	done  chan struct{} // closed when the answer is in
+	token string        // the lease its sender took (LEASE) or found (WAIT); "" for any other answer
+	hit   []byte        // the broken variant's: a hit, shared
+}
+
+// planLeaseScripts returns the misses that send their own lease script,
+// misses itself when none shares one. A miss whose key's script is on the
+// wire shares it (cl.shares); one whose key has none registers its own for
+// others to share (cl.script). A call that started at the script with tags
+// (its tokens come with its own script) or that must drop bytes it read
+// (raw) shares none.
+func (c *Cache[T]) planLeaseScripts(misses []*call[T], first bool) (send []*call[T]) {
+	sharing := 0
+	c.mu.Lock()
+	for _, cl := range misses {
+		cl.script, cl.shares = nil, nil
+		if c.hooks.ownLeaseScript() {
+			continue
+		}
+		switch s := c.scripts[cl.rk]; {
+		case s == nil:
+			cl.script = &leaseScript{done: make(chan struct{})}
+			c.scripts[cl.rk] = cl.script
+		case cl.raw == nil && !(first && len(cl.tags) > 0):
+			cl.shares = s
+			sharing++
+		}
+	}
+	c.mu.Unlock()
+	for _, cl := range misses {
+		c.hooks.leaseScriptArrival(cl.rk, cl.shares != nil)
+	}
+	if sharing == 0 {
+		return misses
+	}
+	send = make([]*call[T], 0, len(misses)-sharing)
+	for _, cl := range misses {
+		if cl.shares == nil {
+			send = append(send, cl)
+		}
+	}
+	return send
+}
+
+// shareAnswer keeps the answer of cl's script for the calls sharing it.
+func (c *Cache[T]) shareAnswer(cl *call[T], token string, hit []byte) {
+	if s := cl.script; s != nil {
+		s.token = token
+		if c.hooks.shareScriptHit() {
+			s.hit = hit
+		}
+	}
+}
+
+// endLeaseScript hands cl's script's answer to the calls that share it.
+func (c *Cache[T]) endLeaseScript(cl *call[T]) {
+	s := cl.script
+	if s == nil {
+		return
+	}
+	cl.script = nil
+	c.mu.Lock()
+	if c.scripts[cl.rk] == s {
+		delete(c.scripts, cl.rk)
+	}
+	c.mu.Unlock()
+	close(s.done)
+}
+
+// takeSharedLease waits, on cl's ctx, for the answer of the script cl
+// shares, and takes its lease to wait on; without one, cl reads again. A
+// caller that gives up meanwhile is answered with its ctx's error: the
+// script's own sender holds whatever it took.
+func (c *Cache[T]) takeSharedLease(ctx context.Context, cl *call[T], src source[T]) {
+	s := cl.shares
+	cl.shares, cl.raw, cl.token = nil, nil, ""
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		var zero T
+		cl.finish(zero, ctx.Err())
+		return
+	}
+	if s.hit != nil && c.serve(ctx, cl, s.hit, src) { // the broken variant
+		return
+	}
+	if s.token != "" {
+		c.count(cl, &c.stats.misses) // a read that started at the script has counted nothing yet
+		cl.token = s.token
+	}
+}
+
 // leaseTask is what a load needs of one leased key; it shares nothing with
 // the calls waiting for it, whose state their own goroutines own.
 type leaseTask[T any] struct {

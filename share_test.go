@@ -1,0 +1,170 @@
+package aside_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/asidecache/aside"
+)
+
+// Misses of one key in one process share the lease script on the wire
+// (stampede.go): its lease, never its value.
+
+// TestConcurrentMissesShareOneLeaseScript: 8 goroutines of one process miss
+// one key together: one lease script goes out (per key of the read) and the
+// others wait on its lease; one load answers them all. Broken variant:
+// every miss sends its own script.
+func TestConcurrentMissesShareOneLeaseScript(t *testing.T) {
+	const callers = 8
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		forEachPath(t, func(t *testing.T, p readPath) {
+			expectBroken(t, "one lease script per key", func(broken bool) bool {
+				store, rdb := b.newStore(t)
+				c := newCache[int](t, store)
+				sent := &entryCommands{}
+				rdb.AddHook(sent)
+				// A call that sends its own script for k waits until every
+				// caller has come to the script: the sharing, if any, is
+				// then complete. (A GetMany's second key never waits: its
+				// call comes to it after its first.)
+				var mu sync.Mutex
+				arrived := 0
+				all := make(chan struct{})
+				aside.SetTestHooks(c, &aside.TestHooks{OwnLeaseScript: broken, LeaseScriptArrival: func(rk string, shared bool) {
+					if strings.Contains(rk, "~pair") {
+						return
+					}
+					mu.Lock()
+					if arrived++; arrived == callers {
+						close(all)
+					}
+					mu.Unlock()
+					if !shared {
+						select {
+						case <-all:
+						case <-time.After(waitFor):
+						}
+					}
+				}})
+				var loads atomic.Int32
+				load := func(context.Context) (int, error) { loads.Add(1); return 1, nil }
+				var wg sync.WaitGroup
+				errs := make(chan error, callers)
+				for range callers {
+					wg.Go(func() {
+						if v, err := p.get(bgCtx, c, "k", load); err != nil || v != 1 {
+							errs <- err
+						}
+					})
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Fatalf("a caller did not get 1: %v", err)
+				}
+				settled(t, store)
+				scripts := 0
+				for _, name := range sent.names {
+					if name == "evalsha" || name == "eval" {
+						scripts++
+					}
+				}
+				if !broken && loads.Load() != 1 { // (callers that each lease one of a GetMany's keys may load twice)
+					t.Errorf("%d loads; want 1", loads.Load())
+				}
+				return scripts == 2*p.keys // a lease script and a fill per key
+			})
+		})
+	})
+}
+
+// holdScriptReply holds the reply of the next lease script run for an entry
+// key ending in suffix, once armed, until release is closed.
+type holdScriptReply struct {
+	armed   atomic.Bool
+	suffix  string
+	held    chan struct{} // closed once the script has run and its reply is held
+	release chan struct{}
+}
+
+func (h *holdScriptReply) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *holdScriptReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		args := cmd.Args()
+		if name := cmd.Name(); err == nil && (name == "evalsha" || name == "eval") && len(args) > 3 {
+			if k, _ := args[3].(string); strings.HasSuffix(k, h.suffix) && h.armed.CompareAndSwap(true, false) {
+				close(h.held)
+				select {
+				case <-h.release:
+				case <-time.After(waitFor):
+				}
+			}
+		}
+		return err
+	}
+}
+func (h *holdScriptReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestSharedLeaseScriptNeverServesItsRead: A's lease script reads k (1) and
+// its reply is held; k is invalidated (the source now says 2); B then
+// misses k and shares A's script. A may return 1 — it began before the
+// invalidation — but B began after it returned: B must not take A's read,
+// and reads again. Broken variant: B takes the hit A's script read.
+func TestSharedLeaseScriptNeverServesItsRead(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		forEachPath(t, func(t *testing.T, p readPath) {
+			expectBroken(t, "B gets the value loaded after the invalidation", func(broken bool) bool {
+				store, rdb := b.newStore(t)
+				c := newCache[int](t, store)
+				hold := &holdScriptReply{suffix: ":{k}", held: make(chan struct{}), release: make(chan struct{})}
+				rdb.AddHook(hold)
+				var db atomic.Int64
+				db.Store(1)
+				load := func(context.Context) (int, error) { return int(db.Load()), nil }
+				bShares := make(chan struct{})
+				var once sync.Once
+				aside.SetTestHooks(c, &aside.TestHooks{ShareScriptHit: broken, LeaseScriptArrival: func(rk string, shared bool) {
+					if shared {
+						once.Do(func() { close(bShares) })
+					}
+				}})
+				mustGet(t, c, "k", load)
+				settled(t, store)
+				hold.armed.Store(true)
+				aDone := make(chan error, 1)
+				go func() {
+					_, err := c.Get(bgCtx, "k", load, aside.LeaseFirstCall()) // a hit, read by the script
+					aDone <- err
+				}()
+				recv(t, hold.held, "A's lease script")
+				db.Store(2)
+				if err := c.Invalidate(bgCtx, "k"); err != nil {
+					t.Fatal(err)
+				}
+				bDone := make(chan int, 1)
+				go func() {
+					v, err := p.get(bgCtx, c, "k", load)
+					if err != nil {
+						t.Error(err)
+					}
+					bDone <- v
+				}()
+				recv(t, bShares, "B sharing A's script")
+				close(hold.release)
+				if err := recv(t, aDone, "A"); err != nil {
+					t.Fatal(err)
+				}
+				return recv(t, bDone, "B") == 2
+			})
+		})
+	})
+}
