@@ -1,6 +1,10 @@
 package aside
 
 import (
+	"crypto/sha1"
+	"encoding/hex"
+
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -27,6 +31,24 @@ func SetStoreHooks(s *Store, h *TestHooks) {
 	h.flights = new(singleflight.Group)
 	s.hooks = h
 	s.bus.hooks = h
+}
+
+// IsLeaseScript reports whether cmd runs the lease script (acquireScript),
+// by SHA-1 or by source.
+func IsLeaseScript(cmd redis.Cmder) bool {
+	args := cmd.Args()
+	if len(args) < 2 {
+		return false
+	}
+	body, _ := args[1].(string)
+	switch cmd.Name() {
+	case "evalsha":
+		return body == acquireScript.Hash()
+	case "eval":
+		sum := sha1.Sum([]byte(body))
+		return hex.EncodeToString(sum[:]) == acquireScript.Hash()
+	}
+	return false
 }
 
 // TagSlot is the generation counter that guards s's L1 copies carrying
