@@ -207,7 +207,7 @@ const maxWaiters = 16
 // first: a lone call that started here reads its tag tokens in the same
 // round trip, as its read would have.
 func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T], first bool) (degraded []*call[T], err error) {
-	send := c.planLeaseScripts(misses, first)
+	send := c.planLeaseScripts(misses)
 	if len(send) > 0 {
 		if degraded, err = c.sendLeaseScripts(ctx, send, src, first); err != nil {
 			return nil, err // every miss degrades, those that shared a script too
@@ -216,7 +216,7 @@ func (c *Cache[T]) acquire(ctx context.Context, misses []*call[T], src source[T]
 	if len(send) < len(misses) {
 		for _, cl := range misses {
 			if cl.shares != nil {
-				c.takeSharedLease(ctx, cl, src)
+				c.takeSharedLease(ctx, cl, src, first)
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package aside_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,56 +25,72 @@ func TestConcurrentMissesShareOneLeaseScript(t *testing.T) {
 	const callers = 8
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		forEachPath(t, func(t *testing.T, p readPath) {
-			expectBroken(t, "one lease script per key", func(broken bool) bool {
-				store, rdb := b.newStore(t)
-				c := newCache[int](t, store)
-				sent := &leaseScripts{}
-				rdb.AddHook(sent)
-				// A call that sends its own script for k waits until every
-				// caller has come to the script: the sharing, if any, is
-				// then complete. (A GetMany's second key never waits: its
-				// call comes to it after its first.)
-				var mu sync.Mutex
-				arrived := 0
-				all := make(chan struct{})
-				aside.SetTestHooks(c, &aside.TestHooks{OwnLeaseScript: broken, LeaseScriptArrival: func(rk string, shared bool) {
-					if strings.Contains(rk, "~pair") {
-						return
-					}
-					mu.Lock()
-					if arrived++; arrived == callers {
-						close(all)
-					}
-					mu.Unlock()
-					if !shared {
-						select {
-						case <-all:
-						case <-time.After(waitFor):
-						}
-					}
-				}})
-				var loads atomic.Int32
-				load := func(context.Context) (int, error) { loads.Add(1); return 1, nil }
-				var wg sync.WaitGroup
-				errs := make(chan error, callers)
-				for range callers {
-					wg.Go(func() {
-						if v, err := p.get(bgCtx, c, "k", load); err != nil || v != 1 {
-							errs <- err
-						}
-					})
-				}
-				wg.Wait()
-				close(errs)
-				for err := range errs {
-					t.Fatalf("a caller did not get 1: %v", err)
-				}
-				if !broken && loads.Load() != 1 { // (callers that each lease one of a GetMany's keys may load twice)
-					t.Errorf("%d loads; want 1", loads.Load())
-				}
-				return sent.n.Load() == int32(p.keys)
-			})
+			for _, tagged := range []bool{false, true} {
+				t.Run("tagged="+strconv.FormatBool(tagged), func(t *testing.T) { shareOneLeaseScript(t, b, p, callers, tagged) })
+			}
 		})
+	})
+}
+
+// shareOneLeaseScript is TestConcurrentMissesShareOneLeaseScript on one
+// backend, path and tagging. Tagged, the calls that start at the script
+// and share another's read their tag tokens on their own.
+func shareOneLeaseScript(t *testing.T, b *backend, p readPath, callers int, tagged bool) {
+	expectBroken(t, "one lease script per key", func(broken bool) bool {
+		store, rdb := b.newStore(t)
+		var opts []aside.CallOption
+		if tagged {
+			if err := store.InvalidateTags(bgCtx, "t"); err != nil { // the tag's token exists: no load creates it
+				t.Fatal(err)
+			}
+			opts = append(opts, aside.Tags("t"))
+		}
+		c := newCache[int](t, store)
+		sent := &leaseScripts{}
+		rdb.AddHook(sent)
+		// A call that sends its own script for k waits until every
+		// caller has come to the script: the sharing, if any, is
+		// then complete. (A GetMany's second key never waits: its
+		// call comes to it after its first.)
+		var mu sync.Mutex
+		arrived := 0
+		all := make(chan struct{})
+		aside.SetTestHooks(c, &aside.TestHooks{OwnLeaseScript: broken, LeaseScriptArrival: func(rk string, shared bool) {
+			if strings.Contains(rk, "~pair") {
+				return
+			}
+			mu.Lock()
+			if arrived++; arrived == callers {
+				close(all)
+			}
+			mu.Unlock()
+			if !shared {
+				select {
+				case <-all:
+				case <-time.After(waitFor):
+				}
+			}
+		}})
+		var loads atomic.Int32
+		load := func(context.Context) (int, error) { loads.Add(1); return 1, nil }
+		var wg sync.WaitGroup
+		errs := make(chan error, callers)
+		for range callers {
+			wg.Go(func() {
+				if v, err := p.get(bgCtx, c, "k", load, opts...); err != nil || v != 1 {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("a caller did not get 1: %v", err)
+		}
+		if !broken && loads.Load() != 1 { // (callers that each lease one of a GetMany's keys may load twice)
+			t.Errorf("%d loads; want 1", loads.Load())
+		}
+		return sent.n.Load() == int32(p.keys)
 	})
 }
 

@@ -167,10 +167,9 @@ type leaseScript struct {
 // planLeaseScripts returns the misses that send their own lease script,
 // misses itself when none shares one. A miss whose key's script is on the
 // wire shares it (cl.shares); one whose key has none registers its own for
-// others to share (cl.script). A call that started at the script with tags
-// (its tokens come with its own script) or that must drop bytes it read
-// (raw) shares none.
-func (c *Cache[T]) planLeaseScripts(misses []*call[T], first bool) (send []*call[T]) {
+// others to share (cl.script). A call that must drop bytes it read (raw)
+// shares none.
+func (c *Cache[T]) planLeaseScripts(misses []*call[T]) (send []*call[T]) {
 	sharing := 0
 	c.mu.Lock()
 	for _, cl := range misses {
@@ -182,7 +181,7 @@ func (c *Cache[T]) planLeaseScripts(misses []*call[T], first bool) (send []*call
 		case s == nil:
 			cl.script = &leaseScript{done: make(chan struct{})}
 			c.scripts[cl.rk] = cl.script
-		case cl.raw == nil && !(first && len(cl.tags) > 0):
+		case cl.raw == nil:
 			cl.shares = s
 			sharing++
 		}
@@ -231,10 +230,21 @@ func (c *Cache[T]) endLeaseScript(cl *call[T]) {
 // takeSharedLease waits, on cl's ctx, for the answer of the script cl
 // shares, and takes its lease to wait on; without one, cl reads again. A
 // caller that gives up meanwhile is answered with its ctx's error: the
-// script's own sender holds whatever it took.
-func (c *Cache[T]) takeSharedLease(ctx context.Context, cl *call[T], src source[T]) {
+// script's own sender holds whatever it took. first: cl started at the
+// script, so it has read no tag tokens; it reads them now, after it
+// arrived and while the script is on the wire, as its own script's
+// pipeline would have (a token that cannot be read counts as missing,
+// fail-safe as there: see leaseWithTokens).
+func (c *Cache[T]) takeSharedLease(ctx context.Context, cl *call[T], src source[T], first bool) {
 	s := cl.shares
 	cl.shares, cl.raw, cl.token = nil, nil, ""
+	if first && len(cl.tags) > 0 {
+		tokens, err := c.store.fetchTokens(ctx, cl.tags)
+		if err != nil {
+			tokens = make([]string, len(cl.tags))
+		}
+		cl.snap = tagSnap{names: cl.tags, tokens: tokens}
+	}
 	select {
 	case <-s.done:
 	case <-ctx.Done():
