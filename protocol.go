@@ -278,20 +278,20 @@ func (c *Cache[T]) sendLeaseScripts(ctx context.Context, send []*call[T], src so
 		}
 		if kind == replyLease {
 			cl.token, cl.f = tokens[i], flights[i]
-			c.shareAnswer(cl, cl.token, nil)
+			c.shareAnswer(cl, cl.token, false, nil)
 			continue
 		}
 		c.unregister(tokens[i])
 		switch kind {
 		case replyHit:
 			b := c.replyBytes(payload)
-			c.shareAnswer(cl, "", b)
+			c.shareAnswer(cl, "", false, b)
 			if !c.serve(ctx, cl, b, src) {
 				cl.raw = b
 			}
 		case replyWait:
 			cl.token = payload
-			c.shareAnswer(cl, cl.token, nil)
+			c.shareAnswer(cl, cl.token, true, nil)
 		case replyFree:
 		default:
 			degraded = append(degraded, cl)

@@ -205,3 +205,93 @@ func TestSharedLeaseScriptNeverServesItsRead(t *testing.T) {
 		})
 	})
 }
+
+// TestSharedLeaseScriptNeverJoinsALocalFlightItFound: H holds k's lease,
+// loaded 1 and is about to fill; X's lease script finds H's lease (WAIT)
+// and its reply is held; H fills; k is invalidated (the source says 2); B
+// misses and shares X's script. X's answer names H's flight, which filled
+// before the invalidation and is valid — but B arrived after it: B must not
+// join it, and reads again. Broken variant: the WAIT on a local flight is
+// shared, and B joins H's flight (1).
+func TestSharedLeaseScriptNeverJoinsALocalFlightItFound(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		forEachPath(t, func(t *testing.T, p readPath) {
+			expectBroken(t, "B gets the value loaded after the invalidation", func(broken bool) bool {
+				return runJoinLocalFound(t, b, p, broken)
+			})
+		})
+	})
+}
+
+func runJoinLocalFound(t *testing.T, b *backend, p readPath, broken bool) bool {
+	store, rdb := b.newStore(t)
+	c := newCache[int](t, store)
+	hold := &holdScriptReply{suffix: ":{k}", held: make(chan struct{}), release: make(chan struct{})}
+	rdb.AddHook(hold)
+	var db atomic.Int64
+	db.Store(1)
+	load := func(context.Context) (int, error) { return int(db.Load()), nil }
+	filling, fill := make(chan struct{}), make(chan struct{})
+	filled, end := make(chan struct{}), make(chan struct{})
+	bShares := make(chan struct{})
+	var fillOnce, endOnce, shareOnce sync.Once
+	aside.SetTestHooks(c, &aside.TestHooks{
+		ReadFirst:      true, // X reads, then sends its script: the one whose reply is held
+		ShareLocalWait: broken,
+		BeforeFill: func(string) {
+			fillOnce.Do(func() { close(filling); recv(t, fill, "the go-ahead to fill") })
+		},
+		AfterFill: func(string) {
+			endOnce.Do(func() { close(filled); recv(t, end, "the go-ahead to end the flight") })
+		},
+		LeaseScriptArrival: func(rk string, shared bool) {
+			if shared {
+				shareOnce.Do(func() { close(bShares) })
+			}
+		},
+	})
+	hDone, xDone := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := c.Get(bgCtx, "k", load); hDone <- err }() // H: leases k, loads 1
+	recv(t, filling, "H's fill")
+	hold.armed.Store(true)
+	go func() { _, err := c.Get(bgCtx, "k", load); xDone <- err }() // X: finds H's lease
+	recv(t, hold.held, "X's lease script")
+	close(fill)
+	recv(t, filled, "H's fill, done")
+	db.Store(2)
+	if err := c.Invalidate(bgCtx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	bDone := make(chan int, 1)
+	go func() {
+		v, err := p.get(bgCtx, c, "k", load)
+		if err != nil {
+			t.Error(err)
+		}
+		bDone <- v
+	}()
+	recv(t, bShares, "B sharing X's script")
+	close(hold.release)
+	// B now joins H's flight (broken) or reads again and loads 2; H's flight
+	// ends once B has either joined (its wait counted) or answered.
+	deadline := time.Now().Add(waitFor)
+	var bv int
+	answered := false
+	for !answered && c.Stats().LeaseWaits < 2 && time.Now().Before(deadline) {
+		select {
+		case bv = <-bDone:
+			answered = true
+		case <-time.After(time.Millisecond):
+		}
+	}
+	close(end)
+	if !answered {
+		bv = recv(t, bDone, "B")
+	}
+	for _, ch := range []chan error{hDone, xDone} {
+		if err := recv(t, ch, "H and X"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return bv == 2
+}

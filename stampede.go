@@ -150,17 +150,18 @@ func (f *flight[T]) hand() {
 // arrives instead of 2–15 ms: N scripts queued in Redis and N replies in the
 // client ahead of the holder's).
 //
-// Only the lease of its answer is shared, never a value: a hit was read
+// Only a lease of its answer is shared, never a value: a hit was read
 // before the sharing caller arrived, perhaps before an invalidation that
 // returned since, and would be stale (as a batch already sent, T21); the
-// caller reads again instead. A lease is safe to share whenever its script
-// ran: an invalidation after it revokes the lease, so the flight's
-// compare-and-set fails and a joiner reads again (DESIGN step 4), and a wait
-// on another process's lease takes only a poll or an announcement issued
-// after the caller registered.
+// caller reads again instead. Shared are the lease the script took — its
+// flight starts after the sharers arrived, and an invalidation before that
+// revoked the lease, so the fill's compare-and-set fails and a joiner reads
+// again (DESIGN step 4) — and another process's lease it found, waited on
+// through polls and announcements issued after the sharer registered. Not a
+// flight of this process it found: see shareAnswer.
 type leaseScript struct {
 	done  chan struct{} // closed when the answer is in
-	token string        // the lease its sender took (LEASE) or found (WAIT); "" for any other answer
+	token string        // the lease its sender took, or found held by another process; "" for any other answer
 	hit   []byte        // the broken variant's: a hit, shared
 }
 
@@ -202,13 +203,34 @@ func (c *Cache[T]) planLeaseScripts(misses []*call[T]) (send []*call[T]) {
 	return send
 }
 
-// shareAnswer keeps the answer of cl's script for the calls sharing it.
-func (c *Cache[T]) shareAnswer(cl *call[T], token string, hit []byte) {
-	if s := cl.script; s != nil {
-		s.token = token
-		if c.hooks.shareScriptHit() {
-			s.hit = hit
+// shareAnswer keeps the answer of cl's script for the calls sharing it:
+// the lease cl took, or the one it found (waited, a WAIT answer) unless
+// that lease is a flight of this process. A caller may join a local flight
+// only if it saw the lease held after it arrived: then the flight's fill
+// comes after its arrival, and so after any invalidation that had returned.
+// A sharer did not — the script may have been answered before it arrived
+// (its reply read late on a busy machine), the flight filled and an
+// invalidation returned since, leaving the flight valid with an old value:
+// 1 stale read in ~100 000 in TestStaleSetRaceHotKeys before this rule. So
+// a sharer waits only on another process's lease, through polls issued
+// after it registered, and on a local one reads again. The lease cl took
+// itself is safe to share: its flight starts after the sharers arrived.
+func (c *Cache[T]) shareAnswer(cl *call[T], token string, waited bool, hit []byte) {
+	s := cl.script
+	if s == nil {
+		return
+	}
+	if waited && !c.hooks.shareLocalWait() {
+		c.mu.Lock()
+		_, local := c.leases[token]
+		c.mu.Unlock()
+		if local {
+			return
 		}
+	}
+	s.token = token
+	if c.hooks.shareScriptHit() {
+		s.hit = hit
 	}
 }
 
@@ -354,6 +376,9 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 		c.hooks.beforeFill(tasks[fc.task].rk)
 	}
 	c.fill(ctx, tasks, fills)
+	for _, fc := range fills {
+		c.hooks.afterFill(tasks[fc.task].rk)
+	}
 	for _, t := range tasks {
 		if t.f.loaded != nil && t.f.valid && t.f.err == nil { // a caller's load (a refresh has no L1 note)
 			c.keepInL1(t.key, t.f.v, t.note, t.f.freshUntil, t.f.tags, t.tags)
