@@ -183,20 +183,7 @@ func TestSharedLeaseScriptNeverServesItsRead(t *testing.T) {
 					aDone <- err
 				}()
 				recv(t, hold.held, "A's lease script")
-				db.Store(2)
-				if err := c.Invalidate(bgCtx, "k"); err != nil {
-					t.Fatal(err)
-				}
-				bDone := make(chan int, 1)
-				go func() {
-					v, err := p.get(bgCtx, c, "k", load)
-					if err != nil {
-						t.Error(err)
-					}
-					bDone <- v
-				}()
-				recv(t, bShares, "B sharing A's script")
-				close(hold.release)
+				bDone := invalidateThenShare(t, c, &db, p, load, bShares, hold)
 				if err := recv(t, aDone, "A"); err != nil {
 					t.Fatal(err)
 				}
@@ -258,20 +245,7 @@ func runJoinLocalFound(t *testing.T, b *backend, p readPath, broken bool) bool {
 	recv(t, hold.held, "X's lease script")
 	close(fill)
 	recv(t, filled, "H's fill, done")
-	db.Store(2)
-	if err := c.Invalidate(bgCtx, "k"); err != nil {
-		t.Fatal(err)
-	}
-	bDone := make(chan int, 1)
-	go func() {
-		v, err := p.get(bgCtx, c, "k", load)
-		if err != nil {
-			t.Error(err)
-		}
-		bDone <- v
-	}()
-	recv(t, bShares, "B sharing X's script")
-	close(hold.release)
+	bDone := invalidateThenShare(t, c, &db, p, load, bShares, hold)
 	// B now joins H's flight (broken) or reads again and loads 2; H's flight
 	// ends once B has either joined (its wait counted) or answered.
 	deadline := time.Now().Add(waitFor)
@@ -294,4 +268,26 @@ func runJoinLocalFound(t *testing.T, b *backend, p readPath, broken bool) bool {
 		}
 	}
 	return bv == 2
+}
+
+// invalidateThenShare moves the source to 2 and invalidates k; then B reads
+// k through p, and once B shares the lease script whose reply hold holds
+// (bShares closed), the reply goes. It returns B's answer to come.
+func invalidateThenShare(t *testing.T, c *aside.Cache[int], db *atomic.Int64, p readPath, load aside.Loader[int], bShares chan struct{}, hold *holdScriptReply) chan int {
+	t.Helper()
+	db.Store(2)
+	if err := c.Invalidate(bgCtx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	bDone := make(chan int, 1)
+	go func() {
+		v, err := p.get(bgCtx, c, "k", load)
+		if err != nil {
+			t.Error(err)
+		}
+		bDone <- v
+	}()
+	recv(t, bShares, "B sharing the held script")
+	close(hold.release)
+	return bDone
 }
