@@ -14,11 +14,12 @@ import (
 // points whatever the read path (Get, GetMany, refresh). nil in production:
 // every method is nil-safe and costs one comparison.
 type testHooks struct {
-	// Interleavings: after a load, before its fill, before a poll read,
-	// between a Redis read and its L1 fill.
-	AfterLoad, BeforeFill, BeforePoll func(rk string)
-	BeforeL1Fill                      func(key string)
-	BeforeApply                       func() // before a heard invalidation is applied
+	// Interleavings: after a load, before and after its fill (the flight
+	// not yet ended), before a poll read, between a Redis read and its L1
+	// fill.
+	AfterLoad, BeforeFill, AfterFill, BeforePoll func(rk string)
+	BeforeL1Fill                                 func(key string)
+	BeforeApply                                  func() // before a heard invalidation is applied
 	// Coalesced reads: every read goes in a batch (none on its own), so that
 	// tests can drive the batch path; before a batch's own goroutine claims
 	// it to send it (readers gather meanwhile, up to batchReaders: the one
@@ -33,21 +34,20 @@ type testHooks struct {
 	ReadFirst bool
 
 	// Broken variants of the lease protocol.
-	UnconditionalFill bool            // T1/T2: write a loaded value even if its lease was revoked
-	KeepLeaseOnError  bool            // T6: a failed load keeps its lease; waiters sit out the budget
-	TokensAfterLoad   bool            // T4: read tag tokens after the load instead of before
-	Naive             bool            // T3: plain cache-aside with one singleflight per key
-	JoinAnyResult     bool            // T12: a joiner takes the flight's not-found without checking it
-	BudgetOnlyAcross  bool            // WaitBudget bounds waits on other processes only
-	AcquireOnCaller   bool            // the lease script runs on the caller's ctx; a lease taken as it ends is orphaned
-	DegradedBackward  bool            // T15: degraded reads join a load already running
-	NoFillWake        bool            // T19: a fill that callers wait on does not announce itself; they learn of it by polling
-	JoinSentBatch     bool            // T21: a read joins a batch already sent that reads its key, and takes its answer
-	BatchOnCaller     bool            // a batch is sent on its first reader's context: that reader's cancellation fails the others' reads
-	OwnLeaseScript    bool            // every miss sends its own lease script, none shares another's on the wire
-	ShareScriptHit    bool            // a call that shares another's lease script takes its hit, read before it arrived
-	ShareLocalWait    bool            // ... or its WAIT on a flight of this process, which it then joins
-	AfterFill         func(rk string) // after a flight's fill, before it ends
+	UnconditionalFill bool // T1/T2: write a loaded value even if its lease was revoked
+	KeepLeaseOnError  bool // T6: a failed load keeps its lease; waiters sit out the budget
+	TokensAfterLoad   bool // T4: read tag tokens after the load instead of before
+	Naive             bool // T3: plain cache-aside with one singleflight per key
+	JoinAnyResult     bool // T12: a joiner takes the flight's not-found without checking it
+	BudgetOnlyAcross  bool // WaitBudget bounds waits on other processes only
+	AcquireOnCaller   bool // the lease script runs on the caller's ctx; a lease taken as it ends is orphaned
+	DegradedBackward  bool // T15: degraded reads join a load already running
+	NoFillWake        bool // T19: a fill that callers wait on does not announce itself; they learn of it by polling
+	JoinSentBatch     bool // T21: a read joins a batch already sent that reads its key, and takes its answer
+	BatchOnCaller     bool // a batch is sent on its first reader's context: that reader's cancellation fails the others' reads
+	OwnLeaseScript    bool // every miss sends its own lease script, none shares another's on the wire
+	ShareScriptHit    bool // a call that shares another's lease script takes its hit, read before it arrived
+	ShareLocalWait    bool // a call that shares another's lease script takes its WAIT on a flight of this process, and joins it
 	// LeaseScriptArrival is called when a lone call's miss comes to the lease
 	// script: shared, it waits for another call's script on the wire;
 	// otherwise it is about to send its own.
