@@ -46,7 +46,7 @@ type call[T any] struct {
 
 	token string     // the lease this call holds (f set), or waits on
 	f     *flight[T] // the fill attempt this call holds
-	// Its lease script (stampede.go): the one it sends, which others may
+	// Its lease script (share.go): the one it sends, which others may
 	// share, or the one on the wire that it shares instead.
 	script, shares *leaseScript
 
@@ -202,7 +202,7 @@ const maxWaiters = 16
 // given up by then. Each call ends up answered (the entry appeared), holding
 // a lease (f), waiting on one (token), or with neither (read again). A miss
 // whose key's script another call of this process has on the wire shares
-// that script's lease instead of sending its own (stampede.go).
+// that script's lease instead of sending its own (share.go).
 // degraded are the calls whose script failed on its own (an error reply).
 // first: a lone call that started here reads its tag tokens in the same
 // round trip, as its read would have.

@@ -170,7 +170,7 @@ func TestStaleSetRace(t *testing.T) {
 
 // TestStaleSetRaceHotKeys is the race with 16 readers per Store on 2 rows:
 // most misses find their key's lease script on the wire and share it
-// (stampede.go). No read that starts after Invalidate returned yields an
+// (share.go). No read that starts after Invalidate returned yields an
 // older version. Broken variant: a sharer takes the hit its shared script
 // read before it arrived (53 stale of 33 000 reads in 10 s when measured).
 func TestStaleSetRaceHotKeys(t *testing.T) {

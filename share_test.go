@@ -15,7 +15,7 @@ import (
 )
 
 // Misses of one key in one process share the lease script on the wire
-// (stampede.go): its lease, never its value.
+// (share.go): its lease, never its value.
 
 // TestConcurrentMissesShareOneLeaseScript: 8 goroutines of one process miss
 // one key together: one lease script goes out (per key of the read) and the
