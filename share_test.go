@@ -160,30 +160,19 @@ func TestSharedLeaseScriptNeverServesItsRead(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		forEachPath(t, func(t *testing.T, p readPath) {
 			expectBroken(t, "B gets the value loaded after the invalidation", func(broken bool) bool {
-				store, rdb := b.newStore(t)
-				c := newCache[int](t, store)
-				hold := &holdScriptReply{suffix: ":{k}", held: make(chan struct{}), release: make(chan struct{})}
-				rdb.AddHook(hold)
-				var db atomic.Int64
-				db.Store(1)
-				load := func(context.Context) (int, error) { return int(db.Load()), nil }
-				bShares := make(chan struct{})
-				var once sync.Once
-				aside.SetTestHooks(c, &aside.TestHooks{ShareScriptHit: broken, LeaseScriptArrival: func(rk string, shared bool) {
-					if shared {
-						once.Do(func() { close(bShares) })
-					}
-				}})
+				h := newHeldScript(t, b)
+				c, load := h.c, h.load
+				aside.SetTestHooks(c, &aside.TestHooks{ShareScriptHit: broken, LeaseScriptArrival: h.arrival})
 				mustGet(t, c, "k", load)
-				settled(t, store)
-				hold.armed.Store(true)
+				settled(t, h.store)
+				h.hold.armed.Store(true)
 				aDone := make(chan error, 1)
 				go func() {
 					_, err := c.Get(bgCtx, "k", load, aside.LeaseFirstCall()) // a hit, read by the script
 					aDone <- err
 				}()
-				recv(t, hold.held, "A's lease script")
-				bDone := invalidateThenShare(t, c, &db, p, load, bShares, hold)
+				recv(t, h.hold.held, "A's lease script")
+				bDone := h.invalidateThenShare(t, p)
 				if err := recv(t, aDone, "A"); err != nil {
 					t.Fatal(err)
 				}
@@ -211,17 +200,11 @@ func TestSharedLeaseScriptNeverJoinsALocalFlightItFound(t *testing.T) {
 }
 
 func runJoinLocalFound(t *testing.T, b *backend, p readPath, broken bool) bool {
-	store, rdb := b.newStore(t)
-	c := newCache[int](t, store)
-	hold := &holdScriptReply{suffix: ":{k}", held: make(chan struct{}), release: make(chan struct{})}
-	rdb.AddHook(hold)
-	var db atomic.Int64
-	db.Store(1)
-	load := func(context.Context) (int, error) { return int(db.Load()), nil }
+	h := newHeldScript(t, b)
+	c, load := h.c, h.load
 	filling, fill := make(chan struct{}), make(chan struct{})
 	filled, end := make(chan struct{}), make(chan struct{})
-	bShares := make(chan struct{})
-	var fillOnce, endOnce, shareOnce sync.Once
+	var fillOnce, endOnce sync.Once
 	aside.SetTestHooks(c, &aside.TestHooks{
 		ReadFirst:      true, // X reads, then sends its script: the one whose reply is held
 		ShareLocalWait: broken,
@@ -231,21 +214,17 @@ func runJoinLocalFound(t *testing.T, b *backend, p readPath, broken bool) bool {
 		AfterFill: func(string) {
 			endOnce.Do(func() { close(filled); recv(t, end, "the go-ahead to end the flight") })
 		},
-		LeaseScriptArrival: func(rk string, shared bool) {
-			if shared {
-				shareOnce.Do(func() { close(bShares) })
-			}
-		},
+		LeaseScriptArrival: h.arrival,
 	})
 	hDone, xDone := make(chan error, 1), make(chan error, 1)
 	go func() { _, err := c.Get(bgCtx, "k", load); hDone <- err }() // H: leases k, loads 1
 	recv(t, filling, "H's fill")
-	hold.armed.Store(true)
+	h.hold.armed.Store(true)
 	go func() { _, err := c.Get(bgCtx, "k", load); xDone <- err }() // X: finds H's lease
-	recv(t, hold.held, "X's lease script")
+	recv(t, h.hold.held, "X's lease script")
 	close(fill)
 	recv(t, filled, "H's fill, done")
-	bDone := invalidateThenShare(t, c, &db, p, load, bShares, hold)
+	bDone := h.invalidateThenShare(t, p)
 	// B now joins H's flight (broken) or reads again and loads 2; H's flight
 	// ends once B has either joined (its wait counted) or answered.
 	deadline := time.Now().Add(waitFor)
@@ -270,24 +249,54 @@ func runJoinLocalFound(t *testing.T, b *backend, p readPath, broken bool) bool {
 	return bv == 2
 }
 
+// heldScript is the set-up of the sharing's freshness tests: a cache whose
+// client holds the reply of k's next lease script once hold is armed, a
+// source at 1, and bShares, closed when a call first shares a script (set
+// arrival as the cache's LeaseScriptArrival hook).
+type heldScript struct {
+	store   *aside.Store
+	c       *aside.Cache[int]
+	hold    *holdScriptReply
+	db      atomic.Int64
+	load    aside.Loader[int]
+	bShares chan struct{}
+	once    sync.Once
+}
+
+func newHeldScript(t *testing.T, b *backend) *heldScript {
+	store, rdb := b.newStore(t)
+	h := &heldScript{store: store, c: newCache[int](t, store), bShares: make(chan struct{}),
+		hold: &holdScriptReply{suffix: ":{k}", held: make(chan struct{}), release: make(chan struct{})}}
+	rdb.AddHook(h.hold)
+	h.db.Store(1)
+	h.load = func(context.Context) (int, error) { return int(h.db.Load()), nil }
+	return h
+}
+
+func (h *heldScript) arrival(_ string, shared bool) {
+	if shared {
+		h.once.Do(func() { close(h.bShares) })
+	}
+}
+
 // invalidateThenShare moves the source to 2 and invalidates k; then B reads
-// k through p, and once B shares the lease script whose reply hold holds
-// (bShares closed), the reply goes. It returns B's answer to come.
-func invalidateThenShare(t *testing.T, c *aside.Cache[int], db *atomic.Int64, p readPath, load aside.Loader[int], bShares chan struct{}, hold *holdScriptReply) chan int {
+// k through p, and once B shares the held lease script, its reply goes. It
+// returns B's answer to come.
+func (h *heldScript) invalidateThenShare(t *testing.T, p readPath) chan int {
 	t.Helper()
-	db.Store(2)
-	if err := c.Invalidate(bgCtx, "k"); err != nil {
+	h.db.Store(2)
+	if err := h.c.Invalidate(bgCtx, "k"); err != nil {
 		t.Fatal(err)
 	}
 	bDone := make(chan int, 1)
 	go func() {
-		v, err := p.get(bgCtx, c, "k", load)
+		v, err := p.get(bgCtx, h.c, "k", h.load)
 		if err != nil {
 			t.Error(err)
 		}
 		bDone <- v
 	}()
-	recv(t, bShares, "B sharing the held script")
-	close(hold.release)
+	recv(t, h.bShares, "B sharing the held script")
+	close(h.hold.release)
 	return bDone
 }
