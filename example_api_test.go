@@ -14,6 +14,7 @@ func ExampleGetBatch() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb)
+	defer store.Close()
 	products, _ := aside.New[Product](store, "product")
 	ctx := context.Background()
 
@@ -46,6 +47,7 @@ func ExampleCache_Peek() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb)
+	defer store.Close()
 	sessions, _ := aside.New[string](store, "session")
 	ctx := context.Background()
 
@@ -63,6 +65,7 @@ func ExampleExpireAt() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb)
+	defer store.Close()
 	tokens, _ := aside.New[string](store, "token")
 	ctx := context.Background()
 
@@ -84,6 +87,7 @@ func ExampleWithNotFound() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb)
+	defer store.Close()
 	users, _ := aside.New[string](store, "user", aside.WithNotFound(errNoSuchUser))
 	ctx := context.Background()
 
@@ -109,6 +113,7 @@ func ExampleBuiltinProfile() {
 	if err != nil {
 		panic(err)
 	}
+	defer store.Close()
 	products, _ := aside.New[Product](store, "product", aside.WithProfile("catalog"))
 	fmt.Println(products.Stats().Profile, catalog.StaleWindow)
 	// Output:

@@ -33,6 +33,7 @@ func ExampleCache_Get() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb, aside.WithPrefix("shop"))
+	defer store.Close()
 	products, _ := aside.New[Product](store, "product", aside.WithVersion(3), aside.WithProfile(aside.Master))
 
 	loads := 0
@@ -54,6 +55,7 @@ func ExampleCache_Invalidate() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb)
+	defer store.Close()
 	prices, _ := aside.New[int](store, "price")
 	ctx := context.Background()
 
@@ -105,6 +107,7 @@ func ExampleCache_Stats() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb)
+	defer store.Close()
 	c, _ := aside.New[string](store, "greeting")
 	ctx := context.Background()
 	hello := func(context.Context) (string, error) { return "hello", nil }
@@ -154,6 +157,7 @@ func ExampleStore_InvalidateTags() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb)
+	defer store.Close()
 	details, _ := aside.New[string](store, "detail")
 	listings, _ := aside.New[[]string](store, "listing")
 	ctx := context.Background()
@@ -176,6 +180,7 @@ func ExampleErrNotFound() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb) // the Default profile remembers "not found" for 30 s
+	defer store.Close()
 	users, _ := aside.New[string](store, "user")
 	ctx := context.Background()
 
@@ -200,6 +205,7 @@ func ExampleStore_Write() {
 	rdb, done := exampleClient()
 	defer done()
 	store, _ := aside.NewStore(rdb)
+	defer store.Close()
 	prices, _ := aside.New[int](store, "price")
 	ctx := context.Background()
 

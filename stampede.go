@@ -6,6 +6,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
+	"runtime"
 	"slices"
 	"time"
 
@@ -135,12 +136,15 @@ type flight[T any] struct {
 	handed     bool // loaded is closed; only the flight's goroutine uses it
 }
 
-// hand gives the holder its result (once).
-func (f *flight[T]) hand() {
-	if f.loaded != nil && !f.handed {
-		f.handed = true
-		close(f.loaded)
+// hand gives the holder its result (once), and reports whether it did so
+// now.
+func (f *flight[T]) hand() bool {
+	if f.loaded == nil || f.handed {
+		return false
 	}
+	f.handed = true
+	close(f.loaded)
+	return true
 }
 
 // leaseTask is what a load needs of one leased key; it shares nothing with
@@ -229,8 +233,17 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	// A holder whose value is to be stored returns now; one whose lease is
 	// given back instead (a failure, an unstored not-found) returns after
 	// that, so that its next call never joins the attempt it saw end.
+	woke := false
 	for _, fc := range fills {
-		tasks[fc.task].f.hand()
+		woke = tasks[fc.task].f.hand() || woke
+	}
+	if woke {
+		// Let the callers just woken run first. A caller made runnable here
+		// would otherwise wait on this goroutine's processor until the fill
+		// below blocks on its reply — the fill's whole write path, ~45 µs per
+		// miss measured on loopback (half of the miss's own round trip) —
+		// for a value it already has.
+		runtime.Gosched()
 	}
 	for _, fc := range fills {
 		c.hooks.beforeFill(tasks[fc.task].rk)
