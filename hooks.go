@@ -48,6 +48,7 @@ type testHooks struct {
 	OwnLeaseScript    bool // every miss sends its own lease script, none shares another's on the wire
 	ShareScriptHit    bool // a call that shares another's lease script takes its hit, read before it arrived
 	ShareLocalWait    bool // a call that shares another's lease script takes its WAIT on a flight of this process, and joins it
+	ResendAllScripts  bool // after a NOSCRIPT, a pipeline's entry scripts all go again, those that ran too
 	// LeaseScriptArrival is called when a lone call's miss comes to the lease
 	// script: shared, it waits for another call's script on the wire;
 	// otherwise it is about to send its own.
@@ -147,6 +148,7 @@ func (h *testHooks) noFillWake() bool        { return h != nil && h.NoFillWake }
 func (h *testHooks) ownLeaseScript() bool    { return h != nil && h.OwnLeaseScript }
 func (h *testHooks) shareScriptHit() bool    { return h != nil && h.ShareScriptHit }
 func (h *testHooks) shareLocalWait() bool    { return h != nil && h.ShareLocalWait }
+func (h *testHooks) resendAllScripts() bool  { return h != nil && h.ResendAllScripts }
 
 func (h *testHooks) afterFill(rk string) {
 	if h != nil && h.AfterFill != nil {

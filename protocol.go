@@ -2,6 +2,7 @@ package aside
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -308,8 +309,16 @@ func (c *Cache[T]) sendLeaseScripts(ctx context.Context, send []*call[T], src so
 // guarded by its tag is served on it (checkTags), no flight is joined on
 // it (sameTokens), and a load reads it again (tokensBeforeLoad).
 func (c *Cache[T]) leaseWithTokens(octx context.Context, cl *call[T], args []any) ([]*redis.Cmd, error) {
+	cmd := c.leaseAndReadTokens(octx, cl, args, acquireScript.EvalSha)
+	if isNoScript(cmd.Err()) { // the script did not run: the round trip again, with its body
+		cmd = c.leaseAndReadTokens(octx, cl, args, acquireScript.Eval)
+	}
+	return []*redis.Cmd{cmd}, cmd.Err()
+}
+
+func (c *Cache[T]) leaseAndReadTokens(octx context.Context, cl *call[T], args []any, run scriptRun) *redis.Cmd {
 	p := c.store.rdb.Pipeline()
-	cmd := acquireScript.Eval(octx, p, []string{cl.rk, leaseKey(cl.rk)}, args...)
+	cmd := run(octx, p, []string{cl.rk, leaseKey(cl.rk)}, args...)
 	gets := make([]*redis.StringCmd, len(cl.tags))
 	for i, t := range cl.tags {
 		gets[i] = p.Get(octx, tagKey(c.store.prefix, t))
@@ -319,8 +328,12 @@ func (c *Cache[T]) leaseWithTokens(octx context.Context, cl *call[T], args []any
 	for i, g := range gets {
 		cl.snap.tokens[i], _ = g.Result() // "" for a missing tag key, or one not read
 	}
-	return []*redis.Cmd{cmd}, cmd.Err()
+	return cmd
 }
+
+// scriptRun is how a script goes into a pipeline: Script.EvalSha, or
+// Script.Eval with its body.
+type scriptRun func(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd
 
 func (c *Cache[T]) unregister(tokens ...string) {
 	c.mu.Lock()
@@ -331,21 +344,37 @@ func (c *Cache[T]) unregister(tokens ...string) {
 }
 
 // evalEntries runs an entry script once per entry key (with its lease key)
-// in one round trip: EVALSHA (falling back to EVAL) for one entry, a
-// pipeline of EVALs for several (a pipeline cannot fall back from EVALSHA).
+// in one round trip: Script.Run (EVALSHA, then EVAL if the server has not
+// seen the script) for one entry, a pipeline of EVALSHAs for several. The
+// entries a server answered NOSCRIPT — a new or flushed server, a Cluster
+// node the script has not reached yet — did not run, and go once more as
+// EVAL, with the script's body; the others ran and are not sent again.
 func (s *Store) evalEntries(ctx context.Context, script *redis.Script, rks []string, args func(i int) []any) ([]*redis.Cmd, error) {
 	if len(rks) == 1 {
 		cmd := script.Run(ctx, s.rdb, []string{rks[0], leaseKey(rks[0])}, args(0)...)
 		return []*redis.Cmd{cmd}, cmd.Err()
 	}
 	cmds := make([]*redis.Cmd, len(rks))
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, rk := range rks {
-			cmds[i] = script.Eval(ctx, p, []string{rk, leaseKey(rk)}, args(i)...)
+	send := func(run scriptRun, only func(i int) bool) {
+		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, rk := range rks {
+				if only(i) {
+					cmds[i] = run(ctx, p, []string{rk, leaseKey(rk)}, args(i)...)
+				}
+			}
+			return nil
+		})
+	}
+	send(script.EvalSha, func(int) bool { return true })
+	if slices.ContainsFunc(cmds, func(cmd *redis.Cmd) bool { return isNoScript(cmd.Err()) }) {
+		send(script.Eval, func(i int) bool { return isNoScript(cmds[i].Err()) || s.hooks.resendAllScripts() })
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return cmds, err // the first failure, as a pipeline reports it
 		}
-		return nil
-	})
-	return cmds, err
+	}
+	return cmds, nil
 }
 
 func parseReply(res []any, err error) (kind int64, payload string) {

@@ -54,6 +54,12 @@ func (e *entryCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (e *entryCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			if cmd.Err() != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+				return err // its script did not run: the round trip is sent again, and counted then
+			}
+		}
 		ours := false
 		for _, cmd := range cmds {
 			ours = e.record(cmd) || ours
@@ -61,7 +67,7 @@ func (e *entryCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 		if ours {
 			e.trips.Add(1)
 		}
-		return next(ctx, cmds)
+		return err
 	}
 }
 

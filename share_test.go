@@ -112,12 +112,13 @@ func (l *leaseScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (l *leaseScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
 		for _, cmd := range cmds {
-			if aside.IsLeaseScript(cmd) {
-				l.n.Add(1)
+			if (cmd.Err() == nil || !redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT")) && aside.IsLeaseScript(cmd) {
+				l.n.Add(1) // a NOSCRIPT did not run: its EVAL that follows is counted
 			}
 		}
-		return next(ctx, cmds)
+		return err
 	}
 }
 
