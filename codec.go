@@ -116,8 +116,10 @@ func encodeEnvelope(e envelope, compressAbove int) []byte {
 }
 
 // decodeEnvelope parses b without panicking on any input. The returned
-// payload is decompressed, or aliases b.
-func decodeEnvelope(b []byte) (envelope, error) {
+// payload is decompressed, or aliases b. A tag name or token that known
+// holds (the reader's tags and the tokens it read: as a rule, those of the
+// entry) is known's string, not a new one.
+func decodeEnvelope(b []byte, known tagSnap) (envelope, error) {
 	var e envelope
 	if len(b) < 6 {
 		return e, fmt.Errorf("%w: %d bytes", errCorrupt, len(b))
@@ -148,10 +150,10 @@ func decodeEnvelope(b []byte) (envelope, error) {
 		e.tags = make([]tagToken, ntags)
 		for i := range e.tags {
 			var name, token string
-			if name, rest = readString(rest, maxTagLen); name == "" {
+			if name, rest = readString(rest, maxTagLen, known.names); name == "" {
 				return e, fmt.Errorf("%w: bad tag", errCorrupt)
 			}
-			if token, rest = readString(rest, maxTokenLen); token == "" {
+			if token, rest = readString(rest, maxTokenLen, known.tokens); token == "" {
 				return e, fmt.Errorf("%w: bad tag token", errCorrupt)
 			}
 			e.tags[i] = tagToken{name, token}
@@ -172,14 +174,21 @@ func decodeEnvelope(b []byte) (envelope, error) {
 	return e, nil
 }
 
-// readString reads a uvarint-length-prefixed string of 1..max bytes; it
-// returns "" when b does not hold one.
-func readString(b []byte, max int) (string, []byte) {
+// readString reads a uvarint-length-prefixed string of 1..max bytes, as
+// known's equal string where it holds one; it returns "" when b does not
+// hold one.
+func readString(b []byte, max int, known []string) (string, []byte) {
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n == 0 || n > uint64(max) || n > uint64(len(b)-k) {
 		return "", b
 	}
-	return string(b[k : k+int(n)]), b[k+int(n):]
+	s, rest := b[k:k+int(n)], b[k+int(n):]
+	for _, kn := range known {
+		if string(s) == kn { // compared in place: no string is made
+			return kn, rest
+		}
+	}
+	return string(s), rest
 }
 
 func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration, tags []tagToken) ([]byte, error) {

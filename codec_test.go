@@ -25,7 +25,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := encodeEnvelope(tt.in, tt.compressAbove)
-			got, err := decodeEnvelope(b)
+			got, err := decodeEnvelope(b, tagSnap{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,25 +60,30 @@ func TestDecodeEnvelopeRejectsBadInput(t *testing.T) {
 	}
 	for name, b := range tests {
 		t.Run(name, func(t *testing.T) {
-			if _, err := decodeEnvelope(b); !errors.Is(err, errCorrupt) {
+			if _, err := decodeEnvelope(b, tagSnap{}); !errors.Is(err, errCorrupt) {
 				t.Errorf("decodeEnvelope = %v, want errCorrupt", err)
 			}
 		})
 	}
 }
 
-// FuzzDecodeEnvelope: no input panics, and whatever decodes re-encodes to
-// an envelope that decodes to the same fields.
+// FuzzDecodeEnvelope: no input panics, whatever decodes re-encodes to an
+// envelope that decodes to the same fields, and a reader's known tags and
+// tokens change nothing that is decoded (they only spare copies).
 func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add(encodeEnvelope(envelope{typeID: 1, createdMs: 5, payload: []byte("p")}, 0))
 	f.Add(encodeEnvelope(envelope{typeID: 2, tags: []tagToken{{"x", "y"}}, payload: bytes.Repeat([]byte("ab"), 600)}, 100))
 	f.Add([]byte{envelopeV1, flagS2, 0, 0, 0, 0, 0, 0, 0, 0, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		e, err := decodeEnvelope(b)
+		e, err := decodeEnvelope(b, tagSnap{})
+		known, kerr := decodeEnvelope(b, tagSnap{names: []string{"x", "a", "b"}, tokens: []string{"y", "t1", ""}})
+		if (err == nil) != (kerr == nil) || fmt.Sprint(known.tags) != fmt.Sprint(e.tags) || !bytes.Equal(known.payload, e.payload) {
+			t.Fatalf("known tags changed the decoding: %v / %v", err, kerr)
+		}
 		if err != nil {
 			return
 		}
-		again, err := decodeEnvelope(encodeEnvelope(e, 0))
+		again, err := decodeEnvelope(encodeEnvelope(e, 0), tagSnap{})
 		if err != nil || again.typeID != e.typeID || !bytes.Equal(again.payload, e.payload) || fmt.Sprint(again.tags) != fmt.Sprint(e.tags) {
 			t.Fatalf("re-encoding changed the envelope: %v", err)
 		}

@@ -203,7 +203,7 @@ func (c *Cache[T]) replyBytes(s string) []byte {
 // replaces them). A stale, soft-invalidated or soon-expiring entry is served
 // as it is while a background refresh reloads it.
 func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[T]) bool {
-	e, err := decodeEnvelope(b)
+	e, err := decodeEnvelope(b, cl.snap)
 	if err == nil && e.typeID != c.typeID {
 		err = fmt.Errorf("%w: written for another type", errCorrupt)
 	}
