@@ -138,6 +138,7 @@ func (c *Cache[T]) takeSharedLease(ctx context.Context, cl *call[T], src source[
 	}
 	if s.token != "" {
 		c.count(cl, &c.stats.misses) // a read that started at the script has counted nothing yet
+		c.stats.sharedScripts.Add(1)
 		cl.token = s.token
 	}
 }

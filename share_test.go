@@ -90,6 +90,9 @@ func shareOneLeaseScript(t *testing.T, b *backend, p readPath, callers int, tagg
 		if !broken && loads.Load() != 1 { // (callers that each lease one of a GetMany's keys may load twice)
 			t.Errorf("%d loads; want 1", loads.Load())
 		}
+		if n := c.Stats().SharedScripts; !broken && n < uint64(callers-1) {
+			t.Errorf("Stats().SharedScripts = %d; want at least %d: every caller but the sender shared its script", n, callers-1)
+		}
 		return sent.n.Load() == int32(p.keys)
 	})
 }
