@@ -18,18 +18,14 @@ type Stats struct {
 	// Coherence is the Store's L1 coherence, now: shared by its caches.
 	Coherence CoherenceStats
 
-	L1Hits       uint64 // reads answered by the local tier, without Redis
-	Hits         uint64 // reads answered by a fresh Redis entry
-	StaleServed  uint64 // reads answered by a stale entry while it was refreshed (stale-while-revalidate, stale-if-error, MarkStale)
-	NegativeHits uint64 // reads answered ErrNotFound by a negative entry
-	Misses       uint64 // reads that found no usable entry (absent or undecodable)
-	TagMisses    uint64 // reads that found an entry invalidated by one of its tags
-	LeaseWaits   uint64 // misses that waited for another caller's load instead of loading
-	// SharedScripts counts the misses that waited on the lease of another
-	// call's lease script, on the wire in this process, instead of sending
-	// their own (see the README, "Misses of one key in one process share
-	// one lease script").
-	SharedScripts uint64
+	L1Hits        uint64        // reads answered by the local tier, without Redis
+	Hits          uint64        // reads answered by a fresh Redis entry
+	StaleServed   uint64        // reads answered by a stale entry while it was refreshed (stale-while-revalidate, stale-if-error, MarkStale)
+	NegativeHits  uint64        // reads answered ErrNotFound by a negative entry
+	Misses        uint64        // reads that found no usable entry (absent or undecodable)
+	TagMisses     uint64        // reads that found an entry invalidated by one of its tags
+	LeaseWaits    uint64        // misses that waited for another caller's load instead of loading
+	SharedScripts uint64        // misses that waited on the lease of another call's lease script in this process, sending none of their own
 	WaitTimeouts  uint64        // waits that ran out of WaitBudget; the caller loaded without writing
 	FillsRefused  uint64        // loaded values not written because an invalidation revoked their lease
 	Refreshes     uint64        // background refreshes (early or stale) that wrote a new value

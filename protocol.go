@@ -316,6 +316,8 @@ func (c *Cache[T]) leaseWithTokens(octx context.Context, cl *call[T], args []any
 	return []*redis.Cmd{cmd}, cmd.Err()
 }
 
+// leaseAndReadTokens sends cl's lease script, as run puts it in a pipeline,
+// and the GETs of its tag tokens in one round trip.
 func (c *Cache[T]) leaseAndReadTokens(octx context.Context, cl *call[T], args []any, run scriptRun) *redis.Cmd {
 	p := c.store.rdb.Pipeline()
 	cmd := run(octx, p, []string{cl.rk, leaseKey(cl.rk)}, args...)
