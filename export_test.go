@@ -94,3 +94,6 @@ func PendingReads(s *Store) int {
 // LeaseFirstCall makes a read start with the lease script, as reads do
 // while their cache's reads mostly miss: the tests' way onto that path.
 func LeaseFirstCall() CallOption { return func(o *callOptions) { o.leaseFirst = true } }
+
+// EntryKey is the Redis key of c's entry for key.
+func EntryKey[T any](c *Cache[T], key string) string { return c.keys.entry(key) }
