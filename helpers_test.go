@@ -364,6 +364,10 @@ func raise(floor *atomic.Int64, v int64) {
 	}
 }
 
+// noScript reports whether a script command was answered NOSCRIPT: the
+// server had not seen it, it did not run, and it is sent again (EVAL).
+func noScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
+
 // settled waits for the fills the Store has in flight (see Store.Wait):
 // for the tests that look at Redis, or read again, right after a Get that
 // loaded.

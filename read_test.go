@@ -46,7 +46,7 @@ func (e *entryCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		err := next(ctx, cmd)
 		// A script's first run on a server is EVALSHA, NOSCRIPT, then EVAL:
 		// one round trip is counted, as every later run costs.
-		if (err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT")) && e.record(cmd) {
+		if !noScript(err) && e.record(cmd) {
 			e.trips.Add(1)
 		}
 		return err
@@ -56,7 +56,7 @@ func (e *entryCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
 		for _, cmd := range cmds {
-			if cmd.Err() != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			if noScript(cmd.Err()) {
 				return err // its script did not run: the round trip is sent again, and counted then
 			}
 		}

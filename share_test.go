@@ -107,7 +107,7 @@ func (l *leaseScripts) DialHook(next redis.DialHook) redis.DialHook { return nex
 func (l *leaseScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
-		if (err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT")) && aside.IsLeaseScript(cmd) {
+		if !noScript(err) && aside.IsLeaseScript(cmd) {
 			l.n.Add(1)
 		}
 		return err
@@ -117,7 +117,7 @@ func (l *leaseScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
 		for _, cmd := range cmds {
-			if (cmd.Err() == nil || !redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT")) && aside.IsLeaseScript(cmd) {
+			if !noScript(cmd.Err()) && aside.IsLeaseScript(cmd) {
 				l.n.Add(1) // a NOSCRIPT did not run: its EVAL that follows is counted
 			}
 		}
