@@ -286,6 +286,7 @@ func BenchmarkInvalidateTag100k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer store.Close()
 	c, _ := aside.New[int](store, "n")
 	// The entries, written by pipelined SETs of a realistic size.
 	members := make([]string, entries)
@@ -350,6 +351,7 @@ func benchGetMany[T any](b *testing.B, sample T) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer store.Close()
 	c, _ := aside.New[T](store, "v")
 	keys := make([]string, 100)
 	for i := range keys {

@@ -57,6 +57,7 @@ func TestRedisKilledMidRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer store.Close()
 	c := newCache[string](t, store)
 	var loads atomic.Int32
 	load := func(context.Context) (string, error) { loads.Add(1); return "value", nil }
@@ -142,6 +143,7 @@ func TestSlowRedisBoundedByOpTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer store.Close()
 	c := newCache[int](t, store)
 	px.SetLatency(300 * time.Millisecond)
 	start := time.Now()

@@ -21,6 +21,7 @@ func TestBadInputIsAClearError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer store.Close()
 	load := func(context.Context) (int, error) { return 1, nil }
 	type withFunc struct{ F func() }
 	type withChan struct{ Items map[string][]chan int }
