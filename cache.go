@@ -116,8 +116,9 @@ type Cache[T any] struct {
 	ownNotFound, notFoundAnswer error
 	l1                          *local[T] // nil unless WithL1
 
-	mu         sync.Mutex                 // protects leases, polls, scripts, degraded and the pollers' rounds
+	mu         sync.Mutex                 // protects leases, retired, polls, scripts, degraded and the pollers' rounds
 	leases     map[string]*flight[T]      // fill attempts of this process, by lease token
+	retired    retiredFlights[T]          // the last attempts that ended, still findable by token
 	polls      map[string]*poller         // shared pollers of keys leased elsewhere, by entry key
 	scripts    map[string]*leaseScript    // lone calls' lease scripts on the wire, by entry key
 	degraded   map[string]*degradedKey[T] // loads while Redis cannot be used, by entry key

@@ -18,6 +18,7 @@ type testHooks struct {
 	// not yet ended), before a poll read, between a Redis read and its L1
 	// fill.
 	AfterLoad, BeforeFill, AfterFill, BeforePoll func(rk string)
+	BeforeJoin                                   func(rk string) // a caller that found a lease held, before it looks for the attempt here
 	BeforeL1Fill                                 func(key string)
 	BeforeApply                                  func() // before a heard invalidation is applied
 	// Coalesced reads: every read goes in a batch (none on its own), so that
@@ -49,6 +50,7 @@ type testHooks struct {
 	ShareScriptHit    bool // a call that shares another's lease script takes its hit, read before it arrived
 	ShareLocalWait    bool // a call that shares another's lease script takes its WAIT on a flight of this process, and joins it
 	ResendAllScripts  bool // after a NOSCRIPT, a pipeline's entry scripts all go again, those that ran too
+	ForgetEnded       bool // an attempt that ended is no longer found by token: a caller whose read saw its lease polls Redis
 	// LeaseScriptArrival is called when a lone call's miss comes to the lease
 	// script: shared, it waits for another call's script on the wire;
 	// otherwise it is about to send its own.
@@ -91,6 +93,12 @@ func (h *testHooks) afterLoad(rk string) {
 func (h *testHooks) beforeFill(rk string) {
 	if h != nil && h.BeforeFill != nil {
 		h.BeforeFill(rk)
+	}
+}
+
+func (h *testHooks) beforeJoin(rk string) {
+	if h != nil && h.BeforeJoin != nil {
+		h.BeforeJoin(rk)
 	}
 }
 
@@ -149,6 +157,7 @@ func (h *testHooks) ownLeaseScript() bool    { return h != nil && h.OwnLeaseScri
 func (h *testHooks) shareScriptHit() bool    { return h != nil && h.ShareScriptHit }
 func (h *testHooks) shareLocalWait() bool    { return h != nil && h.ShareLocalWait }
 func (h *testHooks) resendAllScripts() bool  { return h != nil && h.ResendAllScripts }
+func (h *testHooks) forgetEnded() bool       { return h != nil && h.ForgetEnded }
 
 func (h *testHooks) afterFill(rk string) {
 	if h != nil && h.AfterFill != nil {

@@ -345,6 +345,60 @@ func (c *Cache[T]) unregister(tokens ...string) {
 	c.mu.Unlock()
 }
 
+// retireCount is how many ended fill attempts a cache keeps findable by
+// token. A caller whose read found one of this process's leases looks the
+// attempt up once the reply is in, and by then the attempt may have ended:
+// its fill's reply can arrive first (the caller that just missed reads the
+// key again at once, its fill one round trip behind). The attempt's result
+// is still the caller's to take — a fill that succeeded ran after the read
+// that saw its lease, the rule every joiner relies on — and without this
+// record the caller would poll Redis, a millisecond or more, for a value
+// this process holds. A few records cover that window; each keeps a value
+// alive, so they are few.
+const retireCount = 16
+
+// retiredFlights is a ring of the last attempts that ended, by token.
+type retiredFlights[T any] struct {
+	tokens  [retireCount]string
+	flights [retireCount]*flight[T]
+	next    int
+}
+
+// retire ends the tasks' attempts: their tokens move from the live ones to
+// the ring of ended ones.
+func (c *Cache[T]) retire(tasks []leaseTask[T]) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := &c.retired
+	for _, t := range tasks {
+		delete(c.leases, t.token)
+		if c.hooks.forgetEnded() {
+			continue
+		}
+		r.tokens[r.next], r.flights[r.next] = t.token, t.f
+		r.next = (r.next + 1) % retireCount
+	}
+}
+
+// flightOf returns the attempt of this process that holds (or held, see
+// retireCount) the lease token, or nil when it is another process's.
+func (c *Cache[T]) flightOf(token string) *flight[T] {
+	if token == "" {
+		return nil // the ring's empty slots
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.leases[token]; f != nil {
+		return f
+	}
+	for i, t := range c.retired.tokens {
+		if t == token {
+			return c.retired.flights[i]
+		}
+	}
+	return nil
+}
+
 // evalEntries runs an entry script once per entry key (with its lease key)
 // in one round trip: Script.Run (EVALSHA, then EVAL if the server has not
 // seen the script) for one entry, a pipeline of EVALSHAs for several. The

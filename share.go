@@ -80,10 +80,7 @@ func (c *Cache[T]) shareAnswer(cl *call[T], token string, waited bool, hit []byt
 		return
 	}
 	if waited && !c.hooks.shareLocalWait() {
-		c.mu.Lock()
-		_, local := c.leases[token]
-		c.mu.Unlock()
-		if local {
+		if c.flightOf(token) != nil {
 			return
 		}
 	}

@@ -153,8 +153,8 @@ func (c *Cache[T]) startFlight(ctx context.Context, held []*call[T], src source[
 	}
 	run := func() {
 		c.loadAndFill(context.WithoutCancel(ctx), tasks, src)
+		c.retire(tasks)
 		for _, t := range tasks {
-			c.unregister(t.token)
 			close(t.f.done)
 		}
 	}

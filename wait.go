@@ -32,10 +32,8 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 	c.stats.leaseWaits.Add(1)
 	token := cl.token
 	for {
-		c.mu.Lock()
-		f := c.leases[token]
-		c.mu.Unlock()
-		if f != nil {
+		c.hooks.beforeJoin(cl.rk)
+		if f := c.flightOf(token); f != nil {
 			return c.join(ctx, cl, f, src)
 		}
 		r, err := c.poll(ctx, cl.rk, cl.deadline)
