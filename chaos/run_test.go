@@ -24,7 +24,8 @@ func TestBrokenWritesFailTheRun(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("broken=%v: %d reads, %d stale, %d failed, %d left stale", broken, res.total.Reads, res.total.Stale, res.total.Failed, res.left)
+		t.Logf("broken=%v: %d reads, %d stale, %d failed, %d left stale, %d duplicate loads outside faults, %d workers grew, %d undrained",
+			broken, res.total.Reads, res.total.Stale, res.total.Failed, res.left, res.total.Unleased, res.grew, res.undrained)
 		if res.total.Reads < 1000 {
 			t.Fatalf("broken=%v: only %d reads: the run did not exercise the caches", broken, res.total.Reads)
 		}
