@@ -123,6 +123,7 @@ type Cache[T any] struct {
 	scripts    map[string]*leaseScript    // lone calls' lease scripts on the wire, by entry key
 	degraded   map[string]*degradedKey[T] // loads while Redis cannot be used, by entry key
 	refreshing sync.Map                   // entry keys with a background refresh running here
+	spare      sync.Pool                  // *call[T] of answered Gets (recycle)
 }
 
 // New returns the cache for one namespace of store. name must be 1–64
@@ -260,7 +261,28 @@ func (c *Cache[T]) get(ctx context.Context, key string, load Loader[T], opts []C
 	}
 	c.resolve(ctx, cl.alone(), source[T]{one: load})
 	c.fillL1(cl)
-	return cl.v, cl.outcome, cl.err
+	v, o, err := cl.v, cl.outcome, cl.err
+	c.recycle(cl)
+	return v, o, err
+}
+
+// recycle keeps cl for a later call when nothing but its Get can hold it:
+// it was answered by its first read, from Redis (a hit, a stale or a
+// negative entry), and never missed (no deadline: no lease, wait, flight or
+// shared script has seen it; a degraded load answers OutcomeDegraded). A
+// call is most of what a hit allocates beyond the floor's GET and decode
+// (~450 bytes for a ~140-byte value), and a process whose heap churns pays
+// for every byte in GC assists: in the bench, 400 bytes of garbage added
+// to the floor's hit cost it 5–9 %. Any other call is left to the GC.
+func (c *Cache[T]) recycle(cl *call[T]) {
+	if !cl.deadline.IsZero() || c.hooks.naive() {
+		return
+	}
+	switch cl.outcome {
+	case OutcomeHit, OutcomeStale, OutcomeNegative:
+		*cl = call[T]{} // drops the value, which the caller has a copy of
+		c.spare.Put(cl)
+	}
 }
 
 // start checks a one-key read and answers it from L1 when it can (cl is
@@ -284,7 +306,11 @@ func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err e
 	if err != nil {
 		return nil, v, err
 	}
-	cl = &call[T]{key: key, rk: c.keys.entry(key), tags: tags, leaseFirst: o.leaseFirst}
+	cl, _ = c.spare.Get().(*call[T]) // zeroed by recycle
+	if cl == nil {
+		cl = new(call[T])
+	}
+	cl.key, cl.rk, cl.tags, cl.leaseFirst = key, c.keys.entry(key), tags, o.leaseFirst
 	if c.l1 != nil {
 		cl.note = c.l1.note(key)
 	}

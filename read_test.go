@@ -3,6 +3,8 @@ package aside_test
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -180,4 +182,50 @@ func TestLeaseFirstReadWithoutItsTokensServesNothingTheTagGuards(t *testing.T) {
 			t.Errorf("Get naming t after InvalidateTags(t) returned %d without reading t's token; want 2 (or an error)", v)
 		}
 	})
+}
+
+// Hits recycle their call state (cache.go, recycle): a value a Get
+// returned must stay the caller's — never rewritten by a later Get of this
+// or another key, whose decode reuses that state — with slices and maps
+// inside it, from many goroutines at once (the race detector watches the
+// rest).
+func TestHitValuesStayTheCallersOwn(t *testing.T) {
+	type item struct {
+		Key   string
+		Parts []string
+		Attrs map[string]int
+	}
+	want := func(k string) item {
+		return item{Key: k, Parts: []string{k, k + k}, Attrs: map[string]int{k: len(k)}}
+	}
+	store, _ := (&backend{addr: realAddrOrMini(t)}).newStore(t)
+	c := newCache[item](t, store)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	kept := make([][]item, 8)
+	for g := range kept {
+		wg.Go(func() {
+			for i := range 300 {
+				k := "k" + strconv.Itoa((g+i)%16)
+				v, err := c.Get(ctx, k, func(context.Context) (item, error) { return want(k), nil })
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				kept[g] = append(kept[g], v)
+			}
+		})
+	}
+	wg.Wait()
+	if s := c.Stats(); s.Hits == 0 {
+		t.Fatalf("no hits: %+v", s)
+	}
+	for g := range kept {
+		for _, v := range kept[g] {
+			w := want(v.Key)
+			if v.Key == "" || !slices.Equal(v.Parts, w.Parts) || !maps.Equal(v.Attrs, w.Attrs) {
+				t.Fatalf("a value changed after its Get returned: %+v, want %+v", v, w)
+			}
+		}
+	}
 }
