@@ -289,8 +289,13 @@ func (s recordingSpan) End(os aside.Outcomes, _ error) {
 func TestTracerSeesEveryOutcome(t *testing.T) {
 	tr := &recordingTracer{}
 	prof := aside.Profile{Name: "swr", TTL: time.Minute, LoadTimeout: time.Second, StaleWindow: time.Hour, NegativeTTL: time.Minute}
-	store, fake := asidetest.New(t, aside.WithTracer(tr), aside.WithProfiles(prof), aside.WithBreaker(1, time.Hour))
+	brief := aside.Profile{Name: "brief", TTL: time.Minute, LoadTimeout: time.Second, WaitBudget: 50 * time.Millisecond}
+	store, fake := asidetest.New(t, aside.WithTracer(tr), aside.WithProfiles(prof, brief), aside.WithBreaker(1, time.Hour))
 	c, err := aside.New[string](store, "traced", aside.WithProfile("swr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting, err := aside.New[string](store, "waiting", aside.WithProfile("brief"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,9 +319,21 @@ func TestTracerSeesEveryOutcome(t *testing.T) {
 	_, _ = l1.Get(bgCtx, "k", load)
 	settled(t, store)
 	_, _ = l1.Get(bgCtx, "k", load)
+	// A wait that outlives its budget: the caller loads by itself, without a
+	// lease — not "loaded", which says a lease covered the load.
+	held, release, holderDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(holderDone)
+		_, _ = waiting.Get(bgCtx, "slow", func(context.Context) (string, error) { close(held); <-release; return "v", nil })
+	}()
+	<-held
+	_, _ = waiting.Get(bgCtx, "slow", load)
+	close(release)
+	<-holderDone
+	settled(t, store)
 	fake.Down()
 	_, _ = c.Get(bgCtx, "other", load)
-	want := []string{"peek:miss", "get:loaded", "get:hit", "get:stale", "get:loaded", "get:negative", "get:loaded", "get:l1_hit", "get:degraded"}
+	want := []string{"peek:miss", "get:loaded", "get:hit", "get:stale", "get:loaded", "get:negative", "get:loaded", "get:l1_hit", "get:wait_timeout", "get:loaded", "get:degraded"}
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if !slices.Equal(tr.seen, want) {

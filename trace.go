@@ -36,10 +36,14 @@ const (
 	OutcomeWaited                  // another caller's load, waited for
 	OutcomeLoaded                  // this caller's load, through its lease
 	OutcomeDegraded                // the loader's, with Redis unusable
+	// OutcomeWaitTimeout: this caller's own load after its wait budget ran
+	// out (the lease's holder had not filled the key): no lease, nothing
+	// written — the one load beside a live lease that aside makes by design.
+	OutcomeWaitTimeout
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"none", "l1_hit", "hit", "stale", "negative", "miss", "waited", "loaded", "degraded"}
+var outcomeNames = [numOutcomes]string{"none", "l1_hit", "hit", "stale", "negative", "miss", "waited", "loaded", "degraded", "wait_timeout"}
 
 // String returns the outcome's attribute value, e.g. "l1_hit".
 func (o Outcome) String() string {

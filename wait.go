@@ -109,7 +109,7 @@ func (c *Cache[T]) budgetSpent(ctx context.Context, cl *call[T], src source[T]) 
 	c.stats.waitTimeouts.Add(1)
 	o := c.loadFrom(context.WithoutCancel(ctx), src, []string{cl.key})[0]
 	cl.finish(o.v, o.err)
-	cl.outcome = OutcomeLoaded
+	cl.outcome = OutcomeWaitTimeout // not OutcomeLoaded: no lease covered this load
 }
 
 // pollRound is one read of a waited-on key. Waiters register for the next

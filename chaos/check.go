@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/asidecache/aside"
 )
 
 // window is a fault's time span: from its injection until it was undone.
@@ -41,6 +43,10 @@ type verdict struct {
 	// window in which Redis failed or a lease holder died or paused: each
 	// is a lease that did not hold.
 	Unleased int
+	// WaitedOut counts the loads of callers whose wait budget ran out before
+	// the lease's holder filled the key: without a lease by design, so
+	// reported, not a failure (they are not in Unleased).
+	WaitedOut int
 	// Excused counts stale reads that began in a window where Redis itself
 	// lost acknowledged writes (restored from an older snapshot).
 	Excused int
@@ -157,6 +163,10 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 			v, _ := at(e.Start)
 			v.Loads++
 			total.Loads++
+			if e.Tier == aside.OutcomeWaitTimeout.String() {
+				v.WaitedOut++
+				total.WaitedOut++
+			}
 		case "r":
 			v, in := at(e.Start)
 			v.Reads++

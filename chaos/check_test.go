@@ -78,10 +78,15 @@ func TestCheckerDuplicateLoads(t *testing.T) {
 		{T: "l", Cache: "tagged", Key: 3 + 2*buckets, Start: 5050, End: 5060},    // duplicate, in a window where Redis failed
 		{T: "l", Cache: "swr", Key: 4, Start: 7000, End: 7100, Tier: "degraded"}, // without a lease, by design
 		{T: "l", Cache: "swr", Key: 4, Start: 7050, End: 7060},                   // a duplicate, but beside no lease
+		// Two callers whose wait budgets ran out together, each loading by
+		// itself: by design, counted apart (WaitedOut), not as a lease broken.
+		{T: "l", Cache: "plain", Key: 5, Start: 8000, End: 8100, Tier: "wait_timeout"},
+		{T: "l", Cache: "plain", Key: 5, Start: 8050, End: 8060, Tier: "wait_timeout"},
 	}
 	total, _ := check(events, []window{{Name: "stall", Start: 5000, End: 6000, MayOverlap: true}})
-	if total.Duplicate != 4 || total.Unleased != 2 {
-		t.Fatalf("duplicates %d (want 4), beside a lease outside Redis faults %d (want 2)", total.Duplicate, total.Unleased)
+	if total.Duplicate != 5 || total.Unleased != 2 || total.WaitedOut != 2 {
+		t.Fatalf("duplicates %d (want 5), beside a lease outside Redis faults %d (want 2), after a wait budget ran out %d (want 2)",
+			total.Duplicate, total.Unleased, total.WaitedOut)
 	}
 }
 

@@ -76,7 +76,7 @@ func report(w io.Writer, cfg config, res result, per map[string]*verdict, window
 		}
 	}
 	fmt.Fprintf(w, "\nWorkers stopped cleanly: %d; with invalidations left in their replay queue after Close: %d.\n", stopped, res.undrained)
-	fmt.Fprintf(w, "\nDuplicate loads outside the faults that lose leases (Redis stalled, restarted or evicting, a lease holder killed or paused): %d.\n", total.Unleased)
+	fmt.Fprintf(w, "\nDuplicate loads outside the faults that lose leases (Redis stalled, restarted or evicting, a lease holder killed or paused): %d. Loads by callers whose wait budget ran out (no lease, nothing written, by design): %d.\n", total.Unleased, total.WaitedOut)
 	if !res.held() {
 		fmt.Fprintln(w, "\n**FAILED**: a guarantee the README makes was broken.")
 	} else {

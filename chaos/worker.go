@@ -321,7 +321,14 @@ func read(ctx context.Context, c *caches, src source, rec *recorder, id int, r *
 			},
 		})
 		end := time.Now().UnixNano()
-		note.finish(rec, map[bool]string{true: "degraded", false: "batch"}[outcomes[aside.OutcomeDegraded] > 0])
+		tier := "batch" // a batch's loads take the tier of its keys' loads that had no lease, if any did
+		for _, o := range []aside.Outcome{aside.OutcomeDegraded, aside.OutcomeWaitTimeout} {
+			if outcomes[o] > 0 {
+				tier = o.String()
+				break
+			}
+		}
+		note.finish(rec, tier)
 		if ctx.Err() != nil {
 			return // the worker is stopping: its own ctx ended the read
 		}
