@@ -40,7 +40,7 @@ var payloadBufs = sync.Pool{New: func() any { return new(payloadBuf) }}
 const maxPooledPayload = 64 << 10
 
 // marshalPayload encodes v with codec. With the default codec the bytes
-// are in a pooled buffer, pb, valid until release(pb); with any other, pb
+// are in a pooled buffer, pb, valid until pb.release(); with any other, pb
 // is nil.
 func marshalPayload(codec Codec, v any) (payload []byte, pb *payloadBuf, err error) {
 	if _, ok := codec.(msgpackCodec); !ok {
