@@ -35,13 +35,24 @@ func (s BreakerState) String() string {
 	return "unknown"
 }
 
-// breaker counts consecutive Redis outages. It is lock-free: allow is on
+// breaker judges whether Redis can serve. It is lock-free: allow is on
 // every request's path.
 //
-//	closed    --threshold consecutive outages-->            open
-//	open      --cooldown passed, first allow starts probe--> half-open
+//	closed    --threshold consecutive outages, one not a timeout-->      open
+//	closed    --a timeout, then its check unanswered-->                  open
+//	open      --cooldown passed, first allow starts probe-->             half-open
 //	half-open --probe answered--> closed   --probe failed--> open
 //	half-open --probe cut short--> open, due at once
+//
+// Slow is not dead. A timeout is what a 300 ms stall, a busy box or a GC
+// pause produce as much as a hung server; sending every read to the
+// loaders for it moves the outage to the database, the thing the cache
+// protects. So a timeout starts a check — one PING allowed the stall
+// tolerance (WithStallTolerance; 4 op timeouts by default), one at a
+// time — and the breaker opens only if that goes unanswered too. The reads that timed out meanwhile wait for the verdict
+// and, Redis having answered, read again (rideOut). An error that says the
+// server is gone (refused, reset, closed) counts towards the threshold,
+// which opens the breaker at once, as a failed check does.
 //
 // The probe is a PING on a context of the Store's, sent by the first caller
 // after the cooldown: no caller's cancellation can cut it short, so the
@@ -50,13 +61,27 @@ func (s BreakerState) String() string {
 type breaker struct {
 	threshold int32
 	cooldown  time.Duration
-	now       func() time.Time
-	onChange  func(BreakerState)
+	// checkWeight is what an unanswered check counts as (the op timeouts
+	// it waited); 0: no checks, a timeout counts as any failure does.
+	checkWeight int32
+	now         func() time.Time
+	onChange    func(BreakerState)
 
 	state    atomic.Int32
 	failures atomic.Int32
-	openedAt atomic.Int64 // UnixNano; a probe is due once cooldown has passed
+	dead     atomic.Bool               // the current run of failures had one that was not a timeout
+	check    atomic.Pointer[slowCheck] // the check of a timeout in flight, if any
+	openedAt atomic.Int64              // UnixNano; a probe is due once cooldown has passed
 }
+
+// slowCheck is one check of whether Redis, which let a call time out, is
+// slow or dead; done is closed once the verdict is in the breaker's state.
+type slowCheck struct{ done chan struct{} }
+
+// defaultStallTolerance is the stall tolerance in op timeouts: 400 ms with
+// the default op timeout, longer than the stalls a busy Redis or a failover
+// of a few hundred milliseconds cause.
+const defaultStallTolerance = 4
 
 func newBreaker(threshold int, cooldown time.Duration, onChange func(BreakerState)) *breaker {
 	return &breaker{threshold: int32(threshold), cooldown: cooldown, now: time.Now, onChange: onChange}
@@ -82,14 +107,48 @@ func (b *breaker) allow() (use, probe bool) {
 func (b *breaker) success() {
 	if b.failures.Load() != 0 { // a read first: every hit passes here, a store would bounce the cache line between cores
 		b.failures.Store(0)
+		b.dead.Store(false)
 	}
 }
 
-// failure records an outage; the threshold-th in a row opens the breaker.
-func (b *breaker) failure() {
-	if b.failures.Add(1) >= b.threshold {
+// failure records an outage. An error that says the server is gone counts
+// towards the threshold, at which the breaker opens. A timeout instead asks
+// whether Redis is slow or dead: failure returns the check the caller must
+// start, when none is in flight.
+func (b *breaker) failure(timeout bool) (start *slowCheck) {
+	n := b.failures.Add(1)
+	if !timeout || b.checkWeight == 0 {
+		b.dead.Store(true)
+	}
+	if b.dead.Load() {
+		if n >= b.threshold {
+			b.open(BreakerClosed)
+		}
+		return nil
+	}
+	if b.check.Load() != nil {
+		return nil
+	}
+	c := &slowCheck{done: make(chan struct{})}
+	if !b.check.CompareAndSwap(nil, c) {
+		return nil
+	}
+	return c
+}
+
+// checked records the verdict of check c: Redis answered (slow, not dead),
+// or it did not, which counts as checkWeight failures more — the time the
+// check waited would have seen as many timeouts — and opens the breaker
+// once the threshold is reached.
+func (b *breaker) checked(c *slowCheck, answered bool) {
+	switch {
+	case answered:
+		b.success() // the count starts again
+	case b.failures.Add(b.checkWeight) >= b.threshold:
 		b.open(BreakerClosed)
 	}
+	b.check.CompareAndSwap(c, nil)
+	close(c.done)
 }
 
 // probed records the probe's answer.
@@ -99,6 +158,7 @@ func (b *breaker) probed(ok bool) {
 		return
 	}
 	b.failures.Store(0)
+	b.dead.Store(false)
 	b.transition(BreakerHalfOpen, BreakerClosed)
 }
 
@@ -113,6 +173,7 @@ func (b *breaker) open(from BreakerState) {
 	b.openedAt.Store(b.now().UnixNano())
 	if b.transition(from, BreakerOpen) {
 		b.failures.Store(0)
+		b.dead.Store(false)
 	}
 }
 
@@ -166,6 +227,39 @@ func (s *Store) probe(ctx context.Context) {
 	}
 }
 
+// checkSlow sends check c: a PING that may take the stall tolerance, in
+// the background. Redis that answers it is slow, not dead, and the breaker
+// stays closed.
+func (s *Store) checkSlow(c *slowCheck) {
+	check := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.stallTolerance)
+		defer cancel()
+		s.breaker.checked(c, s.rdb.Ping(ctx).Err() == nil)
+	}
+	if !s.goTracked(check) {
+		s.breaker.checked(c, false) // closed Store: nothing may outlive it; open as before
+	}
+}
+
+// rideOut reports whether a call that failed with err should go to Redis
+// once more instead of to the loader: err is a timeout, and Redis answered
+// the check it started (see [breaker]) — a stall, a busy machine, not an
+// outage. It waits for that check's verdict (at most the stall tolerance) or for ctx. A stall of a few hundred milliseconds then costs
+// latency, and sends no burst of loads to the database.
+func (s *Store) rideOut(ctx context.Context, err error) bool {
+	if s.stallTolerance == 0 || !isTimeout(err) || ctx.Err() != nil || s.hooks.noRideOut() {
+		return false
+	}
+	if c := s.breaker.check.Load(); c != nil {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return s.breaker.State() == BreakerClosed
+}
+
 // record is the one place where the outcome of a Redis call is recorded: in
 // the breaker, and — for a failure — in st's counters when st is not nil,
 // and as an event. The
@@ -180,7 +274,9 @@ func (s *Store) record(octx context.Context, err error, st *counters, cache stri
 	case cutShort(octx, err):
 		return
 	case isOutage(err):
-		s.breaker.failure()
+		if c := s.breaker.failure(isTimeout(err)); c != nil {
+			s.checkSlow(c)
+		}
 	default: // an error reply about this command (OOM, NOPERM): the server answers
 		s.breaker.success()
 	}

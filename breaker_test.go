@@ -23,16 +23,16 @@ func TestBreakerTransitions(t *testing.T) {
 	allow := func() (bool, bool) { return b.allow() }
 
 	for range 2 {
-		b.failure()
+		b.failure(false)
 	}
 	b.success() // a success resets the count
 	for range 2 {
-		b.failure()
+		b.failure(false)
 	}
 	if b.State() != BreakerClosed {
 		t.Fatalf("state after 2 consecutive failures = %v, want closed", b.State())
 	}
-	b.failure()
+	b.failure(false)
 	if use, probe := allow(); b.State() != BreakerOpen || use || probe {
 		t.Fatalf("after 3 failures: state %v, use %v, probe %v; want open, false, false", b.State(), use, probe)
 	}
@@ -118,5 +118,60 @@ func TestIsOutage(t *testing.T) {
 		if got := isOutage(tt.err); got != tt.want {
 			t.Errorf("isOutage(%v) = %v, want %v", tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestBreakerSlowIsNotDead: timeouts start one check at a time and never
+// open the breaker by themselves; an answered check starts the count again,
+// an unanswered one counts as its op timeouts and opens it. Errors that say
+// the server is gone count one by one; with no stall tolerance, timeouts do
+// too.
+func TestBreakerSlowIsNotDead(t *testing.T) {
+	b := newBreaker(5, time.Second, nil)
+	b.checkWeight = 4
+	c := b.failure(true)
+	if c == nil {
+		t.Fatal("a timeout started no check")
+	}
+	for range 10 {
+		if b.failure(true) != nil {
+			t.Fatal("a second check while one is in flight")
+		}
+	}
+	if b.State() != BreakerClosed {
+		t.Fatalf("timeouts alone opened the breaker: %v", b.State())
+	}
+	b.checked(c, true)
+	if b.failures.Load() != 0 || b.State() != BreakerClosed {
+		t.Fatalf("after an answered check: %d failures, %v", b.failures.Load(), b.State())
+	}
+	select {
+	case <-c.done:
+	default:
+		t.Fatal("the check's waiters were not released")
+	}
+	c = b.failure(true)
+	b.checked(c, false) // 1 + 4 failures: the threshold
+	if b.State() != BreakerOpen {
+		t.Fatalf("after an unanswered check: %v, want open", b.State())
+	}
+
+	dead := newBreaker(3, time.Second, nil)
+	dead.checkWeight = 4
+	for range 2 {
+		if dead.failure(false) != nil {
+			t.Fatal("a refused connection started a check")
+		}
+	}
+	if dead.failure(false); dead.State() != BreakerOpen {
+		t.Fatalf("3 refused connections: %v, want open", dead.State())
+	}
+
+	strict := newBreaker(2, time.Second, nil) // no stall tolerance
+	if strict.failure(true) != nil || strict.State() != BreakerClosed {
+		t.Fatal("no tolerance: a timeout started a check, or opened at once")
+	}
+	if strict.failure(true); strict.State() != BreakerOpen {
+		t.Fatalf("no tolerance, 2 timeouts: %v, want open", strict.State())
 	}
 }

@@ -58,6 +58,14 @@ var (
 	// ErrUnavailable is returned by writes ([Cache.Set], [Cache.Invalidate])
 	// while the circuit breaker keeps the Store away from Redis.
 	ErrUnavailable = errors.New("aside: redis unavailable")
+	// ErrQueued is matched by the error of an invalidation ([Cache.Invalidate],
+	// [Store.InvalidateTags], their soft forms) that could not reach Redis, even
+	// after riding out a stall of a few op timeouts: it is queued, applied to
+	// this Store's own L1 at once, and replayed before this Store reads Redis
+	// again ([Store.Pending] counts it). Until the replay lands, other
+	// processes may serve the old value. Such an error also matches
+	// ErrUnavailable. [Store.Write] does not report it: the write committed.
+	ErrQueued = errors.New("aside: invalidation queued for replay")
 )
 
 // notFoundError is a not-found answer of a cache with [WithNotFound]: it

@@ -135,27 +135,45 @@ func TestMiniredisOutageServedByLoader(t *testing.T) {
 	}
 }
 
+// TestSlowRedisBoundedByOpTimeout: against a Redis slower than every
+// bound, a Get waits one op timeout for its read (and with the default
+// stall tolerance, the check of that timeout too) and is then served by its
+// loader.
 func TestSlowRedisBoundedByOpTimeout(t *testing.T) {
-	srv := miniredis.RunT(t)
-	px := asidetest.NewProxy(t, srv.Addr())
-	rdb := newClient(t, px.Addr())
-	store, err := aside.NewStore(rdb, aside.WithOpTimeout(50*time.Millisecond), aside.WithBreaker(100, time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	c := newCache[int](t, store)
-	px.SetLatency(300 * time.Millisecond)
-	start := time.Now()
-	if got := mustGet(t, c, "k", func(context.Context) (int, error) { return 9, nil }); got != 9 {
-		t.Fatalf("Get = %d, want 9", got)
-	}
-	// One read and one write, each cut at the op timeout.
-	if d := time.Since(start); d > 250*time.Millisecond {
-		t.Errorf("Get took %v against a 300 ms Redis with a 50 ms op timeout", d)
-	}
-	if s := c.Stats(); s.RedisErrors == 0 {
-		t.Errorf("stats = %+v, want the timeout counted", s)
+	const op = 50 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		opts  []aside.StoreOption
+		bound time.Duration
+	}{
+		// One read and one write, each cut at the op timeout.
+		{"no stall tolerance", []aside.StoreOption{aside.WithStallTolerance(0)}, 250 * time.Millisecond},
+		// The read, the check (4 op timeouts), no second read: the check
+		// opened the breaker.
+		{"default stall tolerance", nil, 5*op + 100*time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := miniredis.RunT(t)
+			px := asidetest.NewProxy(t, srv.Addr())
+			rdb := newClient(t, px.Addr())
+			store, err := aside.NewStore(rdb, append(tc.opts, aside.WithOpTimeout(op), aside.WithBreaker(1, time.Second))...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			c := newCache[int](t, store)
+			px.SetLatency(300 * time.Millisecond)
+			start := time.Now()
+			if got := mustGet(t, c, "k", func(context.Context) (int, error) { return 9, nil }); got != 9 {
+				t.Fatalf("Get = %d, want 9", got)
+			}
+			if d := time.Since(start); d > tc.bound {
+				t.Errorf("Get took %v against a 300 ms Redis with a 50 ms op timeout, want ≤ %v", d, tc.bound)
+			}
+			if s := c.Stats(); s.RedisErrors == 0 {
+				t.Errorf("stats = %+v, want the timeout counted", s)
+			}
+		})
 	}
 }
 

@@ -23,7 +23,8 @@ func TestBlackholedRedis(t *testing.T) {
 	const opTimeout = 50 * time.Millisecond
 	rdb := newClient(t, px.Addr())
 	store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(opTimeout),
-		aside.WithBreaker(3, 300*time.Millisecond), aside.WithObserver(ev.observe))
+		aside.WithBreaker(3, 300*time.Millisecond), aside.WithObserver(ev.observe),
+		aside.WithStallTolerance(0)) // each call's own bound; TestHungRedisStillCutOff has the default
 	if err != nil {
 		t.Fatal(err)
 	}

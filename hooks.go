@@ -37,6 +37,7 @@ type testHooks struct {
 	// Broken variants of the lease protocol.
 	UnconditionalFill bool // T1/T2: write a loaded value even if its lease was revoked
 	KeepLeaseOnError  bool // T6: a failed load keeps its lease; waiters sit out the budget
+	KeepOwedLeases    bool // T22: a lease whose fill or release did not reach Redis stays until it expires
 	TokensAfterLoad   bool // T4: read tag tokens after the load instead of before
 	Naive             bool // T3: plain cache-aside with one singleflight per key
 	JoinAnyResult     bool // T12: a joiner takes the flight's not-found without checking it
@@ -72,10 +73,13 @@ type testHooks struct {
 	SubscribeVia redis.UniversalClient
 
 	// Broken variants of the Store.
-	CounterTokens bool // T5: tag tokens are counters, which eviction can make valid again
-	CallerProbe   bool // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
-	CallerDone    bool // an op context's Done is the caller's: dials and pool waits outlast the op timeout
-	CountEachRead bool // every Redis read of a call counts an outcome: a waited miss is a hit as well
+	CounterTokens  bool   // T5: tag tokens are counters, which eviction can make valid again
+	PurgeOnePass   bool   // T24: Purge scans once: a fill that lands behind the scan survives it
+	AfterPurgeScan func() // after each SCAN of a Purge, before its UNLINKs
+	NoRideOut      bool   // T23: a read that timed out goes to its loader, whether Redis is slow or dead
+	CallerProbe    bool   // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
+	CallerDone     bool   // an op context's Done is the caller's: dials and pool waits outlast the op timeout
+	CountEachRead  bool   // every Redis read of a call counts an outcome: a waited miss is a hit as well
 	// T20: an invalidation neither waits for a replay of earlier failed
 	// ones that is running, nor fails when theirs fails (as in v1).
 	UnorderedReplay bool
@@ -147,6 +151,7 @@ func (h *testHooks) beforeReplay() {
 func (h *testHooks) unconditionalFill() bool { return h != nil && h.UnconditionalFill }
 func (h *testHooks) naive() bool             { return h != nil && h.Naive }
 func (h *testHooks) keepLease() bool         { return h != nil && h.KeepLeaseOnError }
+func (h *testHooks) keepOwedLeases() bool    { return h != nil && h.KeepOwedLeases }
 func (h *testHooks) tokensAfterLoad() bool   { return h != nil && h.TokensAfterLoad }
 func (h *testHooks) joinAnyResult() bool     { return h != nil && h.JoinAnyResult }
 func (h *testHooks) budgetOnlyAcross() bool  { return h != nil && h.BudgetOnlyAcross }
@@ -192,6 +197,14 @@ func (h *testHooks) subscribeVia() redis.UniversalClient {
 }
 func (h *testHooks) counterTokens() bool { return h != nil && h.CounterTokens }
 func (h *testHooks) callerProbe() bool   { return h != nil && h.CallerProbe }
+func (h *testHooks) noRideOut() bool     { return h != nil && h.NoRideOut }
+func (h *testHooks) purgeOnePass() bool  { return h != nil && h.PurgeOnePass }
+
+func (h *testHooks) afterPurgeScan() {
+	if h != nil && h.AfterPurgeScan != nil {
+		h.AfterPurgeScan()
+	}
+}
 func (h *testHooks) callerDone() bool    { return h != nil && h.CallerDone }
 func (h *testHooks) countEachRead() bool { return h != nil && h.CountEachRead }
 func (h *testHooks) readFirst() bool     { return h != nil && h.ReadFirst }

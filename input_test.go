@@ -41,6 +41,7 @@ func TestBadInputIsAClearError(t *testing.T) {
 		{"bad prefix", func() error { _, err := aside.NewStore(rdb, aside.WithPrefix("a:b")); return err }, "prefix"},
 		{"zero op timeout", func() error { _, err := aside.NewStore(rdb, aside.WithOpTimeout(0)); return err }, "op timeout"},
 		{"bad breaker", func() error { _, err := aside.NewStore(rdb, aside.WithBreaker(0, time.Second)); return err }, "breaker"},
+		{"bad stall tolerance", func() error { _, err := aside.NewStore(rdb, aside.WithStallTolerance(-time.Second)); return err }, "stall tolerance"},
 		{"zero TTL profile", func() error {
 			_, err := aside.NewStore(rdb, aside.WithProfiles(aside.Profile{Name: "p", LoadTimeout: time.Second}))
 			return err

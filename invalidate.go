@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -46,33 +47,68 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, what string, keys []strin
 	if err != nil || len(keys) == 0 {
 		return err
 	}
-	msg := busMessage{Kind: busKeys, Cache: c.name, Names: keys}
-	if !c.store.redisUp(ctx) {
-		c.store.bus.apply(msg) // read-your-writes, even now
-		c.store.pending.add(pendingKeys(c.name, keys, rks))
-		return ErrUnavailable
-	}
-	if err := c.store.replayFirst(ctx); err != nil { // in order: a process that only writes replays them too
-		c.store.pending.add(pendingKeys(c.name, keys, rks))
-		return fmt.Errorf("aside: %s: %w: %w", what, ErrUnavailable, err)
-	}
-	octx, cancel := c.store.opContext(ctx)
-	defer cancel()
-	acks, err := c.store.writeAndTell(octx, func(p redis.Pipeliner) {
-		for _, rk := range rks {
-			cmd(octx, p, rk)
-		}
-	}, msg)
-	c.store.record(octx, err, &c.stats, c.name)
-	if err != nil {
-		c.store.pending.add(pendingKeys(c.name, keys, rks)) // it may or may not have run: deleting again is harmless
-		return fmt.Errorf("aside: %s: %w", what, err)
-	}
-	if err := acks.wait(ctx); err != nil {
-		return fmt.Errorf("aside: %s: %w", what, err)
-	}
-	return nil
+	return c.store.invalidateVia(ctx, what, &c.stats, c.name, pendingKeys(c.name, keys, rks),
+		busMessage{Kind: busKeys, Cache: c.name, Names: keys}, func(octx context.Context, p redis.Pipeliner) {
+			for _, rk := range rks {
+				cmd(octx, p, rk)
+			}
+		})
 }
+
+// invalidateVia is the one way an invalidation reaches Redis: it replays
+// the queued ones first (in order), then runs writes and tells every
+// Store's L1 (msg), and waits for their acknowledgements. A timeout is
+// tried again while the breaker takes Redis for slow, not dead (for the
+// stall tolerance in all): a stall of a few hundred milliseconds delays an
+// invalidation, it does not fail it. What cannot reach Redis is queued
+// (ops) and returned as a [queuedError].
+func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, cache string, ops []pendingOp,
+	msg busMessage, writes func(octx context.Context, p redis.Pipeliner)) error {
+	if !s.redisUp(ctx) {
+		s.bus.apply(msg) // read-your-writes, even now
+		s.pending.add(ops)
+		return &queuedError{what: what, cause: ErrUnavailable}
+	}
+	if err := s.replayFirst(ctx); err != nil { // in order: a process that only writes replays them too
+		s.bus.apply(msg)
+		s.pending.add(ops)
+		return &queuedError{what: what, cause: err}
+	}
+	giveUp := time.Now().Add(s.stallTolerance)
+	for {
+		octx, cancel := s.opContext(ctx)
+		acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) { writes(octx, p) }, msg)
+		s.record(octx, err, st, cache)
+		cancel()
+		if err == nil {
+			if err := acks.wait(ctx); err != nil {
+				return fmt.Errorf("aside: %s: %w", what, err)
+			}
+			return nil
+		}
+		if !isOutage(err) { // an error reply (NOPERM, OOM): the server refused this command
+			s.pending.add(ops)
+			return fmt.Errorf("aside: %s: %w", what, err)
+		}
+		if !isTimeout(err) || ctx.Err() != nil || time.Now().After(giveUp) || !s.redisUp(ctx) {
+			s.pending.add(ops) // it may or may not have run: deleting again is harmless
+			return &queuedError{what: what, cause: err}
+		}
+	}
+}
+
+// queuedError is an invalidation that could not reach Redis: it matches
+// [ErrQueued] and [ErrUnavailable], and its cause.
+type queuedError struct {
+	what  string
+	cause error
+}
+
+func (e *queuedError) Error() string {
+	return "aside: " + e.what + ": redis unavailable, queued for replay: " + strings.TrimPrefix(e.cause.Error(), "aside: ")
+}
+
+func (e *queuedError) Unwrap() []error { return []error{ErrQueued, ErrUnavailable, e.cause} }
 
 // markStaleScript soft-invalidates one entry: it sets the stale flag inside
 // the stored envelope (byte 2, flagStale = 4) and revokes any lease, so that
@@ -120,13 +156,53 @@ func (c *Cache[T]) entryKeys(keys []string) ([]string, error) {
 }
 
 // Purge deletes every entry of the cache, of every version, with SCAN and
-// UNLINK in batches on every master (never KEYS or FLUSHDB). It is for
-// decommissioning a namespace or recovering from a bad deploy; routine
+// UNLINK in batches on every master (never KEYS or FLUSHDB), and tells every
+// Store's L1. Like every invalidation, once it has returned no Get that
+// starts afterwards returns a value loaded before it was called — in any
+// process, L1 included — so it is what to reach for when a cache must drop
+// everything now (a bad deploy, an incident). It fails closed. Routine
 // invalidation is [Cache.Invalidate], [Store.InvalidateTags] or a version
-// bump. Entries written while it runs may survive. It fails closed.
+// bump: a Purge costs a scan of the keyspace, twice.
 func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
-	match := pattern(c.store.prefix, c.name)
+	// Two passes. A load that began before Purge holds a lease; its fill
+	// may land while the first pass runs, in a part of the keyspace the
+	// scan has passed (SCAN returns what exists for the whole scan, not
+	// what appears during it). But such a lease existed when the first pass
+	// began: either that pass deletes it, and the fill is refused, or the
+	// fill consumed it during the first pass — and then its entry exists
+	// for the whole second pass, which deletes it. A lease taken after the
+	// first pass began is a load that began after Purge was called.
 	var n atomic.Int64
+	passes := 2
+	if c.hooks.purgeOnePass() {
+		passes = 1
+	}
+	for range passes {
+		if err = c.purgePass(ctx, &n); err != nil {
+			break
+		}
+	}
+	// Told after the deletions: a Store that hears it and re-reads finds
+	// nothing old left.
+	octx, cancel := c.store.opContext(ctx)
+	defer cancel()
+	acks, perr := c.store.writeAndTell(octx, func(redis.Pipeliner) {}, busMessage{Kind: busCache, Cache: c.name})
+	if perr == nil {
+		perr = acks.wait(ctx)
+	}
+	if err == nil {
+		err = perr
+	}
+	if err != nil {
+		return int(n.Load()), fmt.Errorf("aside: purge: %w", err)
+	}
+	return int(n.Load()), nil
+}
+
+// purgePass scans every master once and unlinks the cache's keys (entries
+// and leases), counting them in n.
+func (c *Cache[T]) purgePass(ctx context.Context, n *atomic.Int64) error {
+	match := pattern(c.store.prefix, c.name)
 	purge := func(ctx context.Context, node redis.UniversalClient) error {
 		var cursor uint64
 		for {
@@ -134,6 +210,7 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 			if err != nil {
 				return err
 			}
+			c.hooks.afterPurgeScan()
 			if len(keys) > 0 {
 				// One UNLINK per key: a batch spans many Cluster slots.
 				if _, err := node.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -153,27 +230,11 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 	}
 	switch rdb := c.store.rdb.(type) {
 	case *redis.ClusterClient:
-		err = rdb.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return purge(ctx, node) })
+		return rdb.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return purge(ctx, node) })
 	case *redis.Ring:
-		err = rdb.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error { return purge(ctx, node) })
-	default:
-		err = purge(ctx, c.store.rdb)
+		return rdb.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error { return purge(ctx, node) })
 	}
-	// Told after the deletions: a Store that hears it and re-reads finds
-	// nothing old left.
-	octx, cancel := c.store.opContext(ctx)
-	defer cancel()
-	acks, perr := c.store.writeAndTell(octx, func(redis.Pipeliner) {}, busMessage{Kind: busCache, Cache: c.name})
-	if perr == nil {
-		perr = acks.wait(ctx)
-	}
-	if err == nil {
-		err = perr
-	}
-	if err != nil {
-		return int(n.Load()), fmt.Errorf("aside: purge: %w", err)
-	}
-	return int(n.Load()), nil
+	return purge(ctx, c.store.rdb)
 }
 
 // Change is an invalidation to run after a write to the source of truth;
@@ -213,7 +274,10 @@ func Later(changes func() []Change) Change {
 // correct. The invalidations run even when write fails, because a failed
 // write may still have committed (a timeout after COMMIT); a needless
 // invalidation costs one miss. It returns write's error, joined with any
-// invalidation errors. Changes that depend on the write's result are
+// invalidation errors other than [ErrQueued]: an invalidation that could
+// not reach Redis is queued and replayed (see ErrQueued), and is not a
+// failure of the write, which has committed — a handler that answers an
+// error to it tells its client that a committed write failed. Changes that depend on the write's result are
 // wrapped in [Later]:
 //
 //	var p Product
@@ -230,7 +294,7 @@ func (s *Store) Write(ctx context.Context, write func(ctx context.Context) error
 		if c.apply == nil {
 			continue
 		}
-		if err := c.apply(ctx); err != nil {
+		if err := c.apply(ctx); err != nil && !errors.Is(err, ErrQueued) {
 			errs = append(errs, err)
 		}
 	}

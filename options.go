@@ -59,6 +59,7 @@ type storeOptions struct {
 	profiles         []Profile
 	breakerThreshold int
 	breakerCooldown  time.Duration
+	stallTolerance   *time.Duration // nil: the default, 4 op timeouts
 	observer         Observer
 	logger           *slog.Logger
 	clock            func() time.Time
@@ -89,9 +90,29 @@ func WithProfiles(ps ...Profile) StoreOption {
 }
 
 // WithBreaker sets how many consecutive failed Redis calls open the circuit
-// breaker, and how long it stays open before a probe. Default: 5 and 1 s.
+// breaker, and how long it stays open before a probe. Slow is not dead:
+// timeouts count only once Redis has also left a check unanswered (see
+// [WithStallTolerance]); refused or broken connections count one by one.
+// Default: 5 and 250 ms.
 func WithBreaker(failures int, cooldown time.Duration) StoreOption {
 	return func(o *storeOptions) { o.breakerThreshold, o.breakerCooldown = failures, cooldown }
+}
+
+// WithStallTolerance sets how long Redis may stall before it is taken for
+// dead. A Redis call that times out starts a check: one PING that may take
+// d. While it runs, reads wait for its verdict instead of going to their
+// loaders, and those whose call timed out read again once Redis answers
+// it; invalidations are tried again within d. So a stall shorter than d (a
+// busy server, a failover, a fork for a snapshot, a loaded machine) costs
+// latency — at most the op timeout, d and one more op timeout for a read —
+// and sends no burst of loads to the database. A check left unanswered
+// counts as d's worth of op timeouts towards the breaker's threshold
+// ([WithBreaker]), which opens it: a hung Redis is cut off within an op
+// timeout and d. 0 turns checks off: a read whose call timed out goes to
+// its loader at once, and timeouts count towards the threshold one by one.
+// Must be >= 0. Default: 4 op timeouts (400 ms).
+func WithStallTolerance(d time.Duration) StoreOption {
+	return func(o *storeOptions) { o.stallTolerance = &d }
 }
 
 // WithObserver receives every [Event] of the Store and its caches.

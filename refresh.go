@@ -55,6 +55,9 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []
 		octx, cancel := c.store.opContext(ctx)
 		n, err := refreshScript.Run(octx, c.store.rdb, []string{rk, leaseKey(rk)}, token, c.leaseTTL().Milliseconds(), seenSum).Int()
 		c.store.record(octx, err, &c.stats, c.name)
+		if isTimeout(err) && !cutShort(octx, err) { // the script may have run: give back what it took
+			c.releaseLater([]string{rk}, []string{token})
+		}
 		cancel()
 		if err != nil || n != 1 {
 			return // another process refreshes, or Redis is unwell

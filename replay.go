@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -52,6 +53,11 @@ type replayQueue struct {
 	overflow  bool
 	n         atomic.Int64 // len(ops), or -1 after an overflow: read on every Get without the lock
 	replaying sync.Mutex   // one replay at a time
+	// acking: replays whose writes are in Redis and whose acknowledgements
+	// from other Stores' L1 are awaited in the background (a replay a read
+	// ran: a read waits for Redis, never for other Stores); each closes
+	// when they are in. Guarded by mu.
+	acking []chan struct{}
 }
 
 func (q *replayQueue) add(ops []pendingOp) {
@@ -67,6 +73,28 @@ func (q *replayQueue) add(ops []pendingOp) {
 	}
 	q.ops = append(q.ops, ops...)
 	q.n.Store(int64(len(q.ops)))
+}
+
+// acked waits for the acknowledgements of the replays that reads ran, and
+// forgets those that are in.
+func (q *replayQueue) acked(ctx context.Context) error {
+	q.mu.Lock()
+	waits := q.acking
+	q.mu.Unlock()
+	if len(waits) == 0 {
+		return nil
+	}
+	for _, ch := range waits {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	q.mu.Lock()
+	q.acking = slices.DeleteFunc(q.acking, func(ch chan struct{}) bool { return slices.Contains(waits, ch) })
+	q.mu.Unlock()
+	return nil
 }
 
 // Pending reports how many failed invalidations wait to be replayed, and
@@ -89,6 +117,9 @@ func (s *Store) replayPending(ctx context.Context) bool {
 // one that failed has taken effect too — in Redis and in every Store's L1.
 // An error leaves the queue for later; the caller fails and queues its own.
 func (s *Store) replayFirst(ctx context.Context) error {
+	if err := s.pending.acked(ctx); err != nil {
+		return err
+	}
 	if s.pending.n.Load() <= 0 {
 		return nil // nothing queued; or it overflowed, was dropped, and this Store no longer reads Redis
 	}
@@ -157,14 +188,22 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 	if err != nil {
 		return err
 	}
-	// Bounded by the other Stores' leases: ctx cannot end.
-	if err := acks.wait(ctx); err != nil {
-		return err
+	var acked chan struct{}
+	if wait {
+		// Bounded by the other Stores' leases: ctx cannot end.
+		if err := acks.wait(ctx); err != nil {
+			return err
+		}
+	} else if acked = make(chan struct{}); !s.goTracked(func() { defer close(acked); _ = acks.wait(ctx) }) {
+		close(acked)
 	}
 	s.pending.mu.Lock()
 	if !s.pending.overflow { // an overflow meanwhile dropped the queue
 		s.pending.ops = s.pending.ops[len(ops):] // what was added meanwhile stays
 		s.pending.n.Store(int64(len(s.pending.ops)))
+	}
+	if acked != nil {
+		s.pending.acking = append(s.pending.acking, acked)
 	}
 	s.pending.mu.Unlock()
 	s.log(slog.LevelInfo, "aside: replayed invalidations that failed while Redis was unreachable", "count", len(ops))

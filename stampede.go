@@ -258,9 +258,18 @@ type fillCmd struct {
 }
 
 // fill writes each value under its task's lease, in one round trip, and
-// marks the flights whose compare-and-set succeeded.
+// marks the flights whose compare-and-set succeeded. A lease whose fill did
+// not reach Redis is owed (owed.go): given back once Redis answers.
 func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillCmd) {
-	if len(fills) == 0 || !c.store.redisUp(ctx) {
+	if len(fills) == 0 {
+		return
+	}
+	idx := make([]int, len(fills))
+	for i, fc := range fills {
+		idx[i] = fc.task
+	}
+	if !c.store.redisUp(ctx) {
+		c.owe(tasks, idx, nil)
 		return
 	}
 	if c.hooks.unconditionalFill() {
@@ -293,13 +302,19 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 			c.stats.fillsRefused.Add(1)
 		}
 	}
+	c.owe(tasks, idx, cmds)
 	c.store.bus.announceFills(c.store, waited)
 }
 
 // release gives back the leases of the tasks at idx. A not-found that was
-// not stored is confirmed (valid) when its lease was still held.
+// not stored is confirmed (valid) when its lease was still held. A release
+// that did not reach Redis is owed (owed.go).
 func (c *Cache[T]) release(ctx context.Context, tasks []leaseTask[T], idx []int) {
-	if len(idx) == 0 || !c.store.redisUp(ctx) {
+	if len(idx) == 0 {
+		return
+	}
+	if !c.store.redisUp(ctx) {
+		c.owe(tasks, idx, nil)
 		return
 	}
 	rks := make([]string, len(idx))
@@ -320,18 +335,32 @@ func (c *Cache[T]) release(ctx context.Context, tasks []leaseTask[T], idx []int)
 			waited = append(waited, rks[i])
 		}
 	}
+	c.owe(tasks, idx, cmds)
 	c.store.bus.announceFills(c.store, waited)
+}
+
+// owe hands the leases of the tasks at idx to the Store's owed leases when
+// their command (cmds[i], nil when none was sent) did not reach Redis: a
+// failure of the server or the connection, not an error reply. Those leases
+// may still be held; their holder is done with them.
+func (c *Cache[T]) owe(tasks []leaseTask[T], idx []int, cmds []*redis.Cmd) {
+	if c.hooks.keepOwedLeases() {
+		return // the broken variant: a lease outlives its load
+	}
+	var rks, tokens []string
+	for i, t := range idx {
+		if cmds != nil && cmds[i] != nil && !isOutage(cmds[i].Err()) {
+			continue
+		}
+		rks, tokens = append(rks, tasks[t].rk), append(tokens, tasks[t].token)
+	}
+	c.store.owe(rks, tokens, time.Now().Add(c.leaseTTL()))
 }
 
 // releaseLater gives back leases whose acquisition timed out: the scripts
 // may have run after all, and nobody here holds what they took.
 func (c *Cache[T]) releaseLater(rks, tokens []string) {
-	tasks := make([]leaseTask[T], len(rks))
-	idx := make([]int, len(rks))
-	for i := range rks {
-		tasks[i], idx[i] = leaseTask[T]{rk: rks[i], token: tokens[i], f: &flight[T]{}}, i
-	}
-	c.store.goWrite(func() { c.release(context.Background(), tasks, idx) })
+	c.store.owe(rks, tokens, time.Now().Add(c.leaseTTL()))
 }
 
 // leaseTTL outlives the longest load, so that a live holder never loses its

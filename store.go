@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -18,20 +19,23 @@ type Store struct {
 	rdb       redis.UniversalClient
 	prefix    string
 	opTimeout time.Duration
-	deadlines deadlines // the op contexts' Done channels
-	reads     coalescer // concurrent hits' shared round trips
-	profiles  map[string]Profile
-	breaker   *breaker
-	observer  Observer
-	logger    *slog.Logger     // nil: no logging
-	bus       *bus             // carries invalidations to every Store's L1
-	pending   replayQueue      // invalidations that failed, replayed before Redis is read again
-	now       func() time.Time // the clock of freshness decisions; tests replace it
-	realClock bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
-	multiKey  bool             // one server holds every key: entries of a batch are read with one MGET
-	types     sync.Map         // cache name → its value type: one name, one type
-	tracer    Tracer           // nil: no spans
-	hooks     *testHooks       // nil outside tests
+	// stallTolerance: how long Redis may take to answer the check of a
+	// timeout before it is taken for dead (breaker.go); 0: no checks.
+	stallTolerance time.Duration
+	deadlines      deadlines // the op contexts' Done channels
+	reads          coalescer // concurrent hits' shared round trips
+	profiles       map[string]Profile
+	breaker        *breaker
+	observer       Observer
+	logger         *slog.Logger     // nil: no logging
+	bus            *bus             // carries invalidations to every Store's L1
+	pending        replayQueue      // invalidations that failed, replayed before Redis is read again
+	now            func() time.Time // the clock of freshness decisions; tests replace it
+	realClock      bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
+	multiKey       bool             // one server holds every key: entries of a batch are read with one MGET
+	types          sync.Map         // cache name → its value type: one name, one type
+	tracer         Tracer           // nil: no spans
+	hooks          *testHooks       // nil outside tests
 
 	// Background work (refreshes, lease pollers, loads, the probe, the bus)
 	// is tracked so that Close can wait for it. What runs for a caller after
@@ -42,13 +46,17 @@ type Store struct {
 	closed  bool
 	running sync.WaitGroup
 	writes  backlog // the background writes among them, for Wait
+	// stopping is closed when Close begins: background loops that would
+	// otherwise wait on Redis (owed leases) stop.
+	stopping chan struct{}
+	owed     owedLeases // leases to give back once Redis answers (owed.go)
 }
 
 // NewStore wraps a go-redis client (a *redis.Client, *redis.ClusterClient,
 // *redis.Ring or a Sentinel failover client). The Store does not own the
 // client: close it yourself after the last use of the Store.
 func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
-	o := storeOptions{prefix: "aside", opTimeout: 100 * time.Millisecond, breakerThreshold: 5, breakerCooldown: time.Second,
+	o := storeOptions{prefix: "aside", opTimeout: 100 * time.Millisecond, breakerThreshold: 5, breakerCooldown: 250 * time.Millisecond,
 		l1Lease: defaultLease}
 	for _, opt := range opts {
 		opt(&o)
@@ -61,6 +69,13 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	}
 	if o.opTimeout <= 0 {
 		return nil, fmt.Errorf("aside: op timeout must be > 0, got %v", o.opTimeout)
+	}
+	tolerance := defaultStallTolerance * o.opTimeout
+	if o.stallTolerance != nil {
+		tolerance = *o.stallTolerance
+	}
+	if tolerance < 0 {
+		return nil, fmt.Errorf("aside: stall tolerance must be >= 0, got %v", tolerance)
 	}
 	if o.breakerThreshold < 1 || o.breakerCooldown <= 0 {
 		return nil, fmt.Errorf("aside: breaker needs failures >= 1 and cooldown > 0, got %d and %v", o.breakerThreshold, o.breakerCooldown)
@@ -90,8 +105,8 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	if realClock {
 		o.clock = time.Now
 	}
-	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, profiles: profiles, observer: o.observer, logger: o.logger, tracer: o.tracer,
-		now: o.clock, realClock: realClock}
+	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, stallTolerance: tolerance, profiles: profiles, observer: o.observer, logger: o.logger, tracer: o.tracer,
+		now: o.clock, realClock: realClock, stopping: make(chan struct{})}
 	_, s.multiKey = rdb.(*redis.Client) // a single node or a Sentinel-managed master; not a Ring or a Cluster
 	s.bus = newBus(s, o.relaxedL1, o.l1Lease)
 	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
@@ -103,6 +118,9 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		}
 	})
 	s.breaker.now = o.clock // a test clock moves the cooldown too
+	if tolerance > 0 {
+		s.breaker.checkWeight = int32(min((tolerance+o.opTimeout-1)/o.opTimeout, math.MaxInt32))
+	}
 	return s, nil
 }
 
@@ -115,6 +133,9 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 // not close the Redis client.
 func (s *Store) Close() error {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.stopping)
+	}
 	s.closed = true
 	s.mu.Unlock()
 	// Before the bus stops: the replay tells the other Stores' L1 and waits for them.

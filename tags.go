@@ -84,33 +84,13 @@ func (s *Store) updateTagTokens(ctx context.Context, what string, tags []string,
 	if len(o.tags) == 0 {
 		return nil
 	}
-	msg := busMessage{Kind: busTags, Names: o.tags}
-	if !s.redisUp(ctx) {
-		s.bus.apply(msg) // read-your-writes, even now
-		s.pending.add(pendingTags(o.tags))
-		return ErrUnavailable
-	}
-	if err := s.replayFirst(ctx); err != nil { // in order: a process that only writes replays them too
-		s.pending.add(pendingTags(o.tags))
-		return fmt.Errorf("aside: %s: %w: %w", what, ErrUnavailable, err)
-	}
-	octx, cancel := s.opContext(ctx)
-	defer cancel()
 	// One command per tag: the tag keys live in different Cluster slots.
-	acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) {
-		for _, t := range o.tags {
-			cmd(p, octx, tagKey(s.prefix, t))
-		}
-	}, msg)
-	s.record(octx, err, nil, "")
-	if err != nil {
-		s.pending.add(pendingTags(o.tags)) // replayed as a hard invalidation
-		return fmt.Errorf("aside: %s: %w", what, err)
-	}
-	if err := acks.wait(ctx); err != nil {
-		return fmt.Errorf("aside: %s: %w", what, err)
-	}
-	return nil
+	return s.invalidateVia(ctx, what, nil, "", pendingTags(o.tags), busMessage{Kind: busTags, Names: o.tags},
+		func(octx context.Context, p redis.Pipeliner) {
+			for _, t := range o.tags {
+				cmd(p, octx, tagKey(s.prefix, t))
+			}
+		})
 }
 
 // ensureTokens reads the current tokens of tags before a load, creating a

@@ -36,6 +36,12 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 		if f := c.flightOf(token); f != nil {
 			return c.join(ctx, cl, f, src)
 		}
+		if !c.store.redisUp(ctx) {
+			// Nobody fills or releases a lease while the Store cannot
+			// reach Redis: served as a degraded caller, not left polling.
+			c.loadDegraded(ctx, cl.alone(), src)
+			return false
+		}
 		r, err := c.poll(ctx, cl.rk, cl.deadline)
 		switch {
 		case err != nil:
@@ -45,6 +51,8 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 		case r == nil:
 			c.budgetSpent(ctx, cl, src)
 			return false
+		case r.err != nil && isOutage(r.err) && c.rideOut(ctx, cl.alone(), r.err):
+			continue // Redis was slow, not dead: poll again
 		case r.err != nil && isOutage(r.err):
 			c.loadDegraded(ctx, cl.alone(), src)
 			return false

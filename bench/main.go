@@ -33,16 +33,21 @@ import (
 )
 
 var (
-	addr    = flag.String("addr", "127.0.0.1:6379", "Redis address (loopback only)")
-	repeats = flag.Int("repeats", 5, "repeats per measurement; the median is reported")
-	benchT  = flag.Duration("benchtime", 200*time.Millisecond, "time per repeat")
-	only    = flag.String("only", "", `run some sections only: "paths" (hit, miss, batch), "stampede", "freshness", "down" or "coherence"`)
-	counts  = flag.String("stores", "8", "coherence: numbers of Stores, comma-separated")
-	rate    = flag.Int("rate", 1000, "coherence: invalidations per second")
-	link    = flag.Duration("link", 250*time.Microsecond, "the delay a proxy adds to each request for the miss table over a slower link")
-	serve   = flag.Bool("serve-link", false, "run the delaying proxy only (the bench starts it as a process of its own)")
-	cluster = flag.String("cluster", "", "coherence: also on this Redis Cluster (comma-separated loopback addresses)")
-	prefix  = "asidebench" + strconv.FormatInt(time.Now().UnixNano()%1e9, 10)
+	addr        = flag.String("addr", "127.0.0.1:6379", "Redis address (loopback only)")
+	repeats     = flag.Int("repeats", 5, "repeats per measurement; the median is reported")
+	benchT      = flag.Duration("benchtime", 200*time.Millisecond, "time per repeat")
+	only        = flag.String("only", "", `run some sections only: "paths" (hit, miss, batch), "stampede", "freshness", "down", "coherence" or "liveness"`)
+	counts      = flag.String("stores", "8", "coherence: numbers of Stores, comma-separated")
+	rate        = flag.Int("rate", 1000, "coherence: invalidations per second")
+	link        = flag.Duration("link", 250*time.Microsecond, "the delay a proxy adds to each request for the miss table over a slower link")
+	serve       = flag.Bool("serve-link", false, "run the delaying proxy only (the bench starts it as a process of its own)")
+	cluster     = flag.String("cluster", "", "coherence: also on this Redis Cluster (comma-separated loopback addresses)")
+	liveRate    = flag.Int("live-rate", 1000, "liveness: requests per second")
+	liveDur     = flag.Duration("live-d", 8*time.Second, "liveness: length of each run")
+	liveFaults  = flag.String("live-faults", "none,stall,cpu", "liveness: faults, comma-separated (none, stall, cpu)")
+	liveOnly    = flag.String("live-variants", "", "liveness: variants to run, comma-separated (default: all)")
+	liveStallAt = flag.Duration("live-stall-at", 3*time.Second, "liveness: when the stall begins")
+	prefix      = "asidebench" + strconv.FormatInt(time.Now().UnixNano()%1e9, 10)
 )
 
 func instant() (user, error) { return sample, nil }
@@ -63,6 +68,10 @@ func main() {
 	}
 	if *serve {
 		serveLink()
+		return
+	}
+	if *only == "liveness" { // on redis-servers of its own: it stops them
+		liveness(context.Background())
 		return
 	}
 	ctx := context.Background()

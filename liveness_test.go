@@ -1,0 +1,347 @@
+package aside_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/asidecache/aside"
+	"github.com/asidecache/aside/asidetest"
+)
+
+// Liveness: every wait ends within a bound the user set, and nothing waits
+// on a party that has finished. These tests force what a Redis hiccup does
+// to a holder, a reader and a writer, each against its broken variant.
+
+// TestT22NoLeaseOutlivesItsLoad: A leases a key and loads it, but its fill
+// cannot reach Redis (A's connection is cut while it loads). A's lease
+// stays in Redis; once A reaches Redis again it gives the lease back, so B,
+// reading next, takes the key over at once instead of waiting its whole
+// wait budget on a lease that nobody will fill. Through every read path.
+func TestT22NoLeaseOutlivesItsLoad(t *testing.T) {
+	forEachPath(t, func(t *testing.T, p readPath) {
+		expectBroken(t, "B takes over the lease of a holder whose fill failed", func(broken bool) bool {
+			waited := holderFillFails(t, p, broken)
+			t.Logf("broken=%v: B waited %v", broken, waited)
+			return waited < 500*time.Millisecond
+		})
+	})
+}
+
+// TestT22RefreshLeaseOutlivesNoRefresh: the background refresh of a stale
+// entry leases it, loads, and cannot fill (its connection is cut while it
+// loads). Once it reaches Redis again it gives the refresh lease back, so
+// that the next reader's refresh — in another process — replaces the stale
+// value at once rather than after the lease expires.
+func TestT22RefreshLeaseOutlivesNoRefresh(t *testing.T) {
+	expectBroken(t, "the next refresh runs once the failed one's lease is given back", func(broken bool) bool {
+		took := refreshFillFails(t, broken)
+		t.Logf("broken=%v: the new value was read after %v", broken, took)
+		return took < 500*time.Millisecond
+	})
+}
+
+func refreshFillFails(t *testing.T, broken bool) time.Duration {
+	srv := miniredis.RunT(t)
+	px := asidetest.NewProxy(t, srv.Addr())
+	var offset atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	prof := aside.Profile{Name: "swr", TTL: time.Minute, StaleWindow: 10 * time.Minute, LoadTimeout: 2 * time.Second}
+	opts := []aside.StoreOption{aside.WithPrefix(uniquePrefix()), aside.WithProfiles(prof), aside.WithOpTimeout(50 * time.Millisecond),
+		aside.WithClock(now)}
+	sa, err := aside.NewStore(newClient(t, px.Addr()), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	sb, err := aside.NewStore(newClient(t, srv.Addr()), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	ca, _ := aside.New[int](sa, "items", aside.WithProfile("swr"))
+	cb, _ := aside.New[int](sb, "items", aside.WithProfile("swr"))
+	aside.SetTestHooks(ca, &aside.TestHooks{KeepOwedLeases: broken})
+	ctx, cancel := context.WithTimeout(bgCtx, 5*time.Second)
+	defer cancel()
+	if _, err := ca.Get(ctx, "k", func(context.Context) (int, error) { return 1, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := sa.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	offset.Store(int64(2 * time.Minute)) // stale: readers get 1 while one refresher reloads
+	cut := func(context.Context) (int, error) { px.SetDown(true); return 2, nil }
+	if v, err := ca.Get(ctx, "k", cut); err != nil || v != 1 {
+		t.Fatalf("A = %d, %v; want the stale 1", v, err)
+	}
+	if err := sa.Wait(ctx); err != nil { // A's refresh has loaded, and its fill failed
+		t.Fatal(err)
+	}
+	px.SetDown(false)
+	start := time.Now()
+	for time.Since(start) < time.Second { // the lease would end after 2 s
+		v, err := cb.Get(ctx, "k", func(context.Context) (int, error) { return 3, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == 3 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// holderFillFails runs T22's scenario and returns how long B's read took.
+func holderFillFails(t *testing.T, p readPath, broken bool) time.Duration {
+	srv := miniredis.RunT(t)
+	px := asidetest.NewProxy(t, srv.Addr())
+	prefix := uniquePrefix()
+	// A wait budget far longer than what the test accepts: only a lease
+	// given back lets B through in time.
+	prof := aside.Profile{Name: "slowload", TTL: time.Minute, LoadTimeout: 2 * time.Second}
+	opts := []aside.StoreOption{aside.WithPrefix(prefix), aside.WithProfiles(prof), aside.WithOpTimeout(50 * time.Millisecond)}
+	sa, err := aside.NewStore(newClient(t, px.Addr()), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	sb, err := aside.NewStore(newClient(t, srv.Addr()), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	ca, err := aside.New[int](sa, "items", aside.WithProfile("slowload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := aside.New[int](sb, "items", aside.WithProfile("slowload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	aside.SetTestHooks(ca, &aside.TestHooks{KeepOwedLeases: broken})
+	ctx, cancel := context.WithTimeout(bgCtx, 5*time.Second)
+	defer cancel()
+	cut := func(context.Context) (int, error) {
+		px.SetDown(true) // A's fill will not reach Redis
+		return 1, nil
+	}
+	if v, err := p.get(ctx, ca, "k", cut); err != nil || v != 1 {
+		t.Fatalf("A = %d, %v; want its own load", v, err)
+	}
+	if err := sa.Wait(ctx); err != nil { // A's fill has failed
+		t.Fatal(err)
+	}
+	px.SetDown(false) // A reaches Redis again
+	start := time.Now()
+	v, err := p.get(ctx, cb, "k", func(context.Context) (int, error) { return 2, nil })
+	waited := time.Since(start)
+	if err != nil || v != 2 {
+		t.Fatalf("B = %d, %v; want its own load (A's value was never stored)", v, err)
+	}
+	return waited
+}
+
+// TestT23StallRiddenOut: Redis stalls for about three op timeouts (every
+// request held back, then answered). A read of a cached key waits for
+// Redis — its first call times out, the check of that timeout is answered,
+// it reads again — instead of loading from the source: a stall costs
+// latency, not a trip to the database, and the breaker stays closed. Its
+// broken variant sends the read to the loader.
+func TestT23StallRiddenOut(t *testing.T) {
+	forEachPath(t, func(t *testing.T, p readPath) {
+		expectBroken(t, "a read during a stall is answered by Redis, not the loader", func(broken bool) bool {
+			loads, state := readDuringStall(t, p, broken)
+			t.Logf("broken=%v: %d loads during the stall, breaker %v", broken, loads, state)
+			return loads == 0 && state == aside.BreakerClosed
+		})
+	})
+}
+
+func readDuringStall(t *testing.T, p readPath, broken bool) (loads int32, state aside.BreakerState) {
+	srv := miniredis.RunT(t)
+	px := asidetest.NewProxy(t, srv.Addr())
+	const op = 50 * time.Millisecond
+	store, err := aside.NewStore(newClient(t, px.Addr()), aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(op))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	aside.SetStoreHooks(store, &aside.TestHooks{NoRideOut: broken})
+	c := newCache[int](t, store)
+	var n atomic.Int32
+	load := func(context.Context) (int, error) { n.Add(1); return 7, nil }
+	ctx, cancel := context.WithTimeout(bgCtx, 5*time.Second)
+	defer cancel()
+	if _, err := p.get(ctx, c, "k", load); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n.Store(0)
+	px.SetLatency(3 * op) // what is sent now is answered three op timeouts later
+	stall := time.AfterFunc(op+op/2, func() { px.SetLatency(0) })
+	defer stall.Stop()
+	v, err := p.get(ctx, c, "k", load)
+	if err != nil || v != 7 {
+		t.Fatalf("read during the stall = %d, %v; want 7", v, err)
+	}
+	return n.Load(), store.BreakerState()
+}
+
+// TestHungRedisStillCutOff: a Redis that answers nothing at all is still
+// taken for dead — the check of the first timeout goes unanswered and the
+// breaker opens — so that every read after costs microseconds, not an op
+// timeout, and is served by its loader.
+func TestHungRedisStillCutOff(t *testing.T) {
+	srv := miniredis.RunT(t)
+	px := asidetest.NewProxy(t, srv.Addr())
+	const op = 30 * time.Millisecond
+	store, err := aside.NewStore(newClient(t, px.Addr()), aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(op),
+		aside.WithBreaker(5, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	c := newCache[int](t, store)
+	load := func(context.Context) (int, error) { return 7, nil }
+	mustGet(t, c, "k", load)
+	px.SetBlackhole(true)
+	first := time.Now()
+	if v, err := c.Get(bgCtx, "k", load); err != nil || v != 7 {
+		t.Fatalf("Get on a hung Redis = %d, %v; want 7 from the loader", v, err)
+	}
+	// One op timeout, the check (slowLimit op timeouts), the read again
+	// is not sent: the breaker opened.
+	if d := time.Since(first); d > 8*op {
+		t.Errorf("the first read on a hung Redis took %v, want ≤ %v", d, 8*op)
+	}
+	if s := store.BreakerState(); s != aside.BreakerOpen {
+		t.Fatalf("breaker %v after a check went unanswered, want open", s)
+	}
+	start := time.Now()
+	for range 100 {
+		if v, err := c.Get(bgCtx, "k", load); err != nil || v != 7 {
+			t.Fatalf("Get = %d, %v", v, err)
+		}
+	}
+	if d := time.Since(start) / 100; d > time.Millisecond {
+		t.Errorf("a Get with the breaker open took %v on average, want µs", d)
+	}
+}
+
+// TestCommittedWriteNotReportedFailed: an invalidation that cannot reach
+// Redis is queued, and says so with one identity from its first failure
+// on — ErrQueued, which matches ErrUnavailable too — whether the breaker
+// has opened yet or not; Store.Write, whose write committed, returns nil
+// for it. A stall shorter than the check's limit delays an invalidation
+// without failing it.
+func TestCommittedWriteNotReportedFailed(t *testing.T) {
+	srv := miniredis.RunT(t)
+	px := asidetest.NewProxy(t, srv.Addr())
+	const op = 50 * time.Millisecond
+	store, err := aside.NewStore(newClient(t, px.Addr()), aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(op),
+		aside.WithBreaker(2, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	c := newCache[int](t, store)
+	write := func(context.Context) error { return nil }
+
+	px.SetLatency(3 * op) // a stall: answered three op timeouts late
+	stall := time.AfterFunc(op+op/2, func() { px.SetLatency(0) })
+	if err := c.Invalidate(bgCtx, "k"); err != nil {
+		t.Errorf("Invalidate during a stall = %v, want it to ride the stall out", err)
+	}
+	stall.Stop()
+	if n, _ := store.Pending(); n != 0 {
+		t.Errorf("%d invalidations queued after a stall, want 0", n)
+	}
+
+	px.SetDown(true)
+	for i := range 3 { // the first failure, then with the breaker open
+		err := c.Invalidate(bgCtx, "k")
+		if !errors.Is(err, aside.ErrQueued) || !errors.Is(err, aside.ErrUnavailable) {
+			t.Errorf("Invalidate #%d with Redis down = %v, want ErrQueued and ErrUnavailable", i+1, err)
+		}
+	}
+	if err := store.Write(bgCtx, write, c.Changed("k"), store.TagsChanged("t")); err != nil {
+		t.Errorf("Write whose write committed = %v, want nil (its invalidations are queued)", err)
+	}
+	if n, _ := store.Pending(); n == 0 {
+		t.Error("nothing queued while Redis is down")
+	}
+	failed := errors.New("write failed")
+	if err := store.Write(bgCtx, func(context.Context) error { return failed }, c.Changed("k")); !errors.Is(err, failed) {
+		t.Errorf("Write whose write failed = %v, want its error", err)
+	}
+}
+
+// TestT24PurgeRacingAFill: a load that began before Purge (it read the old
+// row) fills its entry while Purge's scan runs, just behind the scan: after
+// the scan listed the lease, before it unlinks it. Once Purge has returned,
+// a Get — in another Store — must not return that value. Its broken
+// variant scans once. Through every read path.
+func TestT24PurgeRacingAFill(t *testing.T) {
+	forEachPath(t, func(t *testing.T, p readPath) {
+		expectBroken(t, "no value loaded before Purge is read after it", func(broken bool) bool {
+			got := fillBehindPurge(t, p, broken)
+			t.Logf("broken=%v: read %d after Purge", broken, got)
+			return got == 2
+		})
+	})
+}
+
+func fillBehindPurge(t *testing.T, p readPath, broken bool) int {
+	srv := miniredis.RunT(t)
+	prefix := uniquePrefix()
+	sa, err := aside.NewStore(newClient(t, srv.Addr()), aside.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	sb, err := aside.NewStore(newClient(t, srv.Addr()), aside.WithPrefix(prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	ca, cb := newCache[int](t, sa), newCache[int](t, sb)
+	var row atomic.Int64
+	row.Store(1)
+	load := func(context.Context) (int, error) { return int(row.Load()), nil }
+	release, filled := make(chan struct{}), make(chan struct{})
+	var holdOnce, fillOnce, scanOnce sync.Once
+	aside.SetTestHooks(ca, &aside.TestHooks{
+		PurgeOnePass: broken,
+		BeforeFill:   func(string) { holdOnce.Do(func() { <-release }) },
+		AfterFill:    func(string) { fillOnce.Do(func() { close(filled) }) },
+		AfterPurgeScan: func() {
+			scanOnce.Do(func() { // the scan has listed the lease: the fill lands now
+				close(release)
+				<-filled
+			})
+		},
+	})
+	ctx, cancel := context.WithTimeout(bgCtx, 5*time.Second)
+	defer cancel()
+	if v, err := p.get(ctx, ca, "k", load); err != nil || v != 1 {
+		t.Fatalf("A = %d, %v; want 1", v, err)
+	}
+	row.Store(2) // every row updated, then Purge
+	if _, err := ca.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v, err := p.get(ctx, cb, "k", load)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
