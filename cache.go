@@ -64,7 +64,8 @@ var (
 	// this Store's own L1 at once, and replayed before this Store reads Redis
 	// again ([Store.Pending] counts it). Until the replay lands, other
 	// processes may serve the old value. Such an error also matches
-	// ErrUnavailable. [Store.Write] does not report it: the write committed.
+	// ErrUnavailable. From [Store.Write] it means that the write committed
+	// and only its invalidations are queued.
 	ErrQueued = errors.New("aside: invalidation queued for replay")
 )
 

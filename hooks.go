@@ -38,6 +38,8 @@ type testHooks struct {
 	UnconditionalFill bool // T1/T2: write a loaded value even if its lease was revoked
 	KeepLeaseOnError  bool // T6: a failed load keeps its lease; waiters sit out the budget
 	KeepOwedLeases    bool // T22: a lease whose fill or release did not reach Redis stays until it expires
+	LongLeases        bool // T25: leases live LoadTimeout and more, unrenewed: a dead or restored lease is waited on for seconds
+	NoLeaseRenewal    bool // T26: short leases are not renewed: a live holder of a long load loses its lease
 	TokensAfterLoad   bool // T4: read tag tokens after the load instead of before
 	Naive             bool // T3: plain cache-aside with one singleflight per key
 	JoinAnyResult     bool // T12: a joiner takes the flight's not-found without checking it
@@ -152,6 +154,8 @@ func (h *testHooks) unconditionalFill() bool { return h != nil && h.Unconditiona
 func (h *testHooks) naive() bool             { return h != nil && h.Naive }
 func (h *testHooks) keepLease() bool         { return h != nil && h.KeepLeaseOnError }
 func (h *testHooks) keepOwedLeases() bool    { return h != nil && h.KeepOwedLeases }
+func (h *testHooks) longLeases() bool        { return h != nil && h.LongLeases }
+func (h *testHooks) noLeaseRenewal() bool    { return h != nil && h.NoLeaseRenewal }
 func (h *testHooks) tokensAfterLoad() bool   { return h != nil && h.TokensAfterLoad }
 func (h *testHooks) joinAnyResult() bool     { return h != nil && h.JoinAnyResult }
 func (h *testHooks) budgetOnlyAcross() bool  { return h != nil && h.BudgetOnlyAcross }

@@ -273,12 +273,18 @@ func Later(changes func() []Change) Change {
 // invalidations, in that order, which is the order that keeps caches
 // correct. The invalidations run even when write fails, because a failed
 // write may still have committed (a timeout after COMMIT); a needless
-// invalidation costs one miss. It returns write's error, joined with any
-// invalidation errors other than [ErrQueued]: an invalidation that could
-// not reach Redis is queued and replayed (see ErrQueued), and is not a
-// failure of the write, which has committed — a handler that answers an
-// error to it tells its client that a committed write failed. Changes that depend on the write's result are
-// wrapped in [Later]:
+// invalidation costs one miss. Changes that depend on the write's result
+// are wrapped in [Later].
+//
+// It returns nil when the write and every invalidation succeeded: no Get
+// that starts afterwards, in any process, returns an old value. When write
+// fails, it returns write's error (unchanged, so callers can match their
+// own errors), joined with any invalidation error other than a queued one.
+// When write succeeded but an invalidation could not reach Redis, the
+// error matches [ErrQueued]: the write committed, the invalidation is
+// queued and replayed, and until then other processes may serve the old
+// value. A handler answers success to it, not a failure of a committed
+// write:
 //
 //	var p Product
 //	err := store.Write(ctx, func(ctx context.Context) (err error) {
@@ -287,6 +293,9 @@ func Later(changes func() []Change) Change {
 //	}, products.Changed(aside.Key(id)), aside.Later(func() []aside.Change {
 //		return []aside.Change{store.TagsChanged("category:" + p.Category)}
 //	}))
+//	if err != nil && !errors.Is(err, aside.ErrQueued) {
+//		return err // the write failed
+//	}
 func (s *Store) Write(ctx context.Context, write func(ctx context.Context) error, changes ...Change) error {
 	werr := write(ctx)
 	var errs []error
@@ -294,7 +303,9 @@ func (s *Store) Write(ctx context.Context, write func(ctx context.Context) error
 		if c.apply == nil {
 			continue
 		}
-		if err := c.apply(ctx); err != nil && !errors.Is(err, ErrQueued) {
+		// A failed write's queued invalidations are not reported: ErrQueued
+		// says that the write committed.
+		if err := c.apply(ctx); err != nil && (werr == nil || !errors.Is(err, ErrQueued)) {
 			errs = append(errs, err)
 		}
 	}

@@ -240,10 +240,11 @@ func TestHungRedisStillCutOff(t *testing.T) {
 // TestCommittedWriteNotReportedFailed: an invalidation that cannot reach
 // Redis is queued, and says so with one identity from its first failure
 // on — ErrQueued, which matches ErrUnavailable too — whether the breaker
-// has opened yet or not; Store.Write, whose write committed, returns nil
-// for it. A stall shorter than the check's limit delays an invalidation
-// without failing it.
-func TestCommittedWriteNotReportedFailed(t *testing.T) {
+// has opened yet or not. Store.Write returns ErrQueued when its write
+// committed, and the write's own error, never ErrQueued, when it failed. A
+// stall shorter than the stall tolerance delays an invalidation without
+// failing it.
+func TestCommittedWriteTellsItsQueuedInvalidations(t *testing.T) {
 	srv := miniredis.RunT(t)
 	px := asidetest.NewProxy(t, srv.Addr())
 	const op = 50 * time.Millisecond
@@ -273,15 +274,15 @@ func TestCommittedWriteNotReportedFailed(t *testing.T) {
 			t.Errorf("Invalidate #%d with Redis down = %v, want ErrQueued and ErrUnavailable", i+1, err)
 		}
 	}
-	if err := store.Write(bgCtx, write, c.Changed("k"), store.TagsChanged("t")); err != nil {
-		t.Errorf("Write whose write committed = %v, want nil (its invalidations are queued)", err)
+	if err := store.Write(bgCtx, write, c.Changed("k"), store.TagsChanged("t")); !errors.Is(err, aside.ErrQueued) {
+		t.Errorf("Write whose write committed = %v, want ErrQueued (its invalidations are queued)", err)
 	}
 	if n, _ := store.Pending(); n == 0 {
 		t.Error("nothing queued while Redis is down")
 	}
 	failed := errors.New("write failed")
-	if err := store.Write(bgCtx, func(context.Context) error { return failed }, c.Changed("k")); !errors.Is(err, failed) {
-		t.Errorf("Write whose write failed = %v, want its error", err)
+	if err := store.Write(bgCtx, func(context.Context) error { return failed }, c.Changed("k")); !errors.Is(err, failed) || errors.Is(err, aside.ErrQueued) {
+		t.Errorf("Write whose write failed = %v, want its error and not ErrQueued", err)
 	}
 }
 
@@ -344,4 +345,98 @@ func fillBehindPurge(t *testing.T, p readPath, broken bool) int {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// TestT25DeadHoldersLeaseExpiresSoon: A leases a key and its load runs on,
+// but A can no longer reach Redis (a partition, a process that died): it
+// cannot renew its lease, which then expires within about a second — not
+// after the profile's LoadTimeout — and B, which waits on it, takes the
+// key over. The same holds for a lease that a Redis restored from an older
+// snapshot brings back. Its broken variant gives a lease the whole
+// LoadTimeout and does not renew it.
+func TestT25DeadHoldersLeaseExpiresSoon(t *testing.T) {
+	requireReal(t) // miniredis expires keys only when told to
+	forEachPath(t, func(t *testing.T, p readPath) {
+		expectBroken(t, "B takes over a silent holder's lease within about a second", func(broken bool) bool {
+			waited := silentHolder(t, p, broken)
+			t.Logf("broken=%v: B waited %v", broken, waited)
+			return waited < 1500*time.Millisecond
+		})
+	})
+}
+
+func silentHolder(t *testing.T, p readPath, broken bool) time.Duration {
+	px := asidetest.NewProxy(t, realAddr)
+	prof := aside.Profile{Name: "slowload", TTL: time.Minute, LoadTimeout: 2 * time.Second}
+	opts := []aside.StoreOption{aside.WithPrefix(uniquePrefix()), aside.WithProfiles(prof), aside.WithOpTimeout(50 * time.Millisecond)}
+	sa, err := aside.NewStore(newClient(t, px.Addr()), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	sb, err := aside.NewStore(newClient(t, realAddr), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	ca, _ := aside.New[int](sa, "items", aside.WithProfile("slowload"))
+	cb, _ := aside.New[int](sb, "items", aside.WithProfile("slowload"))
+	aside.SetTestHooks(ca, &aside.TestHooks{LongLeases: broken})
+	aside.SetTestHooks(cb, &aside.TestHooks{LongLeases: broken})
+	loading := make(chan struct{})
+	var once sync.Once
+	go func() {
+		_, _ = p.get(bgCtx, ca, "k", func(ctx context.Context) (int, error) {
+			once.Do(func() { close(loading) })
+			<-ctx.Done() // runs until its LoadTimeout
+			return 0, ctx.Err()
+		})
+	}()
+	recv(t, loading, "A's load")
+	px.SetDown(true) // A falls silent: no renewal, no release
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(bgCtx, 5*time.Second)
+	defer cancel()
+	if v, err := p.get(ctx, cb, "k", func(context.Context) (int, error) { return 2, nil }); err != nil || v != 2 {
+		t.Fatalf("B = %d, %v", v, err)
+	}
+	return time.Since(start)
+}
+
+// TestT26LiveHolderKeepsItsLease: a load that takes several times a
+// lease's life keeps its lease — its holder renews it while the loader
+// runs — so that the callers waiting on it get its value, and the source
+// sees one load, not one per lease expiry. Its broken variant does not
+// renew.
+func TestT26LiveHolderKeepsItsLease(t *testing.T) {
+	requireReal(t) // miniredis expires keys only when told to
+	expectBroken(t, "one load however long it takes", func(broken bool) bool {
+		prof := aside.Profile{Name: "slowload", TTL: time.Minute, LoadTimeout: 5 * time.Second}
+		opts := []aside.StoreOption{aside.WithPrefix(uniquePrefix()), aside.WithProfiles(prof), aside.WithOpTimeout(50 * time.Millisecond)}
+		var loads atomic.Int32
+		load := func(context.Context) (int, error) {
+			loads.Add(1)
+			time.Sleep(2 * time.Second) // the lease lives 750 ms unless renewed
+			return 1, nil
+		}
+		errs := make(chan error, 2)
+		for range 2 {
+			store, err := aside.NewStore(newClient(t, realAddr), opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			c, _ := aside.New[int](store, "items", aside.WithProfile("slowload"))
+			aside.SetTestHooks(c, &aside.TestHooks{NoLeaseRenewal: broken})
+			go func() { _, err := c.Get(bgCtx, "k", load); errs <- err }()
+			time.Sleep(100 * time.Millisecond) // the first holds the lease
+		}
+		for range 2 {
+			if err := recv(t, errs, "a Get"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("broken=%v: %d loads", broken, loads.Load())
+		return loads.Load() == 1
+	})
 }

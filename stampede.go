@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,7 +24,7 @@ import (
 //	              waking the waiters
 //
 // Invalidate deletes both keys, which revokes entry and lease at once.
-const leaseSlack = 500 * time.Millisecond // lease TTL beyond LoadTimeout: time for the fill to arrive
+const leaseSlack = 500 * time.Millisecond // lease TTL beyond what a live holder needs: time for its fill to arrive
 
 // Replies of acquireScript and peekScript.
 const (
@@ -183,7 +184,9 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 		keys[i] = t.key
 	}
 	start := c.store.now()
+	stopRenewing := c.renewLeases(tasks)
 	outs := c.loadFrom(ctx, src, keys)
+	stopRenewing()
 	took := c.store.now().Sub(start)
 	for _, t := range tasks {
 		c.hooks.afterLoad(t.rk)
@@ -363,10 +366,70 @@ func (c *Cache[T]) releaseLater(rks, tokens []string) {
 	c.store.owe(rks, tokens, time.Now().Add(c.leaseTTL()))
 }
 
-// leaseTTL outlives the longest load, so that a live holder never loses its
-// lease, while a crashed holder's lease expires on its own.
+// leaseTTL is how long a lease lives unless its holder renews it. A holder
+// renews it while its loader runs (renewLeases), so a live holder keeps it
+// however long the load takes (up to LoadTimeout), while the lease of a
+// holder that died — or of one that finished long ago and that a Redis
+// restored from an older snapshot brought back — expires within about a
+// second, and its waiters take over: nobody waits on a lease that nobody
+// will fill. It outlives an op timeout and the stall tolerance, so that a
+// stall Redis is judged to survive does not expire live leases, and is
+// never longer than the load could make it need.
 func (c *Cache[T]) leaseTTL() time.Duration {
-	return c.profile.LoadTimeout + c.store.opTimeout + leaseSlack
+	s := c.store
+	loadLong := c.profile.LoadTimeout + s.opTimeout + leaseSlack
+	if c.hooks.longLeases() {
+		return loadLong // the broken variant: one lease for the whole load, as before renewals
+	}
+	return min(loadLong, max(s.opTimeout+s.stallTolerance+leaseSlack, 4*s.opTimeout))
+}
+
+// renewScript extends a lease while its token is still the one held.
+var renewScript = redis.NewScript(`
+if redis.call('HGET', KEYS[2], 't') == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 0`)
+
+// renewLeases keeps the tasks' leases alive while their load runs: every
+// quarter of the lease's life it extends them, in one round trip, unless the
+// load has ended. The returned stop ends the renewals and waits for one in
+// flight. A renewal that fails is not retried: the lease may then expire
+// and another caller load the key too (a duplicate load, never a stale
+// write: the fill is a compare-and-set on the token).
+func (c *Cache[T]) renewLeases(tasks []leaseTask[T]) (stop func()) {
+	ttl := c.leaseTTL()
+	if c.hooks.noLeaseRenewal() || c.hooks.longLeases() {
+		return func() {}
+	}
+	var mu sync.Mutex // protects stopped, and orders a renewal before stop returns
+	stopped := false
+	var timer *time.Timer
+	renew := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		rks := make([]string, len(tasks))
+		for i, t := range tasks {
+			rks[i] = t.rk
+		}
+		octx, cancel := c.store.detachedOpContext(context.Background())
+		_, err := c.store.evalEntries(octx, renewScript, rks, func(i int) []any { return []any{tasks[i].token, ttl.Milliseconds()} })
+		c.store.record(octx, err, &c.stats, c.name)
+		cancel()
+		timer.Reset(ttl / 4)
+	}
+	mu.Lock()
+	timer = time.AfterFunc(ttl/4, renew)
+	mu.Unlock()
+	return func() {
+		timer.Stop()
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+	}
 }
 
 // negativeEntry is the stored form of "the source has no such row", fresh

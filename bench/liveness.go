@@ -207,6 +207,9 @@ func asideService(name, addr string, db *source, opts ...aside.Option) service {
 				v, err = db.write(ctx, id)
 				return err
 			}, products.Changed(aside.Key(strconv.Itoa(id))))
+			if errors.Is(err, aside.ErrQueued) {
+				err = nil // committed; the invalidation is replayed (the README's handler)
+			}
 			return v, err
 		}}
 }

@@ -14,19 +14,25 @@ import (
 type breakage struct {
 	name, file, old, new string
 	faults               string // the faults that expose it
+	// full: run with the default workers and keys (the liveness of
+	// leases shows where readers wait on each other's keys) instead of the
+	// small, racy setup the safety breakages need.
+	full bool
 }
 
 var breakages = []breakage{
 	{"leases off: a fill ignores a revoked lease", "store.go",
-		"now: o.clock, realClock: realClock}", "now: o.clock, realClock: realClock, hooks: &testHooks{UnconditionalFill: true}}", "kill-writer"},
+		"now: o.clock, realClock: realClock, stopping: make(chan struct{})}", "now: o.clock, realClock: realClock, stopping: make(chan struct{}), hooks: &testHooks{UnconditionalFill: true}}", "kill-writer", false},
+	{"leases outlive their loads: not renewed, not given back", "store.go",
+		"now: o.clock, realClock: realClock, stopping: make(chan struct{})}", "now: o.clock, realClock: realClock, stopping: make(chan struct{}), hooks: &testHooks{LongLeases: true, KeepOwedLeases: true}}", "old-snapshot,blackhole", true},
 	{"replay queue dropped", "replay.go",
-		"func (q *replayQueue) add(ops []pendingOp) {", "func (q *replayQueue) add(ops []pendingOp) {\n\tops = nil", "stall"},
-	{"strict L1 off", "bus.go", "strict: !relaxed,", "strict: false,", "stop-reader,pubsub"},
+		"func (q *replayQueue) add(ops []pendingOp) {", "func (q *replayQueue) add(ops []pendingOp) {\n\tops = nil", "stall", false},
+	{"strict L1 off", "bus.go", "strict: !relaxed,", "strict: false,", "stop-reader,pubsub", false},
 }
 
 // TestBrokenLibraryFailsTheRun builds this command against copies of the
-// library with one protection taken out each — leases, the replay queue,
-// strict L1 — and runs it: the checker must fail every one (exit 1). A
+// library with one protection taken out each — leases, the liveness of
+// leases, the replay queue, strict L1 — and runs it: the checker must fail every one (exit 1). A
 // breakage shows in a race, so each gets a second run before the test
 // says the checker missed it. Needs redis-server and PostgreSQL.
 func TestBrokenLibraryFailsTheRun(t *testing.T) {
@@ -39,8 +45,11 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 			bin := buildBroken(t, b)
 			for try := 1; ; try++ {
 				var out bytes.Buffer
-				cmd := exec.Command(bin, "-d", "15s", "-every", "2s", "-workers", "3", "-writers", "1", "-keys", "20",
-					"-load-work", "3ms", "-faults", b.faults, "-db", db)
+				args := []string{"-d", "15s", "-every", "2s", "-workers", "3", "-writers", "1", "-keys", "20", "-load-work", "3ms"}
+				if b.full {
+					args = []string{"-d", "20s", "-every", "2s"}
+				}
+				cmd := exec.Command(bin, append(args, "-faults", b.faults, "-db", db)...)
 				cmd.Stdout, cmd.Stderr = &out, os.Stderr
 				err := cmd.Run()
 				var exit *exec.ExitError

@@ -21,7 +21,15 @@ type window struct {
 	Recovery   int64 // ns from the undo until every worker had a read answered through Redis again
 	Excused    bool  // Redis lost acknowledged writes: stale reads in it are what no cache could prevent
 	MayOverlap bool  // Redis failed, or a lease holder died or paused: loads may overlap
+	Slow       bool  // reads may outlast liveBound by design (see fault.slow)
 }
+
+// liveBound is the longest a read may take outside the faults that are
+// slow by design: an op timeout for its read, the stall tolerance for the
+// check of that timeout, an op timeout for its second read (100 + 400 +
+// 100 ms with the workers' settings), and 500 ms for its loader and a
+// loaded machine.
+const liveBound = 1100 * time.Millisecond
 
 // verdict is what the checker found in one span of time.
 type verdict struct {
@@ -47,6 +55,16 @@ type verdict struct {
 	// the lease's holder filled the key: without a lease by design, so
 	// reported, not a failure (they are not in Unleased).
 	WaitedOut int
+	// LostWaits counts, among WaitedOut, those outside the faults that make
+	// a lease's holder die or pause: a waiter on a lease that nobody would
+	// fill (a holder that had finished, or could not reach Redis). A
+	// liveness failure.
+	LostWaits int
+	// TooSlow counts reads that took longer than liveBound, outside the
+	// faults that are slow by design: a liveness failure. MaxMs is the
+	// slowest read.
+	TooSlow int
+	MaxMs   float64
 	// Excused counts stale reads that began in a window where Redis itself
 	// lost acknowledged writes (restored from an older snapshot).
 	Excused int
@@ -113,6 +131,11 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 				in.Excused = in.Excused || w.Excused
 				in.MayOverlap = in.MayOverlap || w.MayOverlap
 			}
+			// A read or load that began before a slow fault and was still
+			// running in it is slow by the fault too.
+			if t <= w.End+int64(liveBound) && t >= w.Start-int64(liveBound) {
+				in.Slow = in.Slow || w.Slow
+			}
 		}
 		if per[name] == nil {
 			per[name] = &verdict{StaleByTier: map[string]int{}}
@@ -148,6 +171,15 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 			total.Unleased++
 		}
 	}
+	// A worker's first second is its start-up (connections dialed, scripts
+	// loaded, eight processes starting on a few cores): not held to
+	// liveBound.
+	born := map[int]int64{}
+	for _, e := range events {
+		if e.T == "r" && (born[e.Worker] == 0 || e.Start < born[e.Worker]) {
+			born[e.Worker] = e.Start
+		}
+	}
 	perTick := map[int64]int{}
 	for _, e := range events {
 		if e.T == "l" {
@@ -166,6 +198,10 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 			if e.Tier == aside.OutcomeWaitTimeout.String() {
 				v.WaitedOut++
 				total.WaitedOut++
+				if _, in := at(e.Start); !in.Slow {
+					v.LostWaits++
+					total.LostWaits++
+				}
 			}
 		case "r":
 			v, in := at(e.Start)
@@ -173,6 +209,12 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 			total.Reads++
 			v.latencies = append(v.latencies, e.End-e.Start)
 			total.latencies = append(total.latencies, e.End-e.Start)
+			ms := float64(e.End-e.Start) / 1e6
+			v.MaxMs, total.MaxMs = max(v.MaxMs, ms), max(total.MaxMs, ms)
+			if e.End-e.Start > int64(liveBound) && !in.Slow && e.Start > born[e.Worker]+int64(time.Second) {
+				v.TooSlow++
+				total.TooSlow++
+			}
 			if e.Err != "" && failedLoad(e) {
 				v.BySource++
 				total.BySource++

@@ -30,7 +30,12 @@ type fault struct {
 	// (degraded loads are per process; leases are lost with Redis' data or
 	// evicted), or a lease holder dies or pauses (its waiters' budget ends).
 	mayOverlap bool
-	only       string // "single" or "cluster": the only deployment it applies to
+	// slow: reads may wait longer than the liveness bound (see
+	// liveBound) by design — a lease holder killed or paused (its waiters
+	// wait out their budget, T6), a worker paused (its own reads pause), a
+	// Cluster master lost (go-redis waits for the new topology).
+	slow bool
+	only string // "single" or "cluster": the only deployment it applies to
 }
 
 // restoredLife is how long an entry Redis brought back (from a snapshot, or
@@ -41,7 +46,7 @@ const restoredLife = 10 * time.Second
 
 // faults is every kind, in the order a run injects them (round robin).
 var faults = []fault{
-	{id: "kill-reader", mayOverlap: true, name: "SIGKILL a reader (loads in flight)", do: func(r *run) (func(), error) {
+	{id: "kill-reader", mayOverlap: true, slow: true, name: "SIGKILL a reader (loads in flight)", do: func(r *run) (func(), error) {
 		p := r.anyAlive("reader")
 		if p == nil {
 			return nil, nil
@@ -50,7 +55,7 @@ var faults = []fault{
 		_ = p.cmd.Wait() // sets ProcessState: the process is no longer picked
 		return func() { _, _ = r.spawn("reader") }, nil
 	}},
-	{id: "stop-reader", mayOverlap: true, name: "SIGSTOP a reader past its L1 lease", do: func(r *run) (func(), error) {
+	{id: "stop-reader", mayOverlap: true, slow: true, name: "SIGSTOP a reader past its L1 lease", do: func(r *run) (func(), error) {
 		p := r.anyAlive("reader")
 		if p == nil {
 			return nil, nil
@@ -135,7 +140,7 @@ var faults = []fault{
 			r.redis.kill()
 			return func() { r.restartRedis(snap) }, nil
 		}},
-	{id: "failover", only: "cluster", excused: true, mayOverlap: true, after: restoredLife,
+	{id: "failover", only: "cluster", excused: true, mayOverlap: true, slow: true, after: restoredLife,
 		name: "replica promoted (CLUSTER FAILOVER)",
 		do: func(r *run) (func(), error) {
 			ctx := context.Background()
@@ -150,7 +155,7 @@ var faults = []fault{
 			}
 			return func() {}, waitMaster(ctx, replica.port, 10*time.Second)
 		}},
-	{id: "kill-master", only: "cluster", excused: true, mayOverlap: true, after: restoredLife,
+	{id: "kill-master", only: "cluster", excused: true, mayOverlap: true, slow: true, after: restoredLife,
 		name: "a master SIGKILLed (its replica promoted), then restarted",
 		do: func(r *run) (func(), error) {
 			ctx := context.Background()

@@ -105,7 +105,8 @@ type result struct {
 }
 
 func (r result) held() bool {
-	return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 && r.total.Unleased == 0 && r.grew == 0 && r.undrained == 0
+	return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 && r.total.Unleased == 0 && r.grew == 0 && r.undrained == 0 &&
+		r.total.TooSlow == 0 && r.total.LostWaits == 0
 }
 
 type run struct {
@@ -227,7 +228,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	time.Sleep(every / 2) // warm-up: caches fill, L1 leases are taken
 	for i := 0; time.Since(started)+every < dur; i++ {
 		f := faults[i%len(faults)]
-		w := window{Name: f.name, Start: time.Now().UnixNano(), Excused: f.excused, MayOverlap: f.mayOverlap}
+		w := window{Name: f.name, Start: time.Now().UnixNano(), Excused: f.excused, MayOverlap: f.mayOverlap, Slow: f.slow}
 		undo, err := f.do(r)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "chaos: %s: %v\n", f.name, err)

@@ -44,6 +44,7 @@ func report(w io.Writer, cfg config, res result, per map[string]*verdict, window
 	}
 	fmt.Fprintf(w, "| **total** | %d | %s | %.1f ms | %s | %d | %d | %s |\n\n", total.Reads, staleCell(&total), total.MaxStaleMs, failedCell(&total), total.Loads, total.Duplicate, latencyCells(&total))
 	fmt.Fprintf(w, "Loads at peak: %d in 100 ms.\n\n", total.PeakLoads)
+	livenessTable(w, per, windows, events)
 	workerTable(w, ps)
 	fmt.Fprintf(w, "| fault | times | recovery — from the undo until the last read served degraded: median | max |\n|---|---|---|---|\n")
 	recoveries := map[string][]int64{}
@@ -76,11 +77,13 @@ func report(w io.Writer, cfg config, res result, per map[string]*verdict, window
 		}
 	}
 	fmt.Fprintf(w, "\nWorkers stopped cleanly: %d; with invalidations left in their replay queue after Close: %d.\n", stopped, res.undrained)
+	fmt.Fprintf(w, "\nLiveness: reads slower than %v outside the faults slow by design (a lease holder killed or paused, a Cluster master lost): %d; waiters whose budget ran out outside those faults (a lease nobody would fill): %d.\n",
+		liveBound, total.TooSlow, total.LostWaits)
 	fmt.Fprintf(w, "\nDuplicate loads outside the faults that lose leases (Redis stalled, restarted or evicting, a lease holder killed or paused): %d. Loads by callers whose wait budget ran out (no lease, nothing written, by design): %d.\n", total.Unleased, total.WaitedOut)
 	if !res.held() {
 		fmt.Fprintln(w, "\n**FAILED**: a guarantee the README makes was broken.")
 	} else {
-		fmt.Fprintln(w, "\nEvery guarantee held: no stale read, no failed read, nothing left stale, no load beside a lease, no worker growing, every replay queue drained.")
+		fmt.Fprintln(w, "\nEvery guarantee held: no stale read, no failed read, nothing left stale, no load beside a lease, no worker growing, every replay queue drained, no read past the liveness bound, no waiter on a lease nobody would fill.")
 	}
 }
 
@@ -125,4 +128,46 @@ func tiers(m map[string]int) string {
 	}
 	sort.Strings(parts)
 	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+// livenessTable shows, per window, the slowest read, the reads past the
+// liveness bound, the waiters whose budget ran out, and the database's
+// load: loads per second against the steady window's.
+func livenessTable(w io.Writer, per map[string]*verdict, windows []window, events []event) {
+	if len(events) == 0 {
+		return
+	}
+	span := map[string]time.Duration{}
+	var faulty time.Duration
+	for _, win := range windows {
+		d := time.Duration(win.End - win.Start)
+		span[win.Name] += d
+		faulty += d
+	}
+	span["steady"] = time.Duration(events[len(events)-1].End-events[0].End) - faulty
+	rate := func(n string) float64 {
+		if span[n] <= 0 {
+			return 0
+		}
+		return float64(per[n].Loads) / span[n].Seconds()
+	}
+	steady := 0.0
+	if per["steady"] != nil {
+		steady = rate("steady")
+	}
+	fmt.Fprintf(w, "| window | slowest read | reads past %v | waits run out (not by design) | loads/s | × steady |\n|---|---|---|---|---|---|\n", liveBound)
+	names := make([]string, 0, len(per))
+	for n := range per {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		v := per[n]
+		ratio := "—"
+		if steady > 0 {
+			ratio = fmt.Sprintf("%.1f", rate(n)/steady)
+		}
+		fmt.Fprintf(w, "| %s | %.0f ms | %d | %d of %d | %.0f | %s |\n", n, v.MaxMs, v.TooSlow, v.LostWaits, v.WaitedOut, rate(n), ratio)
+	}
+	fmt.Fprintln(w)
 }

@@ -129,6 +129,12 @@ func (s *server) putProduct(w http.ResponseWriter, r *http.Request) {
 		}
 		return []aside.Change{s.store.TagsChanged(categoryTag(old))}
 	}))
+	if errors.Is(err, aside.ErrQueued) {
+		// Committed: Redis could not be reached, the invalidations are
+		// queued and replayed; other processes may serve the old row until
+		// then. Not a failure to report to the client, who would retry.
+		err = nil
+	}
 	reply(w, p, err)
 }
 
