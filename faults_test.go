@@ -68,8 +68,10 @@ func TestBlackholedRedis(t *testing.T) {
 			t.Errorf("a request took %v; the op timeout is %v", d, opTimeout)
 		}
 	}
-	if p99 := after[len(after)*99/100]; p99 > time.Millisecond {
-		t.Errorf("with the breaker open p99 = %v, want ≤ 1 ms", p99)
+	// No Redis call: far below the op timeout (the loader answers at once;
+	// a bound of 1 ms failed beside two CPU-bound processes at 1.09 ms).
+	if p99 := after[len(after)*99/100]; p99 > opTimeout/5 {
+		t.Errorf("with the breaker open p99 = %v, want ≤ %v (no Redis call)", p99, opTimeout/5)
 	}
 	if ev.count(aside.EventBreakerOpen) == 0 {
 		t.Error("no breaker-open event")

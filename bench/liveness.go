@@ -148,7 +148,7 @@ func liveClient(addr string) *redis.Client {
 }
 
 // liveVariants are the services compared, in the order of the table.
-var liveVariants = []string{"no cache", "go-redis/cache", "aside", "aside + L1"}
+var liveVariants = []string{"no cache", "go-redis/cache", "aside", "aside + L1", "aside + L1 ×2"}
 
 // newService returns the variant name over the Redis at addr.
 func newService(name, addr string, db *source) service {
@@ -178,6 +178,22 @@ func newService(name, addr string, db *source) service {
 		return asideService(name, addr, db)
 	case "aside + L1":
 		return asideService(name, addr, db, aside.WithL1(10_000, time.Minute))
+	case "aside + L1 ×2":
+		// Two replicas of the service, each with its Store and its L1, the
+		// requests spread between them: a strict L1's invalidation waits
+		// for the other instance's acknowledgement.
+		a := asideService(name, addr, db, aside.WithL1(10_000, time.Minute))
+		b := asideService(name, addr, db, aside.WithL1(10_000, time.Minute))
+		var n atomic.Uint64
+		pick := func() service {
+			if n.Add(1)%2 == 0 {
+				return a
+			}
+			return b
+		}
+		return service{name: name, close: func() { a.close(); b.close() },
+			read:  func(ctx context.Context, id int) (product, error) { return pick().read(ctx, id) },
+			write: func(ctx context.Context, id int) (int64, error) { return pick().write(ctx, id) }}
 	}
 	return service{name: "no cache", read: db.read, write: db.write, close: func() {}}
 }
