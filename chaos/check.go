@@ -25,11 +25,13 @@ type window struct {
 }
 
 // liveBound is the longest a read may take outside the faults that are
-// slow by design: an op timeout for its read, the stall tolerance for the
-// check of that timeout, an op timeout for its second read (100 + 400 +
-// 100 ms with the workers' settings), and 500 ms for its loader and a
-// loaded machine.
-const liveBound = 1100 * time.Millisecond
+// slow by design: the longer of what a read waits for Redis — an op
+// timeout, the stall tolerance for the check of that timeout, an op
+// timeout for its second read: 600 ms with the workers' settings — and
+// what it waits on a lease whose holder fell silent (cut off, or stopped
+// with Redis) — the lease's life, 1 s, as it is not renewed — and 500 ms
+// for its own load on a loaded machine.
+const liveBound = 1500 * time.Millisecond
 
 // verdict is what the checker found in one span of time.
 type verdict struct {
