@@ -259,12 +259,12 @@ func (s service) handler() http.Handler {
 
 // liveResult is one variant's run under one fault.
 type liveResult struct {
-	variant, fault              string
-	sent, answered, noAnswer    int
-	errs, writesFailed, stale   int
-	dbReads                     int64
-	p50, p90, p99, p999, pmax   time.Duration
-	answeredPerSec, dbPerSteady float64
+	variant, fault            string
+	sent, answered, noAnswer  int
+	errs, writesFailed, stale int
+	dbReads                   int64
+	p50, p90, p99, p999, pmax time.Duration
+	answeredPerSec            float64
 }
 
 // zipf draws ids 1..liveRows, a few popular, most rare.
