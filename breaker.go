@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -234,11 +235,48 @@ func (s *Store) checkSlow(c *slowCheck) {
 	check := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.stallTolerance)
 		defer cancel()
-		s.breaker.checked(c, s.rdb.Ping(ctx).Err() == nil)
+		s.breaker.checked(c, s.answers(ctx))
 	}
 	if !s.goTracked(check) {
 		s.breaker.checked(c, false) // closed Store: nothing may outlive it; open as before
 	}
+}
+
+// answers reports whether Redis answers a PING before ctx ends. On a
+// Cluster the masters are asked at once, and one answer is enough: the
+// Store-wide breaker is for a Redis that is gone, and a stalled or lost
+// master costs the reads of its own slots their op timeouts, not every
+// master's keys a trip to the loaders. The masters are found through the
+// client's slot table (those of a sample of slots: ForEachMaster would
+// first reload the table from a node, maybe the stalled one).
+func (s *Store) answers(ctx context.Context) bool {
+	c, ok := s.rdb.(*redis.ClusterClient)
+	if !ok || s.hooks.oneBatch() {
+		return s.rdb.Ping(ctx).Err() == nil
+	}
+	masters := map[string]*redis.Client{}
+	for i := range 64 {
+		if m, err := c.MasterForKey(ctx, "{"+strconv.Itoa(i)+"}"); err == nil {
+			masters[m.Options().Addr] = m
+		}
+	}
+	if len(masters) == 0 {
+		return c.Ping(ctx).Err() == nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // the other masters' pings end with it (tracked: Close waits for them)
+	answered := make(chan bool, len(masters))
+	for _, m := range masters {
+		if !s.goTracked(func() { answered <- m.Ping(ctx).Err() == nil }) {
+			answered <- false
+		}
+	}
+	for range masters {
+		if <-answered {
+			return true
+		}
+	}
+	return false
 }
 
 // rideOut reports whether a call that failed with err should go to Redis

@@ -42,13 +42,18 @@ const batchReaders = 4
 type coalescer struct {
 	alone atomic.Int32 // reads sent on their own and not yet answered
 
-	mu      sync.Mutex
-	pending *readBatch // reads waiting to be sent together
+	mu sync.Mutex // protects pending and sent
+	// pending: the reads waiting to be sent together, by node — on a
+	// Cluster, the master of their keys, so that a batch waits for one
+	// server and a stalled master delays no read of another's keys; ""
+	// elsewhere, and for reads whose keys span masters.
+	pending map[string]*readBatch
 	sent    *readBatch // the last batch sent, until answered: only for the broken variant
 }
 
 // readBatch is a group of reads sent together.
 type readBatch struct {
+	node    string // its key in coalescer.pending
 	keys    []string
 	readers int
 	first   context.Context // its first reader's: the broken variant sends it on that
@@ -115,6 +120,7 @@ func (s *Store) sendAlone() bool {
 // joinBatch adds keys to the pending batch, starting one if none is
 // pending, and returns their answers (errs nil: ctx ended first).
 func (s *Store) joinBatch(ctx context.Context, keys ...string) reply {
+	node := s.nodeOf(ctx, keys) // before the lock: it may load the Cluster's slot table
 	co := &s.reads
 	co.mu.Lock()
 	if b := co.sent; b != nil && s.hooks.joinSentBatch() {
@@ -122,18 +128,21 @@ func (s *Store) joinBatch(ctx context.Context, keys ...string) reply {
 			return r
 		}
 	}
-	b := co.pending
+	b := co.pending[node]
 	first := b == nil
 	if first {
-		b = &readBatch{first: ctx, done: make(chan struct{})}
-		co.pending = b
+		b = &readBatch{node: node, first: ctx, done: make(chan struct{})}
+		if co.pending == nil {
+			co.pending = map[string]*readBatch{}
+		}
+		co.pending[node] = b
 	}
 	i := len(b.keys)
 	b.keys = append(b.keys, keys...)
 	b.readers++
 	full := b.readers == batchReaders
 	if full {
-		co.pending = nil // no one joins b from here on
+		delete(co.pending, node) // no one joins b from here on
 	}
 	co.mu.Unlock()
 	switch {
@@ -148,6 +157,29 @@ func (s *Store) joinBatch(ctx context.Context, keys ...string) reply {
 	return b.wait(ctx, i, len(keys))
 }
 
+// nodeOf returns the batch a read of keys joins: on a Cluster, the address
+// of their keys' master (its slot table is in memory: no round trip), or ""
+// when they span masters; "" on any other client.
+func (s *Store) nodeOf(ctx context.Context, keys []string) string {
+	c, ok := s.rdb.(*redis.ClusterClient)
+	if !ok || s.hooks.oneBatch() {
+		return ""
+	}
+	node := ""
+	for i, k := range keys {
+		m, err := c.MasterForKey(ctx, k)
+		if err != nil {
+			return ""
+		}
+		if addr := m.Options().Addr; i == 0 {
+			node = addr
+		} else if addr != node {
+			return ""
+		}
+	}
+	return node
+}
+
 // sendWhenReady sends b once the goroutines ready to run have had their
 // turn to join it — unless one of them filled it and sent it.
 func (s *Store) sendWhenReady(b *readBatch) {
@@ -155,9 +187,9 @@ func (s *Store) sendWhenReady(b *readBatch) {
 	s.hooks.beforeBatchClaim()
 	co := &s.reads
 	co.mu.Lock()
-	mine := co.pending == b
+	mine := co.pending[b.node] == b
 	if mine {
-		co.pending = nil
+		delete(co.pending, b.node)
 	}
 	co.mu.Unlock()
 	if mine {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/asidecache/aside"
 )
 
@@ -198,28 +200,29 @@ func TestT21NoReadSharedFromBeforeTheCaller(t *testing.T) {
 func TestABatchOutlivesACancelledReader(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		expectBroken(t, "a reader's cancellation fails no other reader", func(broken bool) bool {
-			store, _ := b.newStore(t)
+			store, rdb := b.newStore(t)
 			release := make(chan struct{})
 			h := &aside.TestHooks{BatchOnCaller: broken}
 			holdBatches(store, h, release)
 			c := newCache[int](t, store)
 			var loads atomic.Int64
 			load := func(context.Context) (int, error) { loads.Add(1); return 7, nil }
-			mustGet(t, c, "a", load)
-			mustGet(t, c, "b", load)
+			ka, kb := sameNodeKeys(t, rdb, c)
+			mustGet(t, c, ka, load)
+			mustGet(t, c, kb, load)
 			loads.Store(0)
 			h.BatchEveryRead = true
 
 			ctx, cancel := context.WithCancel(bgCtx)
 			defer cancel()
 			gaveUp := make(chan error, 1)
-			go func() { _, err := c.Get(ctx, "a", load); gaveUp <- err }()
+			go func() { _, err := c.Get(ctx, ka, load); gaveUp <- err }()
 			eventually(t, "the first reader pending", func() bool { return aside.PendingReads(store) == 1 })
 			other := make(chan error, 1)
 			go func() {
-				v, err := c.Get(bgCtx, "b", load)
+				v, err := c.Get(bgCtx, kb, load)
 				if err == nil && v != 7 {
-					err = fmt.Errorf("b = %d", v)
+					err = fmt.Errorf("%s = %d", kb, v)
 				}
 				other <- err
 			}()
@@ -239,6 +242,30 @@ func TestABatchOutlivesACancelledReader(t *testing.T) {
 			return loads.Load() == 0 && s.RedisErrors == 0 && store.BreakerState() == aside.BreakerClosed
 		})
 	})
+}
+
+// sameNodeKeys returns two keys of c whose entries one server holds: on a
+// Cluster, reads of different masters' keys go in different batches.
+func sameNodeKeys(t *testing.T, rdb redis.UniversalClient, c *aside.Cache[int]) (string, string) {
+	t.Helper()
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return "a", "b"
+	}
+	first := map[string]string{} // master → the first key found on it
+	for i := range 100 {
+		k := "k" + strconv.Itoa(i)
+		m, err := cc.MasterForKey(bgCtx, aside.EntryKey(c, k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other, ok := first[m.Options().Addr]; ok {
+			return other, k
+		}
+		first[m.Options().Addr] = k
+	}
+	t.Fatal("no two keys on one master")
+	return "", ""
 }
 
 // TestManyReadersOneBatchEach: 32 goroutines read 64 keys through Get

@@ -81,14 +81,15 @@ func DropPending(s *Store) {
 // StoreOf is the Store of c.
 func StoreOf[T any](c *Cache[T]) *Store { return c.store }
 
-// PendingReads is how many keys wait in s's pending read batch.
+// PendingReads is how many keys wait in s's pending read batches.
 func PendingReads(s *Store) int {
 	s.reads.mu.Lock()
 	defer s.reads.mu.Unlock()
-	if s.reads.pending == nil {
-		return 0
+	n := 0
+	for _, b := range s.reads.pending {
+		n += len(b.keys)
 	}
-	return len(s.reads.pending.keys)
+	return n
 }
 
 // LeaseFirstCall makes a read start with the lease script, as reads do

@@ -49,6 +49,7 @@ type testHooks struct {
 	NoFillWake        bool // T19: a fill that callers wait on does not announce itself; they learn of it by polling
 	JoinSentBatch     bool // T21: a read joins a batch already sent that reads its key, and takes its answer
 	BatchOnCaller     bool // a batch is sent on its first reader's context: that reader's cancellation fails the others' reads
+	OneBatch          bool // T27: on a Cluster, reads of every master share one batch: a stalled master delays the others' keys
 	OwnLeaseScript    bool // every miss sends its own lease script, none shares another's on the wire
 	ShareScriptHit    bool // a call that shares another's lease script takes its hit, read before it arrived
 	ShareLocalWait    bool // a call that shares another's lease script takes its WAIT on a flight of this process, and joins it
@@ -141,6 +142,7 @@ func (h *testHooks) afterBatchRead(keys []string) {
 func (h *testHooks) batchEveryRead() bool { return h != nil && h.BatchEveryRead }
 func (h *testHooks) joinSentBatch() bool  { return h != nil && h.JoinSentBatch }
 func (h *testHooks) batchOnCaller() bool  { return h != nil && h.BatchOnCaller }
+func (h *testHooks) oneBatch() bool       { return h != nil && h.OneBatch }
 
 func (h *testHooks) unorderedReplay() bool { return h != nil && h.UnorderedReplay }
 

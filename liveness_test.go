@@ -3,12 +3,14 @@ package aside_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/asidecache/aside"
 	"github.com/asidecache/aside/asidetest"
@@ -439,4 +441,149 @@ func TestT26LiveHolderKeepsItsLease(t *testing.T) {
 		t.Logf("broken=%v: %d loads", broken, loads.Load())
 		return loads.Load() == 1
 	})
+}
+
+// stallHook holds every command of one Cluster node while stalled: a
+// stalled master, as SIGSTOP makes one, for that node only.
+type stallHook struct {
+	addr    string
+	stalled *atomic.Bool
+}
+
+func (stallHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h stallHook) hold(ctx context.Context) error {
+	for h.stalled.Load() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (h stallHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := h.hold(ctx); err != nil {
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h stallHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if err := h.hold(ctx); err != nil {
+			for _, c := range cmds {
+				c.SetErr(err)
+			}
+			return err
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestT27StalledMasterCostsItsSlotsOnly: on a Cluster, one master stalls
+// while readers of every master's keys go on. Reads of the other masters'
+// keys stay fast — a coalesced batch waits for one master, never for the
+// stalled one's keys — and the breaker stays closed: the other masters
+// answer the check, so their keys stay on Redis. Its broken variant puts
+// the reads of every master in one batch and checks with one PING.
+func TestT27StalledMasterCostsItsSlotsOnly(t *testing.T) {
+	requireCluster(t)
+	expectBroken(t, "the other masters' reads are not held by a stalled master", func(broken bool) bool {
+		worst, opened := stalledMaster(t, broken)
+		t.Logf("broken=%v: slowest read of another master's keys %v, breaker opened %v", broken, worst, opened)
+		return worst < 50*time.Millisecond && !opened
+	})
+}
+
+func stalledMaster(t *testing.T, broken bool) (worst time.Duration, opened bool) {
+	const op = 100 * time.Millisecond
+	var stalled atomic.Bool
+	stalledAddr := ""
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: clusterAddrs, DisableIdentity: true, ContextTimeoutEnabled: true,
+		MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
+	defer rdb.Close()
+	keys := make([]string, 48)
+	for i := range keys {
+		keys[i] = "k" + strconv.Itoa(i)
+	}
+	var events atomic.Int32
+	store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(op),
+		aside.WithObserver(func(e aside.Event) {
+			if e.Kind == aside.EventBreakerOpen {
+				events.Add(1)
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	// Every read in a batch, and a batch waits 2 ms for readers to join it
+	// (as many readers on few cores make it do): batches fill up.
+	aside.SetStoreHooks(store, &aside.TestHooks{BatchEveryRead: true, OneBatch: broken,
+		BeforeBatchClaim: func() { time.Sleep(2 * time.Millisecond) }})
+	c := newCache[int](t, store)
+	load := func(context.Context) (int, error) { return 1, nil }
+	for _, k := range keys {
+		mustGet(t, c, k, load)
+	}
+	// The master of the first key stalls; the others' keys are read meanwhile.
+	var own, others []string
+	for _, k := range keys {
+		m, err := rdb.MasterForKey(bgCtx, aside.EntryKey(c, k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stalledAddr == "" {
+			stalledAddr = m.Options().Addr
+		}
+		if m.Options().Addr == stalledAddr {
+			own = append(own, k)
+		} else {
+			others = append(others, k)
+		}
+	}
+	if len(own) == 0 || len(others) == 0 {
+		t.Fatalf("keys on the stalled master %d, on the others %d", len(own), len(others))
+	}
+	_ = rdb.ForEachMaster(bgCtx, func(ctx context.Context, m *redis.Client) error {
+		if m.Options().Addr == stalledAddr {
+			m.AddHook(stallHook{addr: stalledAddr, stalled: &stalled})
+		}
+		return nil
+	})
+	stalled.Store(true)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	stop := time.Now().Add(time.Second)
+	for g := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			set := others
+			if g%3 == 0 {
+				set = own
+			}
+			for i := 0; time.Now().Before(stop); i++ {
+				k := set[(g+i)%len(set)]
+				start := time.Now()
+				if _, err := c.Get(bgCtx, k, load); err != nil {
+					t.Errorf("Get: %v", err)
+					return
+				}
+				if d := time.Since(start); g%3 != 0 {
+					mu.Lock()
+					worst = max(worst, d)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	stalled.Store(false)
+	return worst, events.Load() > 0
 }
