@@ -147,6 +147,10 @@ func liveClient(addr string) *redis.Client {
 	return redis.NewClient(&redis.Options{Addr: addr, DisableIdentity: true, ContextTimeoutEnabled: true, MaxRetries: -1})
 }
 
+// breakerOpened counts the times an aside Store's breaker opened in the
+// current run.
+var breakerOpened atomic.Int64
+
 // liveVariants are the services compared, in the order of the table.
 var liveVariants = []string{"no cache", "go-redis/cache", "aside", "aside + L1", "aside + L1 ×2"}
 
@@ -200,15 +204,16 @@ func newService(name, addr string, db *source) service {
 
 func asideService(name, addr string, db *source, opts ...aside.Option) service {
 	rdb := liveClient(addr)
-	var sopts []aside.StoreOption
-	if os.Getenv("LIVE_DEBUG") != "" {
-		t0 := time.Now()
-		sopts = append(sopts, aside.WithObserver(func(e aside.Event) {
-			if e.Kind == aside.EventBreakerOpen || e.Kind == aside.EventBreakerClosed || e.Err != nil && !strings.Contains(e.Err.Error(), "timeout") {
-				fmt.Fprintln(os.Stderr, time.Since(t0).Round(time.Millisecond), e.Kind, e.Err)
-			}
-		}))
-	}
+	t0 := time.Now()
+	debug := os.Getenv("LIVE_DEBUG") != ""
+	sopts := []aside.StoreOption{aside.WithObserver(func(e aside.Event) {
+		if e.Kind == aside.EventBreakerOpen {
+			breakerOpened.Add(1)
+		}
+		if debug && (e.Kind == aside.EventBreakerOpen || e.Kind == aside.EventBreakerClosed || e.Err != nil && !strings.Contains(e.Err.Error(), "timeout")) {
+			fmt.Fprintln(os.Stderr, time.Since(t0).Round(time.Millisecond), e.Kind, e.Err)
+		}
+	})}
 	store, err := aside.NewStore(rdb, append(sopts, aside.WithPrefix(prefix+"live"))...)
 	must(err)
 	products, err := aside.New[product](store, "product", append(opts, aside.WithProfile(aside.Master))...)
@@ -265,6 +270,7 @@ type liveResult struct {
 	dbReads                   int64
 	p50, p90, p99, p999, pmax time.Duration
 	answeredPerSec            float64
+	breaker                   string // times aside's breaker opened; "—" for the others
 }
 
 // zipf draws ids 1..liveRows, a few popular, most rare.
@@ -287,8 +293,8 @@ func liveness(ctx context.Context) {
 	fmt.Printf("\n## Liveness: an HTTP service under open-loop load\n\n")
 	fmt.Printf("%d requests/s for %v (open loop, vegeta), %d%% writes (a transaction, then the invalidation), Zipf-popular ids of %d rows; database: %s; Redis: a redis-server of its own per run; a request unanswered after %v counts as no answer. Faults: `stall` stops Redis for 300 ms (SIGSTOP) %v in; `cpu` runs two CPU-bound processes beside the service for the whole run. Stale: a read that began after a write of its row had answered, and returned an older version. DB reads: the loader's calls.\n\n",
 		rate, dur, 100/liveWriteOne, liveRows, dbName, liveTimeout, *liveStallAt)
-	fmt.Println("| fault | variant | answered/s | p50 | p90 | p99 | p99.9 | max | no answer | errors | committed writes reported failed | DB reads | stale reads |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| fault | variant | answered/s | p50 | p90 | p99 | p99.9 | max | no answer | errors | committed writes reported failed | DB reads | stale reads | breaker opened |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, fault := range strings.Split(*liveFaults, ",") {
 		for _, name := range liveVariants {
 			if *liveOnly != "" && !slices.Contains(strings.Split(*liveOnly, ","), name) {
@@ -299,8 +305,8 @@ func liveness(ctx context.Context) {
 				fmt.Fprintln(os.Stderr, "liveness:", fault, name, err)
 				continue
 			}
-			fmt.Printf("| %s | %s | %.0f | %v | %v | %v | %v | %v | %d | %d | %d | %d | %d |\n", r.fault, r.variant, r.answeredPerSec,
-				ms(r.p50), ms(r.p90), ms(r.p99), ms(r.p999), ms(r.pmax), r.noAnswer, r.errs, r.writesFailed, r.dbReads, r.stale)
+			fmt.Printf("| %s | %s | %.0f | %v | %v | %v | %v | %v | %d | %d | %d | %d | %d | %s |\n", r.fault, r.variant, r.answeredPerSec,
+				ms(r.p50), ms(r.p90), ms(r.p99), ms(r.p999), ms(r.pmax), r.noAnswer, r.errs, r.writesFailed, r.dbReads, r.stale, r.breaker)
 		}
 	}
 }
@@ -388,6 +394,7 @@ func liveRun(ctx context.Context, db *source, fault, variant string, rate int, d
 	}
 	runtime.GC()
 	db.reads.Store(0)
+	breakerOpened.Store(0)
 
 	ids := &zipfIDs{z: rand.NewZipf(rand.New(rand.NewPCG(7, 11)), 1.1, 4, liveRows-1)}
 	var n atomic.Int64
@@ -436,7 +443,12 @@ func liveRun(ctx context.Context, db *source, fault, variant string, rate int, d
 			fmt.Fprintf(os.Stderr, "%s %s at %v took %v code %d\n", r.Method, r.URL, r.Timestamp.Sub(t0).Round(time.Millisecond), r.Latency.Round(time.Millisecond), r.Code)
 		}
 	}
-	return summarize(variant, fault, results, db.reads.Load(), dur), nil
+	r := summarize(variant, fault, results, db.reads.Load(), dur)
+	r.breaker = "—"
+	if strings.HasPrefix(variant, "aside") {
+		r.breaker = strconv.FormatInt(breakerOpened.Load(), 10)
+	}
+	return r, nil
 }
 
 // summarize computes the row of a run: latencies of every request, answers,
