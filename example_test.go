@@ -225,3 +225,31 @@ func ExampleStore_Write() {
 	// 100
 	// 80 <nil>
 }
+
+// A write whose invalidation cannot reach Redis has still committed: its
+// error matches ErrQueued, the invalidation is replayed before this Store
+// reads Redis again, and the handler answers success.
+func ExampleErrQueued() {
+	srv, _ := miniredis.Run()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), DisableIdentity: true, ContextTimeoutEnabled: true, MaxRetries: -1})
+	defer rdb.Close()
+	store, _ := aside.NewStore(rdb)
+	prices, _ := aside.New[int](store, "price")
+	ctx := context.Background()
+
+	srv.Close() // Redis goes away
+	committed := false
+	err := store.Write(ctx, func(context.Context) error {
+		committed = true // the transaction commits
+		return nil
+	}, prices.Changed("sku-1"))
+	switch {
+	case errors.Is(err, aside.ErrQueued):
+		n, _ := store.Pending()
+		fmt.Println("committed:", committed, "- invalidations queued:", n)
+	case err != nil:
+		fmt.Println("the write failed:", err)
+	}
+	_ = store.Close() // tries the queued invalidations once more; Redis is still away
+	// Output: committed: true - invalidations queued: 1
+}
