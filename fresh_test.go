@@ -201,7 +201,11 @@ func xfetchRun(t *testing.T, p readPath, beta float64, cycles int) (loads int32,
 	var freshUntil atomic.Int64
 	load := func(context.Context) (int, error) {
 		freshUntil.Store(clk.now().Add(prof.TTL).UnixNano())
-		time.Sleep(20 * time.Millisecond) // δ: the recorded load time
+		// δ: the recorded load time. XFetch refreshes about δ·ln(reads in
+		// δ) before expiry — ~150 ms here — which must cover the refresh
+		// itself on a loaded machine: at 20 ms, 1 run in 4 missed reads
+		// beside one CPU-bound process (the refresh not back in time).
+		time.Sleep(40 * time.Millisecond)
 		return int(n.Add(1)), nil
 	}
 	mustGetVia(t, p, caches[0], "hot", load)
