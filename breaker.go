@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -226,76 +225,6 @@ func (s *Store) probe(ctx context.Context) {
 	default:
 		s.breaker.probed(true)
 	}
-}
-
-// checkSlow sends check c: a PING that may take the stall tolerance, in
-// the background. Redis that answers it is slow, not dead, and the breaker
-// stays closed.
-func (s *Store) checkSlow(c *slowCheck) {
-	check := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.stallTolerance)
-		defer cancel()
-		s.breaker.checked(c, s.answers(ctx))
-	}
-	if !s.goTracked(check) {
-		s.breaker.checked(c, false) // closed Store: nothing may outlive it; open as before
-	}
-}
-
-// answers reports whether Redis answers a PING before ctx ends. On a
-// Cluster the masters are asked at once, and one answer is enough: the
-// Store-wide breaker is for a Redis that is gone, and a stalled or lost
-// master costs the reads of its own slots their op timeouts, not every
-// master's keys a trip to the loaders. The masters are found through the
-// client's slot table (those of a sample of slots: ForEachMaster would
-// first reload the table from a node, maybe the stalled one).
-func (s *Store) answers(ctx context.Context) bool {
-	c, ok := s.rdb.(*redis.ClusterClient)
-	if !ok || s.hooks.oneBatch() {
-		return s.rdb.Ping(ctx).Err() == nil
-	}
-	masters := map[string]*redis.Client{}
-	for i := range 64 {
-		if m, err := c.MasterForKey(ctx, "{"+strconv.Itoa(i)+"}"); err == nil {
-			masters[m.Options().Addr] = m
-		}
-	}
-	if len(masters) == 0 {
-		return c.Ping(ctx).Err() == nil
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // the other masters' pings end with it (tracked: Close waits for them)
-	answered := make(chan bool, len(masters))
-	for _, m := range masters {
-		if !s.goTracked(func() { answered <- m.Ping(ctx).Err() == nil }) {
-			answered <- false
-		}
-	}
-	for range masters {
-		if <-answered {
-			return true
-		}
-	}
-	return false
-}
-
-// rideOut reports whether a call that failed with err should go to Redis
-// once more instead of to the loader: err is a timeout, and Redis answered
-// the check it started (see [breaker]) — a stall, a busy machine, not an
-// outage. It waits for that check's verdict (at most the stall tolerance) or for ctx. A stall of a few hundred milliseconds then costs
-// latency, and sends no burst of loads to the database.
-func (s *Store) rideOut(ctx context.Context, err error) bool {
-	if s.stallTolerance == 0 || !isTimeout(err) || ctx.Err() != nil || s.hooks.noRideOut() {
-		return false
-	}
-	if c := s.breaker.check.Load(); c != nil {
-		select {
-		case <-c.done:
-		case <-ctx.Done():
-			return false
-		}
-	}
-	return s.breaker.State() == BreakerClosed
 }
 
 // record is the one place where the outcome of a Redis call is recorded: in
