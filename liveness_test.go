@@ -56,16 +56,7 @@ func refreshFillFails(t *testing.T, broken bool) time.Duration {
 	prof := aside.Profile{Name: "swr", TTL: time.Minute, StaleWindow: 10 * time.Minute, LoadTimeout: 2 * time.Second}
 	opts := []aside.StoreOption{aside.WithPrefix(uniquePrefix()), aside.WithProfiles(prof), aside.WithOpTimeout(50 * time.Millisecond),
 		aside.WithClock(now)}
-	sa, err := aside.NewStore(newClient(t, px.Addr()), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sa.Close()
-	sb, err := aside.NewStore(newClient(t, srv.Addr()), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sb.Close()
+	sa, sb := storePair(t, px.Addr(), srv.Addr(), opts...)
 	ca, _ := aside.New[int](sa, "items", aside.WithProfile("swr"))
 	cb, _ := aside.New[int](sb, "items", aside.WithProfile("swr"))
 	aside.SetTestHooks(ca, &aside.TestHooks{KeepOwedLeases: broken})
@@ -100,6 +91,22 @@ func refreshFillFails(t *testing.T, broken bool) time.Duration {
 	return time.Since(start)
 }
 
+// storePair returns Store A on addrA (a proxy the test cuts) and Store B
+// on addrB, with the same options; both are closed when the test ends.
+func storePair(t *testing.T, addrA, addrB string, opts ...aside.StoreOption) (sa, sb *aside.Store) {
+	t.Helper()
+	var err error
+	if sa, err = aside.NewStore(newClient(t, addrA), opts...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sa.Close() })
+	if sb, err = aside.NewStore(newClient(t, addrB), opts...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sb.Close() })
+	return sa, sb
+}
+
 // holderFillFails runs T22's scenario and returns how long B's read took.
 func holderFillFails(t *testing.T, p readPath, broken bool) time.Duration {
 	srv := miniredis.RunT(t)
@@ -109,16 +116,7 @@ func holderFillFails(t *testing.T, p readPath, broken bool) time.Duration {
 	// given back lets B through in time.
 	prof := aside.Profile{Name: "slowload", TTL: time.Minute, LoadTimeout: 2 * time.Second}
 	opts := []aside.StoreOption{aside.WithPrefix(prefix), aside.WithProfiles(prof), aside.WithOpTimeout(50 * time.Millisecond)}
-	sa, err := aside.NewStore(newClient(t, px.Addr()), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sa.Close()
-	sb, err := aside.NewStore(newClient(t, srv.Addr()), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sb.Close()
+	sa, sb := storePair(t, px.Addr(), srv.Addr(), opts...)
 	ca, err := aside.New[int](sa, "items", aside.WithProfile("slowload"))
 	if err != nil {
 		t.Fatal(err)
@@ -371,16 +369,7 @@ func silentHolder(t *testing.T, p readPath, broken bool) time.Duration {
 	px := asidetest.NewProxy(t, realAddr)
 	prof := aside.Profile{Name: "slowload", TTL: time.Minute, LoadTimeout: 2 * time.Second}
 	opts := []aside.StoreOption{aside.WithPrefix(uniquePrefix()), aside.WithProfiles(prof), aside.WithOpTimeout(50 * time.Millisecond)}
-	sa, err := aside.NewStore(newClient(t, px.Addr()), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sa.Close()
-	sb, err := aside.NewStore(newClient(t, realAddr), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sb.Close()
+	sa, sb := storePair(t, px.Addr(), realAddr, opts...)
 	ca, _ := aside.New[int](sa, "items", aside.WithProfile("slowload"))
 	cb, _ := aside.New[int](sb, "items", aside.WithProfile("slowload"))
 	aside.SetTestHooks(ca, &aside.TestHooks{LongLeases: broken})
