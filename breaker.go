@@ -44,15 +44,17 @@ func (s BreakerState) String() string {
 //	half-open --probe answered--> closed   --probe failed--> open
 //	half-open --probe cut short--> open, due at once
 //
-// Slow is not dead. A timeout is what a 300 ms stall, a busy box or a GC
-// pause produce as much as a hung server; sending every read to the
+// Slow is not dead. A late answer is what a 300 ms stall, a busy box or a
+// GC pause produce as much as a hung server; sending every read to the
 // loaders for it moves the outage to the database, the thing the cache
-// protects. So a timeout starts a check — one PING allowed the stall
-// tolerance (WithStallTolerance; 4 op timeouts by default), one at a
-// time — and the breaker opens only if that goes unanswered too. The reads that timed out meanwhile wait for the verdict
-// and, Redis having answered, read again (rideOut). An error that says the
-// server is gone (refused, reset, closed) counts towards the threshold,
-// which opens the breaker at once, as a failed check does.
+// protects. So every call waits for its answer for the op timeout and the
+// stall tolerance (WithStallTolerance; 4 op timeouts by default), on the
+// connection it was sent on (opContext), and one that times out even so
+// starts a check — one PING allowed the op timeout, one at a time — and the
+// breaker opens only if that goes unanswered too (on a Cluster, if no
+// master answers it: a stalled master costs its own keys only). An error
+// that says the server is gone (refused, reset, closed) counts towards the
+// threshold, which opens the breaker at once, as a failed check does.
 //
 // The probe is a PING on a context of the Store's, sent by the first caller
 // after the cooldown: no caller's cancellation can cut it short, so the
@@ -212,7 +214,7 @@ func (s *Store) probe(ctx context.Context) {
 	if s.hooks.callerProbe() {
 		pctx = ctx
 	}
-	octx, cancel := s.opContext(pctx)
+	octx, cancel := s.quickContext(pctx)
 	defer cancel()
 	err := s.rdb.Ping(octx).Err()
 	switch {

@@ -18,9 +18,30 @@ import (
 // fall in the same millisecond share one channel, closed by one timer.
 
 // opContext derives the context of one Redis call: the caller's values,
-// with a deadline no later than the op timeout.
+// with a deadline no later than the call timeout — the op timeout and the
+// stall tolerance. A call that Redis answers late (a stall, a busy
+// machine) is answered on the connection it was sent on, in its turn:
+// abandoning it at the op timeout would close that connection (go-redis
+// closes one whose read timed out) and send the call again, after the
+// stall, behind every other call's, on a new one.
 func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	d := time.Now().Add(s.opTimeout)
+	if s.hooks.cutAtOpTimeout() {
+		return s.contextWithin(ctx, s.opTimeout) // the broken variant: no call waits out a stall
+	}
+	return s.contextWithin(ctx, s.opTimeout+s.stallTolerance)
+}
+
+// quickContext is opContext for a question to a Redis that is in doubt —
+// the breaker's probe, the check of a timeout: it is answered within the
+// op timeout or taken as unanswered.
+func (s *Store) quickContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return s.contextWithin(ctx, s.opTimeout)
+}
+
+// contextWithin derives a call's context with a deadline no later than
+// timeout from now.
+func (s *Store) contextWithin(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	d := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && !dl.After(d) || ctx.Err() != nil {
 		return ctx, noCancel // the caller's own deadline comes first, or it has given up already
 	}
@@ -33,10 +54,10 @@ func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelF
 	return o, noCancel
 }
 
-// opCtx is the caller's context with the op timeout as its deadline. Done
+// opCtx is the caller's context with the call's timeout as its deadline. Done
 // closes at the deadline (within a millisecond after it), not when the
 // caller cancels: a call whose caller gives up while it waits for a
-// connection goes on for the op timeout at most, where a channel of its own
+// connection goes on for its timeout at most, where a channel of its own
 // per call would cost what the shared one saves. A caller that has given
 // up before the call gets no opCtx (the call ends at once), Err reports a
 // cancellation at once, and aside's own waits are on the caller's context.
@@ -83,7 +104,7 @@ func (s *Store) detachedOpContext(ctx context.Context) (context.Context, context
 const deadlineTick = time.Millisecond
 
 // deadlines hands out channels that close at the end of a tick, one per
-// tick, kept in a ring: deadlines are the op timeout from now, so the ticks
+// tick, kept in a ring: deadlines are a call's timeout from now, so the ticks
 // asked for move forward together and a slot is reused long after its tick
 // has passed. A slot taken over by another tick only costs a second
 // channel for a late asker; each channel still closes at its own tick.

@@ -136,9 +136,9 @@ func TestMiniredisOutageServedByLoader(t *testing.T) {
 }
 
 // TestSlowRedisBoundedByOpTimeout: against a Redis slower than every
-// bound, a Get waits one op timeout for its read (and with the default
-// stall tolerance, the check of that timeout too) and is then served by its
-// loader.
+// bound, a Get waits one call's timeout for its read (the op timeout, and
+// with the default stall tolerance 4 op timeouts more) and is then served
+// by its loader.
 func TestSlowRedisBoundedByOpTimeout(t *testing.T) {
 	const op = 50 * time.Millisecond
 	for _, tc := range []struct {
@@ -148,8 +148,8 @@ func TestSlowRedisBoundedByOpTimeout(t *testing.T) {
 	}{
 		// One read and one write, each cut at the op timeout.
 		{"no stall tolerance", []aside.StoreOption{aside.WithStallTolerance(0)}, 250 * time.Millisecond},
-		// The read, the check (4 op timeouts), no second read: the check
-		// opened the breaker.
+		// The read, waiting out what could have been a stall (4 op
+		// timeouts), then the loader; the fill is not sent (no lease).
 		{"default stall tolerance", nil, 5*op + 100*time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

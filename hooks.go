@@ -79,7 +79,7 @@ type testHooks struct {
 	CounterTokens  bool   // T5: tag tokens are counters, which eviction can make valid again
 	PurgeOnePass   bool   // T24: Purge scans once: a fill that lands behind the scan survives it
 	AfterPurgeScan func() // after each SCAN of a Purge, before its UNLINKs
-	NoRideOut      bool   // T23: a read that timed out goes to its loader, whether Redis is slow or dead
+	CutAtOpTimeout bool   // T23: every Redis call ends at the op timeout: none waits out a stall
 	CallerProbe    bool   // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
 	CallerDone     bool   // an op context's Done is the caller's: dials and pool waits outlast the op timeout
 	CountEachRead  bool   // every Redis read of a call counts an outcome: a waited miss is a hit as well
@@ -201,10 +201,10 @@ func (h *testHooks) subscribeVia() redis.UniversalClient {
 	}
 	return h.SubscribeVia
 }
-func (h *testHooks) counterTokens() bool { return h != nil && h.CounterTokens }
-func (h *testHooks) callerProbe() bool   { return h != nil && h.CallerProbe }
-func (h *testHooks) noRideOut() bool     { return h != nil && h.NoRideOut }
-func (h *testHooks) purgeOnePass() bool  { return h != nil && h.PurgeOnePass }
+func (h *testHooks) counterTokens() bool  { return h != nil && h.CounterTokens }
+func (h *testHooks) callerProbe() bool    { return h != nil && h.CallerProbe }
+func (h *testHooks) cutAtOpTimeout() bool { return h != nil && h.CutAtOpTimeout }
+func (h *testHooks) purgeOnePass() bool   { return h != nil && h.PurgeOnePass }
 
 func (h *testHooks) afterPurgeScan() {
 	if h != nil && h.AfterPurgeScan != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -57,11 +56,10 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, what string, keys []strin
 
 // invalidateVia is the one way an invalidation reaches Redis: it replays
 // the queued ones first (in order), then runs writes and tells every
-// Store's L1 (msg), and waits for their acknowledgements. A timeout is
-// tried again while the breaker takes Redis for slow, not dead (for the
-// stall tolerance in all): a stall of a few hundred milliseconds delays an
-// invalidation, it does not fail it. What cannot reach Redis is queued
-// (ops) and returned as a [queuedError].
+// Store's L1 (msg), and waits for their acknowledgements. Its call waits
+// out a stall as every call does (opContext): a stall shorter than the
+// stall tolerance delays an invalidation, it does not fail it. What cannot
+// reach Redis is queued (ops) and returned as a [queuedError].
 func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, cache string, ops []pendingOp,
 	msg busMessage, writes func(octx context.Context, p redis.Pipeliner)) error {
 	if !s.redisUp(ctx) {
@@ -74,26 +72,22 @@ func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, ca
 		s.pending.add(ops)
 		return &queuedError{what: what, cause: err}
 	}
-	giveUp := time.Now().Add(s.stallTolerance)
-	for {
-		octx, cancel := s.opContext(ctx)
-		acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) { writes(octx, p) }, msg)
-		s.record(octx, err, st, cache)
-		cancel()
-		if err == nil {
-			if err := acks.wait(ctx); err != nil {
-				return fmt.Errorf("aside: %s: %w", what, err)
-			}
-			return nil
-		}
-		if !isOutage(err) { // an error reply (NOPERM, OOM): the server refused this command
-			s.pending.add(ops)
+	octx, cancel := s.opContext(ctx)
+	acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) { writes(octx, p) }, msg)
+	s.record(octx, err, st, cache)
+	cancel()
+	switch {
+	case err == nil:
+		if err := acks.wait(ctx); err != nil {
 			return fmt.Errorf("aside: %s: %w", what, err)
 		}
-		if !isTimeout(err) || ctx.Err() != nil || time.Now().After(giveUp) || !s.redisUp(ctx) {
-			s.pending.add(ops) // it may or may not have run: deleting again is harmless
-			return &queuedError{what: what, cause: err}
-		}
+		return nil
+	case !isOutage(err): // an error reply (NOPERM, OOM): the server refused this command
+		s.pending.add(ops)
+		return fmt.Errorf("aside: %s: %w", what, err)
+	default:
+		s.pending.add(ops) // it may or may not have run: deleting again is harmless
+		return &queuedError{what: what, cause: err}
 	}
 }
 

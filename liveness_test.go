@@ -148,58 +148,93 @@ func holderFillFails(t *testing.T, p readPath, broken bool) time.Duration {
 	return waited
 }
 
-// TestT23StallRiddenOut: Redis stalls for about three op timeouts (every
-// request held back, then answered). A read of a cached key waits for
-// Redis — its first call times out, the check of that timeout is answered,
-// it reads again — instead of loading from the source: a stall costs
-// latency, not a trip to the database, and the breaker stays closed. Its
-// broken variant sends the read to the loader.
-func TestT23StallRiddenOut(t *testing.T) {
+// TestT23StallWaitedOut: Redis stalls for three op timeouts (every request
+// held back, then answered). A read of a cached key and a read of a missing
+// one, sent at once, wait for Redis on the connections they were sent on:
+// the cached key is served by Redis, the missing one loaded once and filled
+// (a read after is a hit), no connection is closed and dialled again, and
+// the breaker stays closed — a stall costs latency, not a trip to the
+// database. Its broken variant ends every call at the op timeout: both
+// reads go to their loaders, and the timed-out connections are replaced.
+func TestT23StallWaitedOut(t *testing.T) {
 	forEachPath(t, func(t *testing.T, p readPath) {
-		expectBroken(t, "a read during a stall is answered by Redis, not the loader", func(broken bool) bool {
-			loads, state := readDuringStall(t, p, broken)
-			t.Logf("broken=%v: %d loads during the stall, breaker %v", broken, loads, state)
-			return loads == 0 && state == aside.BreakerClosed
+		expectBroken(t, "reads during a stall are answered by Redis, on their connections", func(broken bool) bool {
+			r := readsDuringStall(t, p, broken)
+			t.Logf("broken=%v: %+v", broken, r)
+			return r.cachedLoads == 0 && r.missingLoads == 1 && r.dials == 0 && r.state == aside.BreakerClosed
 		})
 	})
 }
 
-func readDuringStall(t *testing.T, p readPath, broken bool) (loads int32, state aside.BreakerState) {
+type stallOutcome struct {
+	cachedLoads, missingLoads int32 // during the stall, and a read after it for the missing key
+	dials                     uint32
+	state                     aside.BreakerState
+}
+
+func readsDuringStall(t *testing.T, p readPath, broken bool) stallOutcome {
 	srv := miniredis.RunT(t)
 	px := asidetest.NewProxy(t, srv.Addr())
 	const op = 50 * time.Millisecond
-	store, err := aside.NewStore(newClient(t, px.Addr()), aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(op))
+	rdb := newClient(t, px.Addr())
+	store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(op))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	aside.SetStoreHooks(store, &aside.TestHooks{NoRideOut: broken})
+	aside.SetStoreHooks(store, &aside.TestHooks{CutAtOpTimeout: broken})
 	c := newCache[int](t, store)
-	var n atomic.Int32
-	load := func(context.Context) (int, error) { n.Add(1); return 7, nil }
+	var cached, missing atomic.Int32
+	loadCached := func(context.Context) (int, error) { cached.Add(1); return 7, nil }
+	loadMissing := func(context.Context) (int, error) { missing.Add(1); return 8, nil }
 	ctx, cancel := context.WithTimeout(bgCtx, 5*time.Second)
 	defer cancel()
-	if _, err := p.get(ctx, c, "k", load); err != nil {
-		t.Fatal(err)
+	// Two connections in the pool, warm, so that the two reads need no dial.
+	var warm sync.WaitGroup
+	for _, k := range []string{"k", "warm"} {
+		warm.Go(func() {
+			if _, err := p.get(ctx, c, k, loadCached); err != nil {
+				t.Error(err)
+			}
+		})
 	}
+	warm.Wait()
 	if err := store.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	n.Store(0)
+	cached.Store(0)
+	dialled := rdb.PoolStats().Misses
 	px.SetLatency(3 * op) // what is sent now is answered three op timeouts later
 	stall := time.AfterFunc(op+op/2, func() { px.SetLatency(0) })
 	defer stall.Stop()
-	v, err := p.get(ctx, c, "k", load)
-	if err != nil || v != 7 {
-		t.Fatalf("read during the stall = %d, %v; want 7", v, err)
+	var reads sync.WaitGroup
+	for k, want := range map[string]int{"k": 7, "m": 8} {
+		load := loadCached
+		if k == "m" {
+			load = loadMissing
+		}
+		reads.Go(func() {
+			if v, err := p.get(ctx, c, k, load); err != nil || v != want {
+				t.Errorf("read of %s during the stall = %d, %v; want %d", k, v, err, want)
+			}
+		})
 	}
-	return n.Load(), store.BreakerState()
+	reads.Wait()
+	r := stallOutcome{cachedLoads: cached.Load(), dials: rdb.PoolStats().Misses - dialled, state: store.BreakerState()}
+	if err := store.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := p.get(ctx, c, "m", loadMissing); err != nil || v != 8 {
+		t.Errorf("read of m after the stall = %d, %v; want 8", v, err)
+	}
+	r.missingLoads = missing.Load()
+	return r
 }
 
 // TestHungRedisStillCutOff: a Redis that answers nothing at all is still
 // taken for dead — the check of the first timeout goes unanswered and the
-// breaker opens — so that every read after costs microseconds, not an op
-// timeout, and is served by its loader.
+// breaker opens — so that every read after costs microseconds, not a
+// call's timeout, and is served by its loader.
 func TestHungRedisStillCutOff(t *testing.T) {
 	srv := miniredis.RunT(t)
 	px := asidetest.NewProxy(t, srv.Addr())
@@ -218,14 +253,14 @@ func TestHungRedisStillCutOff(t *testing.T) {
 	if v, err := c.Get(bgCtx, "k", load); err != nil || v != 7 {
 		t.Fatalf("Get on a hung Redis = %d, %v; want 7 from the loader", v, err)
 	}
-	// One op timeout, the check (slowLimit op timeouts), the read again
-	// is not sent: the breaker opened.
-	if d := time.Since(first); d > 8*op {
-		t.Errorf("the first read on a hung Redis took %v, want ≤ %v", d, 8*op)
+	// The call's timeout: the op timeout and the stall tolerance (4 op
+	// timeouts). The check it starts ends within one more op timeout.
+	if d := time.Since(first); d > 7*op {
+		t.Errorf("the first read on a hung Redis took %v, want ≤ %v", d, 7*op)
 	}
-	if s := store.BreakerState(); s != aside.BreakerOpen {
-		t.Fatalf("breaker %v after a check went unanswered, want open", s)
-	}
+	eventuallyWithin(t, 3*op, "the breaker opening after its check went unanswered", func() bool {
+		return store.BreakerState() == aside.BreakerOpen
+	})
 	start := time.Now()
 	for range 100 {
 		if v, err := c.Get(bgCtx, "k", load); err != nil || v != 7 {

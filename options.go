@@ -72,9 +72,11 @@ type storeOptions struct {
 // applications can share one Redis. Default: "aside".
 func WithPrefix(p string) StoreOption { return func(o *storeOptions) { o.prefix = p } }
 
-// WithOpTimeout bounds every single Redis call, independently of the
-// caller's context: when Redis is slow or unreachable a request waits at
-// most this long before it is served by the loader. Default: 100 ms.
+// WithOpTimeout sets how long Redis normally takes, at most, to answer one
+// call. A call waits this long and the stall tolerance
+// ([WithStallTolerance]) for its answer, independently of the caller's
+// context, before its request is served by the loader; the breaker's probe
+// and the check of a timeout wait this long only. Default: 100 ms.
 //
 // go-redis applies a context deadline to socket reads only when the client
 // has ContextTimeoutEnabled; [NewStore] therefore rejects a client whose read
@@ -98,19 +100,20 @@ func WithBreaker(failures int, cooldown time.Duration) StoreOption {
 	return func(o *storeOptions) { o.breakerThreshold, o.breakerCooldown = failures, cooldown }
 }
 
-// WithStallTolerance sets how long Redis may stall before it is taken for
-// dead. A Redis call that times out starts a check: one PING that may take
-// d. While it runs, reads wait for its verdict instead of going to their
-// loaders, and those whose call timed out read again once Redis answers
-// it; invalidations are tried again within d. So a stall shorter than d (a
-// busy server, a failover, a fork for a snapshot, a loaded machine) costs
-// latency — at most the op timeout, d and one more op timeout for a read —
-// and sends no burst of loads to the database. A check left unanswered
-// counts as d's worth of op timeouts towards the breaker's threshold
-// ([WithBreaker]), which opens it: a hung Redis is cut off within an op
-// timeout and d. 0 turns checks off: a read whose call timed out goes to
-// its loader at once, and timeouts count towards the threshold one by one.
-// Must be >= 0. Default: 4 op timeouts (400 ms).
+// WithStallTolerance sets how long a Redis call waits, beyond the op
+// timeout, for an answer that is late: every call (a read, a lease, a
+// fill, an invalidation) waits for the op timeout and d on the connection
+// it was sent on. So a stall shorter than d (a busy server, a failover, a
+// fork for a snapshot, a loaded machine) costs latency — each call's
+// answer comes when Redis resumes, in its turn — and sends no burst of
+// loads to the database, fails no invalidation and closes no connection.
+// A call that times out even so starts a check: one PING allowed the op
+// timeout; left unanswered, it counts as d's worth of op timeouts towards
+// the breaker's threshold ([WithBreaker]), which opens it: a hung Redis is
+// cut off within two op timeouts and d, after which a call costs
+// microseconds. 0: every call ends at the op timeout, and timeouts count
+// towards the threshold one by one. Must be >= 0. Default: 4 op timeouts
+// (400 ms).
 func WithStallTolerance(d time.Duration) StoreOption {
 	return func(o *storeOptions) { o.stallTolerance = &d }
 }

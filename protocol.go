@@ -41,7 +41,6 @@ type call[T any] struct {
 	deadline time.Time // end of the wait budget, set at the first miss
 	note     l1Note    // L1 generations before the first read
 	counted  bool      // its read outcome (hit, miss, ...) is counted: once per call, at its first read
-	rodeOut  bool      // it went to Redis again after a timeout (rideOut): once per call
 	// leaseFirst: the read starts with the lease script whatever the
 	// cache's trend (read.go); set by tests, through a call option.
 	leaseFirst bool
@@ -144,8 +143,6 @@ func (c *Cache[T]) lease(ctx context.Context, misses []*call[T], src source[T], 
 	case err != nil && ctx.Err() != nil:
 		finishAll(misses, ctx.Err())
 		return nil
-	case err != nil && c.rideOut(ctx, misses, err):
-		return misses // Redis was slow, not dead: read again
 	case err != nil:
 		c.loadDegraded(ctx, misses, src)
 		return nil

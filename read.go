@@ -56,11 +56,7 @@ func (c *Cache[T]) readAll(ctx context.Context, calls []*call[T]) error {
 // or done when nothing is left to lease: every call was served (the hit
 // path stops here), or answered without Redis.
 func (c *Cache[T]) readStep(ctx context.Context, calls []*call[T], src source[T]) (misses []*call[T], done bool) {
-	err := c.readAll(ctx, calls)
-	if err != nil && c.rideOut(ctx, calls, err) {
-		err = c.readAll(ctx, calls) // Redis was slow, not dead: read it again
-	}
-	if err != nil {
+	if err := c.readAll(ctx, calls); err != nil {
 		if ctx.Err() != nil {
 			finishAll(calls, ctx.Err())
 			return nil, true
@@ -74,24 +70,6 @@ func (c *Cache[T]) readStep(ctx context.Context, calls []*call[T], src source[T]
 		}
 	}
 	return misses, len(misses) == 0
-}
-
-// rideOut reports whether calls that failed with err go to Redis once more
-// (see [Store.rideOut]): once per call, so that a call's time in Redis
-// stays bounded.
-func (c *Cache[T]) rideOut(ctx context.Context, calls []*call[T], err error) bool {
-	for _, cl := range calls {
-		if cl.rodeOut {
-			return false
-		}
-	}
-	if !c.store.rideOut(ctx, err) {
-		return false
-	}
-	for _, cl := range calls {
-		cl.rodeOut = true
-	}
-	return true
 }
 
 // Reads that will probably miss start with the lease script. A miss costs

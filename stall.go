@@ -7,15 +7,14 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Slow is not dead (see [breaker]): the check of a timeout, and the reads
-// that wait for its verdict and go to Redis once more.
+// Slow is not dead (see [breaker]): the check of a timeout.
 
-// checkSlow sends check c: a PING that may take the stall tolerance, in
-// the background. Redis that answers it is slow, not dead, and the breaker
-// stays closed.
+// checkSlow sends check c in the background: a PING that may take the op
+// timeout. Redis that answers it is slow, not dead, and the breaker stays
+// closed.
 func (s *Store) checkSlow(c *slowCheck) {
 	check := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.stallTolerance)
+		ctx, cancel := context.WithTimeout(context.Background(), s.opTimeout)
 		defer cancel()
 		s.breaker.checked(c, s.answers(ctx))
 	}
@@ -59,23 +58,4 @@ func (s *Store) answers(ctx context.Context) bool {
 		}
 	}
 	return false
-}
-
-// rideOut reports whether a call that failed with err should go to Redis
-// once more instead of to the loader: err is a timeout, and Redis answered
-// the check it started (see [breaker]) — a stall, a busy machine, not an
-// outage. It waits for that check's verdict (at most the stall tolerance) or for ctx. A stall of a few hundred milliseconds then costs
-// latency, and sends no burst of loads to the database.
-func (s *Store) rideOut(ctx context.Context, err error) bool {
-	if s.stallTolerance == 0 || !isTimeout(err) || ctx.Err() != nil || s.hooks.noRideOut() {
-		return false
-	}
-	if c := s.breaker.check.Load(); c != nil {
-		select {
-		case <-c.done:
-		case <-ctx.Done():
-			return false
-		}
-	}
-	return s.breaker.State() == BreakerClosed
 }

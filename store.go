@@ -19,8 +19,8 @@ type Store struct {
 	rdb       redis.UniversalClient
 	prefix    string
 	opTimeout time.Duration
-	// stallTolerance: how long Redis may take to answer the check of a
-	// timeout before it is taken for dead (breaker.go); 0: no checks.
+	// stallTolerance: how much longer than the op timeout a call waits for
+	// a late answer (deadline.go); 0: none, and no checks of timeouts.
 	stallTolerance time.Duration
 	deadlines      deadlines // the op contexts' Done channels
 	reads          coalescer // concurrent hits' shared round trips

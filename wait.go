@@ -51,8 +51,6 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 		case r == nil:
 			c.budgetSpent(ctx, cl, src)
 			return false
-		case r.err != nil && isOutage(r.err) && c.rideOut(ctx, cl.alone(), r.err):
-			continue // Redis was slow, not dead: poll again
 		case r.err != nil && isOutage(r.err):
 			c.loadDegraded(ctx, cl.alone(), src)
 			return false

@@ -26,8 +26,7 @@ type window struct {
 
 // liveBound is the longest a read may take outside the faults that are
 // slow by design: the longer of what a read waits for Redis — an op
-// timeout, the stall tolerance for the check of that timeout, an op
-// timeout for its second read: 600 ms with the workers' settings — and
+// timeout and the stall tolerance: 500 ms with the workers' settings — and
 // what it waits on a lease whose holder fell silent (cut off, or stopped
 // with Redis) — the lease's life, 1 s, as it is not renewed — and 500 ms
 // for its own load on a loaded machine.
