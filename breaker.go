@@ -243,7 +243,7 @@ func (s *Store) record(octx context.Context, err error, st *counters, cache stri
 	case cutShort(octx, err):
 		return
 	case isOutage(err):
-		if c := s.breaker.failure(isTimeout(err)); c != nil {
+		if c := s.breaker.failure(isTimeout(err) || s.nodes != nil); c != nil {
 			s.checkSlow(c)
 		}
 	default: // an error reply about this command (OOM, NOPERM): the server answers

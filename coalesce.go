@@ -78,6 +78,9 @@ func (s *Store) readEntry(ctx context.Context, rk string) (v string, octx contex
 		octx, cancel := s.opContext(ctx)
 		defer cancel()
 		v, err = s.rdb.Get(octx, rk).Result()
+		if s.nodes != nil {
+			s.recordNodes(octx, []string{rk}, func(int) error { return err })
+		}
 		return v, octx, err
 	}
 	r := s.joinBatch(ctx, rk)
@@ -263,6 +266,9 @@ func (b *readBatch) share(ctx context.Context, keys []string, co *coalescer) (re
 // entry's is then a miss (the lease script deletes it), a tag's an absent
 // token.
 func (s *Store) fetch(octx context.Context, keys []string, vals []string, errs []error) {
+	if s.nodes != nil {
+		defer s.recordNodes(octx, keys, func(i int) error { return errs[i] })
+	}
 	switch {
 	case len(keys) == 1:
 		vals[0], errs[0] = s.rdb.Get(octx, keys[0]).Result()

@@ -80,6 +80,7 @@ type testHooks struct {
 	PurgeOnePass   bool   // T24: Purge scans once: a fill that lands behind the scan survives it
 	AfterPurgeScan func() // after each SCAN of a Purge, before its UNLINKs
 	CutAtOpTimeout bool   // T23: every Redis call ends at the op timeout: none waits out a stall
+	NoNodeBreakers bool   // T28: no node's breaker opens: a hung master's keys cost every read a call's timeout
 	CallerProbe    bool   // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
 	CallerDone     bool   // an op context's Done is the caller's: dials and pool waits outlast the op timeout
 	CountEachRead  bool   // every Redis read of a call counts an outcome: a waited miss is a hit as well
@@ -204,6 +205,7 @@ func (h *testHooks) subscribeVia() redis.UniversalClient {
 func (h *testHooks) counterTokens() bool  { return h != nil && h.CounterTokens }
 func (h *testHooks) callerProbe() bool    { return h != nil && h.CallerProbe }
 func (h *testHooks) cutAtOpTimeout() bool { return h != nil && h.CutAtOpTimeout }
+func (h *testHooks) noNodeBreakers() bool { return h != nil && h.NoNodeBreakers }
 func (h *testHooks) purgeOnePass() bool   { return h != nil && h.PurgeOnePass }
 
 func (h *testHooks) afterPurgeScan() {

@@ -175,6 +175,10 @@ type Event struct {
 	Kind  EventKind
 	Cache string
 	Err   error
+	// Node is the address of the Cluster master or Ring shard whose own
+	// breaker opened or closed (nodes.go); empty for the Store's breaker
+	// and for every other event.
+	Node string
 }
 
 // Observer receives events synchronously, on the goroutine that caused them;

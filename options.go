@@ -95,6 +95,9 @@ func WithProfiles(ps ...Profile) StoreOption {
 // breaker, and how long it stays open before a probe. Slow is not dead:
 // timeouts count only once Redis has also left a check unanswered (see
 // [WithStallTolerance]); refused or broken connections count one by one.
+// On a Cluster (a Ring) each master (shard) also has a breaker of its own
+// with these settings, which takes only its own keys off Redis, and the
+// Store's counts an outage only once no node answers its check.
 // Default: 5 and 250 ms.
 func WithBreaker(failures int, cooldown time.Duration) StoreOption {
 	return func(o *storeOptions) { o.breakerThreshold, o.breakerCooldown = failures, cooldown }

@@ -99,6 +99,9 @@ func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T])
 			c.loadDegraded(ctx, calls, src)
 			return
 		}
+		if calls = c.nodesUp(ctx, calls, src); len(calls) == 0 {
+			return
+		}
 		misses, first := calls, leaseFirst
 		if leaseFirst {
 			leaseFirst = false // the lease script reads the entry too (read.go)
@@ -408,9 +411,15 @@ func (c *Cache[T]) flightOf(token string) *flight[T] {
 func (s *Store) evalEntries(ctx context.Context, script *redis.Script, rks []string, args func(i int) []any) ([]*redis.Cmd, error) {
 	if len(rks) == 1 {
 		cmd := script.Run(ctx, s.rdb, []string{rks[0], leaseKey(rks[0])}, args(0)...)
+		if s.nodes != nil {
+			s.recordNodes(ctx, rks, func(int) error { return cmd.Err() })
+		}
 		return []*redis.Cmd{cmd}, cmd.Err()
 	}
 	cmds := make([]*redis.Cmd, len(rks))
+	if s.nodes != nil {
+		defer s.recordNodes(ctx, rks, func(i int) error { return cmds[i].Err() })
+	}
 	send := func(run scriptRun, only func(i int) bool) {
 		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, rk := range rks {

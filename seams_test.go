@@ -95,7 +95,7 @@ func TestT10BreakerClosesWhateverCallersDo(t *testing.T) {
 		expectBroken(t, "breaker back to closed with cancelled callers", func(broken bool) bool {
 			rdb := b.client(t)
 			down := new(atomic.Bool)
-			rdb.AddHook(faultHook{down})
+			addFault(rdb, down)
 			return run(t, func() { down.Store(true) }, func() { down.Store(false) }, rdb, broken)
 		})
 	})

@@ -24,25 +24,32 @@ func (s *Store) checkSlow(c *slowCheck) {
 }
 
 // answers reports whether Redis answers a PING before ctx ends. On a
-// Cluster the masters are asked at once, and one answer is enough: the
-// Store-wide breaker is for a Redis that is gone, and a stalled or lost
-// master costs the reads of its own slots their op timeouts, not every
-// master's keys a trip to the loaders. The masters are found through the
+// Cluster the masters (on a Ring the shards) are asked at once, and one
+// answer is enough: the Store-wide breaker is for a Redis that is gone,
+// and a stalled or lost master costs the reads of its own slots (until its
+// own breaker opens: nodes.go), not every master's keys a trip to the
+// loaders. The masters are found through the
 // client's slot table (those of a sample of slots: ForEachMaster would
 // first reload the table from a node, maybe the stalled one).
 func (s *Store) answers(ctx context.Context) bool {
-	c, ok := s.rdb.(*redis.ClusterClient)
-	if !ok || s.hooks.oneBatch() {
-		return s.rdb.Ping(ctx).Err() == nil
-	}
 	masters := map[string]*redis.Client{}
-	for i := range 64 {
-		if m, err := c.MasterForKey(ctx, "{"+strconv.Itoa(i)+"}"); err == nil {
+	switch c := s.rdb.(type) {
+	case *redis.ClusterClient:
+		if s.hooks.oneBatch() {
+			break
+		}
+		for i := range 64 {
+			if m, err := c.MasterForKey(ctx, "{"+strconv.Itoa(i)+"}"); err == nil {
+				masters[m.Options().Addr] = m
+			}
+		}
+	case *redis.Ring:
+		for _, m := range c.GetShardClients() {
 			masters[m.Options().Addr] = m
 		}
 	}
 	if len(masters) == 0 {
-		return c.Ping(ctx).Err() == nil
+		return s.rdb.Ping(ctx).Err() == nil
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // the other masters' pings end with it (tracked: Close waits for them)

@@ -26,6 +26,7 @@ type Store struct {
 	reads          coalescer // concurrent hits' shared round trips
 	profiles       map[string]Profile
 	breaker        *breaker
+	nodes          *nodeHealth // a Cluster's masters', a Ring's shards'; nil for one Redis
 	observer       Observer
 	logger         *slog.Logger     // nil: no logging
 	bus            *bus             // carries invalidations to every Store's L1
@@ -121,6 +122,17 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	if tolerance > 0 {
 		s.breaker.checkWeight = int32(min((tolerance+o.opTimeout-1)/o.opTimeout, math.MaxInt32))
 	}
+	s.nodes = newNodeHealth(rdb, s.breaker, func(addr string, st BreakerState) {
+		switch st {
+		case BreakerOpen:
+			s.emit(Event{Kind: EventBreakerOpen, Node: addr})
+		case BreakerClosed:
+			s.emit(Event{Kind: EventBreakerClosed, Node: addr})
+		}
+	})
+	if s.nodes != nil {
+		s.breaker.checkWeight = max(s.breaker.checkWeight, 1) // every outage is checked against every node
+	}
 	return s, nil
 }
 
@@ -165,7 +177,9 @@ func (s *Store) goTracked(fn func()) bool {
 	return true
 }
 
-// BreakerState reports whether the Store currently uses Redis.
+// BreakerState reports whether the Store currently uses Redis: the
+// Store-wide breaker's state (a Cluster master's or a Ring shard's own
+// breaker is reported through [Event.Node]).
 func (s *Store) BreakerState() BreakerState { return s.breaker.State() }
 
 // Profile returns the registered profile with the given name.
@@ -181,12 +195,16 @@ func (s *Store) emit(e Event) {
 	if s.logger == nil {
 		return
 	}
-	switch e.Kind {
-	case EventBreakerOpen:
+	switch {
+	case e.Node != "" && e.Kind == EventBreakerOpen:
+		s.logger.Warn("aside: redis node unreachable, its breaker open: serving its keys from loaders", "prefix", s.prefix, "node", e.Node)
+	case e.Node != "" && e.Kind == EventBreakerClosed:
+		s.logger.Info("aside: redis node reachable again, its breaker closed", "prefix", s.prefix, "node", e.Node)
+	case e.Kind == EventBreakerOpen:
 		s.logger.Warn("aside: redis unreachable, circuit breaker open: serving from loaders", "prefix", s.prefix)
-	case EventBreakerClosed:
+	case e.Kind == EventBreakerClosed:
 		s.logger.Info("aside: redis reachable again, circuit breaker closed", "prefix", s.prefix)
-	case EventDecodeError:
+	case e.Kind == EventDecodeError:
 		s.logger.Warn("aside: undecodable entry treated as a miss", "cache", e.Cache, "err", e.Err)
 	}
 }

@@ -25,6 +25,18 @@ import (
 // startRing starts two redis-servers and returns a function that makes a
 // Ring client over them.
 func startRing(t *testing.T) func(t testing.TB) redis.UniversalClient {
+	addrs := startRingShards(t)
+	return func(t testing.TB) redis.UniversalClient {
+		rdb := redis.NewRing(&redis.RingOptions{Addrs: addrs, ContextTimeoutEnabled: true, MaxRetries: -1,
+			DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second, DisableIdentity: true})
+		t.Cleanup(func() { _ = rdb.Close() })
+		return rdb
+	}
+}
+
+// startRingShards starts the two redis-servers of a Ring, stopped when t
+// ends, and returns their addresses by shard name.
+func startRingShards(t *testing.T) map[string]string {
 	requireReal(t)
 	addrs := map[string]string{}
 	for _, name := range []string{"s1", "s2"} {
@@ -35,12 +47,7 @@ func startRing(t *testing.T) func(t testing.TB) redis.UniversalClient {
 		t.Cleanup(p.stop)
 		addrs[name] = p.addr
 	}
-	return func(t testing.TB) redis.UniversalClient {
-		rdb := redis.NewRing(&redis.RingOptions{Addrs: addrs, ContextTimeoutEnabled: true, MaxRetries: -1,
-			DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second, DisableIdentity: true})
-		t.Cleanup(func() { _ = rdb.Close() })
-		return rdb
-	}
+	return addrs
 }
 
 // sentinelGroup is a master, one replica and one sentinel (quorum 1).
