@@ -71,8 +71,8 @@ func TestCallerReturnsBeforeItsFill(t *testing.T) {
 // one load in all (waitedRead, in stats_test.go, checks the value).
 func TestReadDuringAFillWaitsForIt(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
-		if _, _, _, loads := waitedRead(t, b, true, false); loads != 1 {
-			t.Errorf("the other process's read took the fill's value after %d loads, want 1", loads)
+		if r := waitedRead(t, b, true, aside.TestHooks{}); r.loads != 1 {
+			t.Errorf("the other process's read took the fill's value after %d loads, want 1", r.loads)
 		}
 	})
 }

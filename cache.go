@@ -222,6 +222,15 @@ var (
 // Get returns the value cached under key or, on a miss, calls load, returns
 // its result and stores it with the profile's TTL and jitter.
 //
+// A miss returns what its hits will: the value load returned as the codec
+// decodes it from the entry stored — so a response never changes between
+// the first read and the next. With the default codec (msgpack) that means
+// times in [time.Local] (msgpack keeps the instant, not the location) and
+// unexported fields left zero; nil and empty slices and maps, pointers,
+// embedded structs and []byte come back as they were. A value that is not
+// stored (over MaxEntryBytes, not encodable, Redis unreachable) is the
+// loader's own.
+//
 // A miss takes a lease on the key in Redis: across every process, one caller
 // loads while the others wait for its value (at most the profile's
 // WaitBudget), and the value is written only if no invalidation came in

@@ -229,14 +229,22 @@ func readString(b []byte, max int, known []string) (string, []byte) {
 	return string(s), rest
 }
 
-func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration, tags []tagToken) ([]byte, error) {
+// encode encodes v as an entry. With served not nil, it also decodes the
+// payload into *served: the value as every hit on the entry will return
+// it (see [Cache.Get]).
+func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration, tags []tagToken, served *T) ([]byte, error) {
 	payload, pb, err := marshalPayload(c.codec, v)
-	defer pb.release() // encodeEnvelope copies the payload
+	defer pb.release() // encodeEnvelope copies the payload; the default codec's decoder copies what it keeps
 	if err != nil {
 		return nil, fmt.Errorf("aside: encode: %w", err)
 	}
 	if len(payload) > maxDecodedBytes { // stored, it could never be read back
 		return nil, fmt.Errorf("%w: a payload of %d bytes exceeds the %d MiB any entry may decode to", errOversize, len(payload), maxDecodedBytes>>20)
+	}
+	if served != nil {
+		if err := c.codec.Unmarshal(payload, served); err != nil {
+			return nil, fmt.Errorf("aside: encode: the codec cannot decode what it encoded, so no hit could serve it: %w", err)
+		}
 	}
 	return encodeEnvelope(envelope{
 		typeID:     c.typeID,
@@ -248,11 +256,13 @@ func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration,
 	}, c.profile.CompressAbove), nil
 }
 
-// encodeForFill encodes a loaded value; a value that cannot be stored
-// (encoding error, over MaxEntryBytes) is counted and reported, not returned:
-// the caller has its value already.
-func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Duration, tags []tagToken) ([]byte, bool) {
-	b, err := c.encode(v, created, fresh, took, tags)
+// encodeForFill encodes a loaded value, and returns it as a hit on the
+// entry will (decoded from the bytes stored), for the callers of the load:
+// a miss returns what a hit would. A value that cannot be stored (encoding
+// error, over MaxEntryBytes) is counted and reported, not returned: the
+// callers then have the loader's value.
+func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Duration, tags []tagToken) (b []byte, served T, ok bool) {
+	b, err := c.encode(v, created, fresh, took, tags, &served)
 	if err == nil {
 		err = c.checkSize(b)
 	}
@@ -260,13 +270,16 @@ func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Durati
 	case errors.Is(err, errOversize):
 		c.stats.oversize.Add(1)
 		c.store.emit(Event{Kind: EventOversize, Cache: c.name, Err: err})
-		return nil, false
+		return nil, v, false
 	case err != nil:
 		c.stats.encodeErrors.Add(1)
 		c.store.emit(Event{Kind: EventEncodeError, Cache: c.name, Err: err})
-		return nil, false
+		return nil, v, false
 	}
-	return b, true
+	if c.hooks.rawMissValue() {
+		served = v // the broken variant: the miss returns the loader's value
+	}
+	return b, served, true
 }
 
 // errOversize marks a value that is returned to its caller but not stored.

@@ -97,13 +97,13 @@ func FuzzDecodeEnvelope(f *testing.F) {
 func TestEncodedEntryOwnsItsBytes(t *testing.T) {
 	for _, compressAbove := range []int{0, 16} { // copied, and compressed
 		c := &Cache[string]{codec: msgpackCodec{}, typeID: 1, profile: Profile{CompressAbove: compressAbove}}
-		first, err := c.encode(strings.Repeat("a", 300), time.Now(), time.Minute, 0, nil)
+		first, err := c.encode(strings.Repeat("a", 300), time.Now(), time.Minute, 0, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		kept := bytes.Clone(first)
 		for i := range 50 { // enough to be handed the pooled buffer again
-			if _, err := c.encode(strings.Repeat("b", 300+i), time.Now(), time.Minute, 0, nil); err != nil {
+			if _, err := c.encode(strings.Repeat("b", 300+i), time.Now(), time.Minute, 0, nil, nil); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -80,6 +80,10 @@ type testHooks struct {
 	PurgeOnePass   bool   // T24: Purge scans once: a fill that lands behind the scan survives it
 	AfterPurgeScan func() // after each SCAN of a Purge, before its UNLINKs
 	CutAtOpTimeout bool   // T23: every Redis call ends at the op timeout: none waits out a stall
+	RawMissValue   bool   // a miss returns the loader's value, not the one its hits will decode
+	PersistentTags bool   // tag keys are created without a life, and never given one
+	NoTagExtension bool   // a fill does not extend the life of the tag keys its entry recorded
+	WaitsAsMisses  bool   // a read answered by another caller's load stays counted as a miss
 	NoNodeBreakers bool   // T28: no node's breaker opens: a hung master's keys cost every read a call's timeout
 	CallerProbe    bool   // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
 	CallerDone     bool   // an op context's Done is the caller's: dials and pool waits outlast the op timeout
@@ -205,6 +209,10 @@ func (h *testHooks) subscribeVia() redis.UniversalClient {
 func (h *testHooks) counterTokens() bool  { return h != nil && h.CounterTokens }
 func (h *testHooks) callerProbe() bool    { return h != nil && h.CallerProbe }
 func (h *testHooks) cutAtOpTimeout() bool { return h != nil && h.CutAtOpTimeout }
+func (h *testHooks) rawMissValue() bool   { return h != nil && h.RawMissValue }
+func (h *testHooks) persistentTags() bool { return h != nil && h.PersistentTags }
+func (h *testHooks) noTagExtension() bool { return h != nil && h.NoTagExtension }
+func (h *testHooks) waitsAsMisses() bool  { return h != nil && h.WaitsAsMisses }
 func (h *testHooks) noNodeBreakers() bool { return h != nil && h.NoNodeBreakers }
 func (h *testHooks) purgeOnePass() bool   { return h != nil && h.PurgeOnePass }
 
@@ -233,7 +241,7 @@ func (c *Cache[T]) naiveGet(ctx context.Context, cl *call[T], src source[T]) {
 		if o.err == nil {
 			c.hooks.beforeFill(cl.rk)
 			fresh := c.profile.freshFor()
-			if b, ok := c.encodeForFill(o.v, start, fresh, 0, nil); ok {
+			if b, _, ok := c.encodeForFill(o.v, start, fresh, 0, nil); ok {
 				_ = c.writeEntry(ctx, cl.rk, b, fresh+c.profile.StaleWindow)
 			}
 		}

@@ -14,15 +14,22 @@ import (
 const (
 	maxPartLen = 64
 	maxKeyLen  = 200
-	// hashMarker starts a hashed part or key. It is always escaped in user
-	// input, so a literal part can never look like a hash.
+	// hashMarker starts a hashed key. It is always escaped in user input,
+	// so a literal key can never look like a hash.
 	hashMarker = '#'
+	// partEscape is Key's own escape: the only bytes Key changes are ':'
+	// and '~' inside a part (and a long part, which it hashes), and '~' is
+	// a byte the Redis key keeps as it is, so a key built by Key is escaped
+	// once, by the same rule as a tag: Key("o3:x") is {o3~3Ax} in Redis.
+	partEscape = '~'
 )
 
 // Key joins parts into one cache key, unambiguously: Key("a:b") and
-// Key("a", "b") differ, and no part can change another's meaning. Parts longer
-// than 64 bytes are replaced by a 128-bit SHA-256 prefix. Use it whenever a key
-// is built from more than one value or from user input:
+// Key("a", "b") differ, and no part can change another's meaning — inside a
+// part, ':' becomes "~3A" and '~' "~7E". Parts longer than 64 bytes are
+// replaced by "~h" and a 128-bit SHA-256 prefix. Every other byte is left
+// as it is: the Redis key escapes what Redis must not see, once. Use it
+// whenever a key is built from more than one value or from user input:
 //
 //	products.Get(ctx, aside.Key(id, locale), load)
 func Key(parts ...string) string {
@@ -32,10 +39,22 @@ func Key(parts ...string) string {
 			b.WriteByte(':')
 		}
 		if len(p) > maxPartLen {
-			writeHash(&b, p)
+			sum := sha256.Sum256([]byte(p))
+			b.WriteByte(partEscape)
+			b.WriteByte('h')
+			b.WriteString(hex.EncodeToString(sum[:16]))
 			continue
 		}
-		escapeInto(&b, p, true)
+		for j := 0; j < len(p); j++ {
+			switch c := p[j]; c {
+			case ':':
+				b.WriteString("~3A")
+			case partEscape:
+				b.WriteString("~7E")
+			default:
+				b.WriteByte(c)
+			}
+		}
 	}
 	return b.String()
 }
@@ -43,23 +62,20 @@ func Key(parts ...string) string {
 // needsEscape reports whether c cannot appear literally in the part of a Redis
 // key that holds user input: hash-tag braces (they would move the Cluster
 // slot), glob metacharacters (SCAN/KEYS patterns), the escape and hash
-// markers themselves, and whitespace or control bytes. The separator ':' is
-// escaped as well inside [Key] parts.
-func needsEscape(c byte, inPart bool) bool {
+// markers themselves, and whitespace or control bytes.
+func needsEscape(c byte) bool {
 	switch c {
 	case '%', '{', '}', '*', '?', '[', ']', '\\', hashMarker:
 		return true
-	case ':':
-		return inPart
 	}
 	return c <= ' ' || c == 0x7f
 }
 
-func escapeInto(b *strings.Builder, s string, inPart bool) {
+func escapeInto(b *strings.Builder, s string) {
 	const hexDigits = "0123456789ABCDEF"
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if needsEscape(c, inPart) {
+		if needsEscape(c) {
 			b.WriteByte('%')
 			b.WriteByte(hexDigits[c>>4])
 			b.WriteByte(hexDigits[c&0xf])
@@ -77,7 +93,7 @@ func writeHash(b *strings.Builder, s string) {
 
 func isPlain(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if needsEscape(s[i], false) {
+		if needsEscape(s[i]) {
 			return false
 		}
 	}
@@ -121,7 +137,7 @@ func tagKey(prefix, tag string) string {
 // string when its escaped form is longer than maxKeyLen.
 func hashTagged(head, user string) string {
 	var esc strings.Builder
-	escapeInto(&esc, user, false)
+	escapeInto(&esc, user)
 	var b strings.Builder
 	b.Grow(len(head) + min(esc.Len(), maxKeyLen) + 2)
 	b.WriteString(head)

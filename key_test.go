@@ -14,15 +14,14 @@ func TestKey(t *testing.T) {
 	}{
 		{"one part", []string{"42"}, "42"},
 		{"two parts", []string{"42", "en"}, "42:en"},
-		{"separator in a part", []string{"a:b"}, "a%3Ab"},
-		{"escape char in a part", []string{"100%"}, "100%25"},
-		{"hash tag braces", []string{"{x}"}, "%7Bx%7D"},
-		{"glob metacharacters", []string{"*?[]\\"}, "%2A%3F%5B%5D%5C"},
-		{"space and control", []string{"a b\n"}, "a%20b%0A"},
-		{"hash marker", []string{"#1"}, "%231"},
+		{"separator in a part", []string{"a:b"}, "a~3Ab"},
+		{"Key's escape in a part", []string{"~7E"}, "~7E7E"},
+		{"Redis' escape left to the Redis key", []string{"100%"}, "100%"},
+		{"braces left to the Redis key", []string{"{x}"}, "{x}"},
+		{"space left to the Redis key", []string{"c 2"}, "c 2"},
 		{"utf-8 kept", []string{"café"}, "café"},
 		{"empty part", []string{"a", ""}, "a:"},
-		{"long part hashed", []string{"u", long}, "u:#" + "9537c5fdf120482f7d58d25e9ed583f5"},
+		{"long part hashed", []string{"u", long}, "u:~h" + "9537c5fdf120482f7d58d25e9ed583f5"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -39,7 +38,8 @@ func TestEntryKey(t *testing.T) {
 	tests := []struct{ name, key, want string }{
 		{"plain", "42", "shop:product:v3:{42}"},
 		{"from Key", Key("42", "en"), "shop:product:v3:{42:en}"},
-		{"escaped Key part", Key("a:b"), "shop:product:v3:{a%253Ab}"},
+		{"escaped Key part, escaped once", Key("o3:x"), "shop:product:v3:{o3~3Ax}"},
+		{"a Key part with a space, escaped as a tag is", Key("c 2"), "shop:product:v3:{c%202}"},
 		{"braces cannot move the slot", "x}{y", "shop:product:v3:{x%7D%7By}"},
 		{"glob", "*", "shop:product:v3:{%2A}"},
 		{"long key hashed", long, "shop:product:v3:{#" + sha128(long) + "}"},
@@ -75,7 +75,8 @@ func TestValidName(t *testing.T) {
 
 // FuzzEntryKey checks the key encoder's promises on arbitrary input: the
 // user part has exactly one hash tag, holds no glob or control bytes, stays
-// bounded, and distinct keys never share a Redis key.
+// bounded, and distinct keys never share a Redis key; Key is injective; a
+// key from Key is escaped once, and as a tag with the same bytes is.
 func FuzzEntryKey(f *testing.F) {
 	for _, s := range []string{"42", "a:b", "{x}", "*", "%41", "#abc", strings.Repeat("z", 300), "\x00\xff"} {
 		f.Add(s, "a")
@@ -95,6 +96,15 @@ func FuzzEntryKey(f *testing.F) {
 		}
 		if (Key(a, b) == Key(a+":"+b)) && b != "" {
 			t.Fatalf("Key(%q, %q) collides with Key(%q)", a, b, a+":"+b)
+		}
+		if (Key(a) == Key(b)) != (a == b) || (Key(a, b) == Key(b, a)) != (a == b) {
+			t.Fatalf("Key is not injective on %q, %q", a, b)
+		}
+		if len(a) <= maxPartLen && !strings.ContainsAny(a, ":~") && ks.entry(Key(a)) != ka {
+			t.Fatalf("entry(Key(%q)) = %q, entry(%q) = %q: Key escaped it too", a, ks.entry(Key(a)), a, ka)
+		}
+		if len(user) <= maxKeyLen && strings.TrimPrefix(tagKey("p", a), "p:#tag:") != user {
+			t.Fatalf("tag %q is %q, entry key %q: escaped differently", a, tagKey("p", a), ka)
 		}
 	})
 }

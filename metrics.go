@@ -7,10 +7,14 @@ import (
 
 // Stats is a snapshot of one cache's counters since it was created. Taking
 // it reads atomics only: it never blocks the requests it counts. Each read
-// counts one outcome, by what its first read found: L1Hits, Hits,
-// StaleServed, NegativeHits, Misses and TagMisses add up to the reads that
-// reached L1 or Redis (a read that skipped Redis counts in Degraded, one
-// whose Redis call failed in RedisErrors).
+// counts one outcome: L1Hits, Hits, StaleServed, NegativeHits, Waited,
+// Misses and TagMisses add up to the reads that reached L1 or Redis (a
+// read that skipped Redis counts in Degraded, one whose Redis call failed
+// in RedisErrors). A read counts by what its first read found, except that
+// one answered by another caller's load, which it waited for, counts in
+// Waited, not in Misses or TagMisses: during a stampede a hit ratio
+// (Hits / (Hits + Misses)) and Loads then tell the truth — one load, one
+// miss, the rest waited.
 type Stats struct {
 	Cache   string       // the cache's name
 	Profile string       // its TTL profile
@@ -24,6 +28,7 @@ type Stats struct {
 	NegativeHits  uint64        // reads answered ErrNotFound by a negative entry
 	Misses        uint64        // reads that found no usable entry (absent or undecodable)
 	TagMisses     uint64        // reads that found an entry invalidated by one of its tags
+	Waited        uint64        // reads that found no usable entry and were answered by another caller's load, in this process or another
 	LeaseWaits    uint64        // misses that waited for another caller's load instead of loading
 	SharedScripts uint64        // misses that waited on the lease of another call's lease script in this process, sending none of their own
 	WaitTimeouts  uint64        // waits that ran out of WaitBudget; the caller loaded without writing
@@ -78,7 +83,7 @@ func (s *Store) Coherence() CoherenceStats {
 
 type counters struct {
 	hits, staleServed, negativeHits, misses atomic.Uint64
-	tagMisses, l1Hits                       atomic.Uint64
+	tagMisses, l1Hits, waited               atomic.Uint64
 	leaseWaits, waitTimeouts, fillsRefused  atomic.Uint64
 	sharedScripts                           atomic.Uint64
 	refreshes, loads, loadErrors, loadNanos atomic.Uint64
@@ -117,6 +122,7 @@ func (c *counters) snapshot() Stats {
 		NegativeHits:  c.negativeHits.Load(),
 		Misses:        c.misses.Load(),
 		TagMisses:     c.tagMisses.Load(),
+		Waited:        c.waited.Load(),
 		LeaseWaits:    c.leaseWaits.Load(),
 		SharedScripts: c.sharedScripts.Load(),
 		WaitTimeouts:  c.waitTimeouts.Load(),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,13 +35,14 @@ import (
 
 // call is one key's way through the protocol: a Get, or one key of a GetMany.
 type call[T any] struct {
-	key, rk  string
-	tags     []string  // the tags the caller named for this entry: Tags, and its KeyTags
-	snap     tagSnap   // tag tokens read with the entry: what every answer is validated against
-	raw      []byte    // bytes read but not served (undecodable, invalidated): the lease script drops them
-	deadline time.Time // end of the wait budget, set at the first miss
-	note     l1Note    // L1 generations before the first read
-	counted  bool      // its read outcome (hit, miss, ...) is counted: once per call, at its first read
+	key, rk   string
+	tags      []string       // the tags the caller named for this entry: Tags, and its KeyTags
+	snap      tagSnap        // tag tokens read with the entry: what every answer is validated against
+	raw       []byte         // bytes read but not served (undecodable, invalidated): the lease script drops them
+	deadline  time.Time      // end of the wait budget, set at the first miss
+	note      l1Note         // L1 generations before the first read
+	counted   bool           // its read outcome (hit, miss, ...) is counted: once per call, at its first read
+	countedIn *atomic.Uint64 // the counter it went to
 	// leaseFirst: the read starts with the lease script whatever the
 	// cache's trend (read.go); set by tests, through a call option.
 	leaseFirst bool

@@ -258,9 +258,20 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 // that the outcomes of a cache's reads add up to its reads.
 func (c *Cache[T]) count(cl *call[T], n *atomic.Uint64) {
 	if !cl.counted || c.hooks.countEachRead() {
-		cl.counted = true
+		cl.counted, cl.countedIn = true, n
 		n.Add(1)
 		c.trend.observe(n == &c.stats.misses || n == &c.stats.tagMisses)
+	}
+}
+
+// waitedFor recounts a read that another caller's load answered, which it
+// waited for: a miss (or tag miss) that loaded nothing is counted in
+// Waited instead.
+func (c *Cache[T]) waitedFor(cl *call[T]) {
+	if n := cl.countedIn; (n == &c.stats.misses || n == &c.stats.tagMisses) && !c.hooks.waitsAsMisses() {
+		n.Add(^uint64(0))
+		c.stats.waited.Add(1)
+		cl.countedIn = &c.stats.waited
 	}
 }
 

@@ -178,7 +178,7 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 	acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) {
 		for _, op := range ops {
 			if op.tag {
-				p.Set(octx, tagKey(s.prefix, op.name), newTagToken(), 0)
+				replaceTagToken(octx, p, tagKey(s.prefix, op.name))
 			} else {
 				p.Del(octx, op.name, leaseKey(op.name))
 			}

@@ -71,7 +71,7 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 		keyTags[i] = tags
 		all = mergeTags(all, tags)
 	}
-	tokens, err := c.store.ensureTokens(ctx, all)
+	tokens, err := c.store.ensureTokens(ctx, all, c.tagLife())
 	if err != nil {
 		return err
 	}
@@ -79,7 +79,7 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 	ttls := make([]time.Duration, len(keys))
 	for i, k := range keys {
 		fresh := c.profile.freshFor() // jittered like a fill
-		b, err := c.encode(values[k], c.store.now(), fresh, 0, tokensOf(tokens, keyTags[i], len(keyTags[i]) == len(all)))
+		b, err := c.encode(values[k], c.store.now(), fresh, 0, tokensOf(tokens, keyTags[i], len(keyTags[i]) == len(all)), nil)
 		if err == nil {
 			err = c.checkSize(b)
 		}

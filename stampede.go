@@ -176,8 +176,9 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	}
 	var recorded []tagToken
 	var tokErr error
+	ensured := false // the tag keys were given a whole life just now: no fill extends them
 	if !c.hooks.tokensAfterLoad() {
-		recorded, tokErr = c.tokensBeforeLoad(ctx, tasks, tags) // before the load: that is the point
+		recorded, ensured, tokErr = c.tokensBeforeLoad(ctx, tasks, tags) // before the load: that is the point
 	}
 	keys := make([]string, len(tasks))
 	for i, t := range tasks {
@@ -192,7 +193,8 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 		c.hooks.afterLoad(t.rk)
 	}
 	if c.hooks.tokensAfterLoad() {
-		recorded, tokErr = c.store.ensureTokens(ctx, tags)
+		recorded, tokErr = c.store.ensureTokens(ctx, tags, c.tagLife())
+		ensured = true
 	}
 	var fills []fillCmd
 	var releases []int
@@ -210,11 +212,12 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 				releases = append(releases, i)
 				continue
 			}
-			b, ok := c.encodeForFill(o.v, start, fresh, took, f.tags)
+			b, served, ok := c.encodeForFill(o.v, start, fresh, took, f.tags)
 			if !ok {
 				releases = append(releases, i)
 				continue
 			}
+			f.v = served
 			f.freshUntil = start.Add(fresh)
 			fills = append(fills, fillCmd{i, b, ttl})
 		}
@@ -237,7 +240,7 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	for _, fc := range fills {
 		c.hooks.beforeFill(tasks[fc.task].rk)
 	}
-	c.fill(ctx, tasks, fills)
+	c.fill(ctx, tasks, fills, !ensured)
 	for _, fc := range fills {
 		c.hooks.afterFill(tasks[fc.task].rk)
 	}
@@ -263,7 +266,7 @@ type fillCmd struct {
 // fill writes each value under its task's lease, in one round trip, and
 // marks the flights whose compare-and-set succeeded. A lease whose fill did
 // not reach Redis is owed (owed.go): given back once Redis answers.
-func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillCmd) {
+func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillCmd, extendTags bool) {
 	if len(fills) == 0 {
 		return
 	}
@@ -292,6 +295,7 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 	})
 	c.store.record(octx, err, &c.stats, c.name)
 	var waited []string
+	var tagLives map[string]time.Duration // the tags the stored entries recorded, and how long those live
 	for i, fc := range fills {
 		n, err := cmds[i].Int()
 		switch {
@@ -301,11 +305,21 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 			if n == 2 {
 				waited = append(waited, rks[i])
 			}
+			for _, t := range tasks[fc.task].f.tags {
+				if !extendTags {
+					break
+				}
+				if tagLives == nil {
+					tagLives = map[string]time.Duration{}
+				}
+				tagLives[t.name] = max(tagLives[t.name], fc.ttl+leaseSlack)
+			}
 		case err == nil:
 			c.stats.fillsRefused.Add(1)
 		}
 	}
 	c.owe(tasks, idx, cmds)
+	c.store.extendTags(ctx, tagLives) // after the fill, as its caller has its value: a round trip nobody waits for
 	c.store.bus.announceFills(c.store, waited)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -31,15 +32,53 @@ func hardHalf(tok string) string {
 	return tok
 }
 
+// A tag key lives as long as an entry may still depend on it, not for
+// ever: a tag per customer or per product would otherwise leave one key per
+// value in Redis, never evicted under a volatile-* policy. ensureTokens
+// creates a tag key with the longest life an entry of the load could have
+// (tagLife), and extends an older one to it (never shortens it); every fill
+// that records a tag extends its key to the filled entry's life
+// (extendTags). Invalidations replace a token in place (KEEPTTL) and create no key:
+// a tag key that is missing — expired, evicted, never made — already makes
+// every entry that recorded a token of it a miss, which is also why a tag
+// key that expires too soon costs loads, never a stale read.
+
+// ensureTagScript returns a tag's token, creating it (ARGV[1]) when the
+// key is missing, and gives the key at least ARGV[2] ms to live.
+var ensureTagScript = redis.NewScript(`
+local t = redis.call('GET', KEYS[1])
+if not t then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2], 'NX')
+redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
+return t`)
+
 // markTagStaleScript replaces the soft half of a tag's token. A missing tag
 // key is left missing: entries of that tag are misses anyway.
 var markTagStaleScript = redis.NewScript(`
 local t = redis.call('GET', KEYS[1])
 if t and string.len(t) == 64 then
-  redis.call('SET', KEYS[1], string.sub(t, 1, 32) .. ARGV[1])
+  redis.call('SET', KEYS[1], string.sub(t, 1, 32) .. ARGV[1], 'KEEPTTL')
   return 1
 end
 return 0`)
+
+// replaceTagScript is InvalidateTags' command: a new token in place of the
+// current one, keeping the key's life; nothing when the key is missing (a
+// script, where SET XX would answer nil, which a pipeline reports as an
+// error).
+var replaceTagScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+  return 1
+end
+return 0`)
+
+func replaceTagToken(ctx context.Context, p redis.Pipeliner, key string) {
+	replaceTagScript.Eval(ctx, p, []string{key}, newTagToken())
+}
 
 // InvalidateTags invalidates every entry carrying any of tags, in every
 // cache of the Store, by replacing each tag's token: one command per tag,
@@ -53,7 +92,7 @@ func (s *Store) InvalidateTags(ctx context.Context, tags ...string) error {
 			p.Incr(ctx, key)
 			return
 		}
-		p.Set(ctx, key, newTagToken(), 0)
+		replaceTagToken(ctx, p, key)
 	})
 }
 
@@ -94,9 +133,9 @@ func (s *Store) updateTagTokens(ctx context.Context, what string, tags []string,
 }
 
 // ensureTokens reads the current tokens of tags before a load, creating a
-// random one for each tag key that does not exist (never set, or evicted).
-// SETNX then GET of the same key travel in one pipeline, in order.
-func (s *Store) ensureTokens(ctx context.Context, tags []string) ([]tagToken, error) {
+// random one for each tag key that does not exist (never set, expired or
+// evicted), and gives each key at least life to live (see ensureTagScript).
+func (s *Store) ensureTokens(ctx context.Context, tags []string, life time.Duration) ([]tagToken, error) {
 	if len(tags) == 0 {
 		return nil, nil
 	}
@@ -105,7 +144,7 @@ func (s *Store) ensureTokens(ctx context.Context, tags []string) ([]tagToken, er
 	}
 	octx, cancel := s.opContext(ctx)
 	defer cancel()
-	gets := make([]*redis.StringCmd, len(tags))
+	gets := make([]*redis.Cmd, len(tags))
 	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
 		for i, t := range tags {
 			key := tagKey(s.prefix, t)
@@ -113,8 +152,14 @@ func (s *Store) ensureTokens(ctx context.Context, tags []string) ([]tagToken, er
 			if s.hooks.counterTokens() {
 				fresh = "1"
 			}
-			p.SetNX(octx, key, fresh, 0)
-			gets[i] = p.Get(octx, key)
+			if s.hooks.persistentTags() { // the broken variant: tag keys live for ever
+				p.SetNX(octx, key, fresh, 0)
+				gets[i] = p.Do(octx, "GET", key)
+				continue
+			}
+			// Eval, not EvalSha: a pipeline cannot fall back on NOSCRIPT, and
+			// this runs only where a tag key was missing, and for Set.
+			gets[i] = ensureTagScript.Eval(octx, p, []string{key}, fresh, life.Milliseconds())
 		}
 		return nil
 	})
@@ -124,9 +169,43 @@ func (s *Store) ensureTokens(ctx context.Context, tags []string) ([]tagToken, er
 	}
 	out := make([]tagToken, len(tags))
 	for i, t := range tags {
-		out[i] = tagToken{name: t, token: gets[i].Val()}
+		tok, err := gets[i].Text()
+		if err != nil {
+			return nil, fmt.Errorf("aside: tag tokens: %w", err)
+		}
+		out[i] = tagToken{name: t, token: tok}
 	}
 	return out, nil
+}
+
+// extendTags gives each tag key in lives at least its life: the fills that
+// recorded the tags have entries that live that long. PEXPIRE NX gives a
+// life to a key an earlier version made without one, PEXPIRE GT lengthens
+// a shorter one; neither shortens a life nor creates a key. (Redis 7; and
+// PEXPIRE is the one command the ACL needs for it.)
+func (s *Store) extendTags(ctx context.Context, lives map[string]time.Duration) {
+	if len(lives) == 0 || s.hooks.persistentTags() || s.hooks.noTagExtension() {
+		return
+	}
+	octx, cancel := s.opContext(ctx)
+	defer cancel()
+	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+		for t, life := range lives {
+			key, ms := tagKey(s.prefix, t), life.Milliseconds()
+			p.Do(octx, "PEXPIRE", key, ms, "NX")
+			p.Do(octx, "PEXPIRE", key, ms, "GT")
+		}
+		return nil
+	})
+	s.record(octx, err, nil, "")
+}
+
+// tagLife is the longest an entry of this cache may live after its load
+// read a tag's token: the load, then the entry's fresh time with jitter and
+// its stale window (or a cached not-found's life), and a margin.
+func (c *Cache[T]) tagLife() time.Duration {
+	p := c.profile
+	return p.LoadTimeout + max(p.TTL+p.Jitter+p.StaleWindow, p.NegativeTTL) + leaseSlack
 }
 
 // fetchTokens reads the current tokens of tags; a missing tag key reads as
@@ -258,9 +337,9 @@ func sameTokens(recorded []tagToken, snap tagSnap) bool {
 // asks (a tag invalidated since makes the entry a tag miss, never a stale
 // hit) — and the miss saves a round trip. A tag key that was missing (never
 // created, or evicted) must be created first: ensureTokens.
-func (c *Cache[T]) tokensBeforeLoad(ctx context.Context, tasks []leaseTask[T], tags []string) ([]tagToken, error) {
+func (c *Cache[T]) tokensBeforeLoad(ctx context.Context, tasks []leaseTask[T], tags []string) (_ []tagToken, ensured bool, _ error) {
 	if len(tags) == 0 {
-		return nil, nil
+		return nil, false, nil
 	}
 	out := make([]tagToken, len(tags))
 	for i, name := range tags {
@@ -271,10 +350,11 @@ func (c *Cache[T]) tokensBeforeLoad(ctx context.Context, tasks []leaseTask[T], t
 			}
 		}
 		if out[i].token == "" {
-			return c.store.ensureTokens(ctx, tags)
+			out, err := c.store.ensureTokens(ctx, tags, c.tagLife())
+			return out, true, err
 		}
 	}
-	return out, nil
+	return out, false, nil
 }
 
 // tokensOf picks the tokens of names out of recorded (all of them when the

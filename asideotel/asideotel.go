@@ -44,7 +44,7 @@ func Register(meter metric.Meter, sources ...Source) (metric.Registration, error
 		errs = append(errs, err)
 		return g
 	}
-	reads := counter("aside.reads", "{read}", "Reads by outcome: l1_hit, hit, stale, negative, miss, tag_miss.")
+	reads := counter("aside.reads", "{read}", "Reads by outcome: l1_hit, hit, stale, negative, waited (answered by another caller's load), miss, tag_miss.")
 	loads := counter("aside.loads", "{call}", "Loader calls that returned a value (or ErrNotFound).")
 	loadErrors := counter("aside.load.errors", "{call}", "Loader calls that failed, panicked or timed out.")
 	loadTime := fcounter("aside.load.time", "s", "Time spent in loader calls.")
@@ -77,7 +77,7 @@ func Register(meter metric.Meter, sources ...Source) (metric.Registration, error
 			}
 			attrs := metric.WithAttributes(base...)
 			for result, n := range map[string]uint64{"l1_hit": s.L1Hits, "hit": s.Hits, "stale": s.StaleServed,
-				"negative": s.NegativeHits, "miss": s.Misses, "tag_miss": s.TagMisses} {
+				"negative": s.NegativeHits, "waited": s.Waited, "miss": s.Misses, "tag_miss": s.TagMisses} {
 				o.ObserveInt64(reads, int64(n), with("result", result))
 			}
 			o.ObserveInt64(loads, int64(s.Loads), attrs)

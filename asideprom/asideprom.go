@@ -33,7 +33,7 @@ func desc(name, help string, extra ...string) *prometheus.Desc {
 }
 
 var (
-	readsDesc      = desc("reads_total", "Reads by outcome: l1_hit, hit, stale, negative, miss, tag_miss.", "result")
+	readsDesc      = desc("reads_total", "Reads by outcome: l1_hit, hit, stale, negative, waited (answered by another caller's load), miss, tag_miss.", "result")
 	loadsDesc      = desc("loads_total", "Loader calls that returned a value (or ErrNotFound).")
 	loadErrDesc    = desc("load_errors_total", "Loader calls that failed, panicked or timed out.")
 	loadSecDesc    = desc("load_seconds_total", "Time spent in loader calls.")
@@ -81,6 +81,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(readsDesc, float64(s.NegativeHits), "negative")
 		counter(readsDesc, float64(s.Misses), "miss")
 		counter(readsDesc, float64(s.TagMisses), "tag_miss")
+		counter(readsDesc, float64(s.Waited), "waited")
 		counter(loadsDesc, float64(s.Loads))
 		counter(loadErrDesc, float64(s.LoadErrors))
 		counter(loadSecDesc, s.LoadTime.Seconds())

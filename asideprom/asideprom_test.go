@@ -35,7 +35,7 @@ func TestCollectorScrapesRealValues(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(asideprom.NewCollector(products))
 	want := `
-# HELP aside_reads_total Reads by outcome: l1_hit, hit, stale, negative, miss, tag_miss.
+# HELP aside_reads_total Reads by outcome: l1_hit, hit, stale, negative, waited (answered by another caller's load), miss, tag_miss.
 # TYPE aside_reads_total counter
 aside_reads_total{cache="product",profile="master",result="hit"} 2
 aside_reads_total{cache="product",profile="master",result="l1_hit"} 0
@@ -43,6 +43,7 @@ aside_reads_total{cache="product",profile="master",result="miss"} 1
 aside_reads_total{cache="product",profile="master",result="negative"} 0
 aside_reads_total{cache="product",profile="master",result="stale"} 0
 aside_reads_total{cache="product",profile="master",result="tag_miss"} 0
+aside_reads_total{cache="product",profile="master",result="waited"} 0
 # HELP aside_loads_total Loader calls that returned a value (or ErrNotFound).
 # TYPE aside_loads_total counter
 aside_loads_total{cache="product",profile="master"} 1

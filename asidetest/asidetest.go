@@ -27,18 +27,25 @@ import (
 // Redis is the in-process Redis behind a test's Store, reached through a
 // proxy that can slow it down or cut it off.
 type Redis struct {
+	t      testing.TB
 	mini   *miniredis.Miniredis
 	client *redis.Client
 	proxy  *Proxy
+	store  *aside.Store
 	offset atomic.Int64 // the Store's clock: real time plus this
 }
 
+// settleTimeout bounds how long Advance waits for the Store's background
+// writes: each is bounded by the Store's call timeout already.
+const settleTimeout = 5 * time.Second
+
 // New starts an in-process Redis and returns a Store on it, built with opts
-// (a fresh prefix and the test clock come first, so opts may override
-// them). Everything is closed when the test ends.
+// (the test clock comes first, so opts may override it; keys have the
+// default prefix, "aside", as in production: each test has a Redis of its
+// own). Everything is closed when the test ends.
 func New(t testing.TB, opts ...aside.StoreOption) (*aside.Store, *Redis) {
 	t.Helper()
-	r := &Redis{mini: miniredis.RunT(t)}
+	r := &Redis{t: t, mini: miniredis.RunT(t)}
 	r.proxy = NewProxy(t, r.mini.Addr())
 	r.client = redis.NewClient(&redis.Options{
 		Addr:                  r.proxy.Addr(),
@@ -52,6 +59,7 @@ func New(t testing.TB, opts ...aside.StoreOption) (*aside.Store, *Redis) {
 		t.Fatalf("asidetest: %v", err)
 	}
 	t.Cleanup(func() { _ = store.Close() }) // before the client's Close: cleanups run last-in first-out
+	r.store = store
 	return store, r
 }
 
@@ -61,10 +69,30 @@ func (r *Redis) Now() time.Time { return time.Now().Add(time.Duration(r.offset.L
 // Advance moves time forward by d for every clock of the Store — freshness,
 // early refresh, L1 expiry, the circuit breaker's cooldown — and for Redis'
 // TTLs together, so entries go stale and expire, and an open breaker probes
-// again, as they would after d.
+// again, as they would after d. It first waits for the Store's background
+// writes (the fill of a value a Get has just returned, a refresh, a lease
+// given back): in real time they land within milliseconds, long before d
+// has passed, and a fill that landed after the jump would find its lease
+// expired and be refused — the next Get would load again.
 func (r *Redis) Advance(d time.Duration) {
+	if !advanceWithoutSettling {
+		r.settle()
+	}
 	r.offset.Add(int64(d))
 	r.mini.FastForward(d)
+}
+
+// advanceWithoutSettling is the broken variant of Advance, for this
+// package's tests: the clock jumps while fills are on their way.
+var advanceWithoutSettling = false
+
+// settle waits for the Store's background writes to reach Redis or fail.
+func (r *Redis) settle() {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := r.store.Wait(ctx); err != nil {
+		r.t.Errorf("asidetest: Advance: the Store's background writes did not end within %v: %v", settleTimeout, err)
+	}
 }
 
 // Down cuts Redis off: open connections are closed and new ones dropped,
