@@ -100,7 +100,7 @@ func ExampleKey() {
 	fmt.Println(aside.Key("a:b"), aside.Key("a", "b")) // never the same key
 	// Output:
 	// 42:en
-	// a%3Ab a:b
+	// a~3Ab a:b
 }
 
 func ExampleCache_Stats() {
