@@ -111,6 +111,9 @@ func (c *Cache[T]) getMany(ctx context.Context, keys []string, load BatchLoader[
 	if len(calls) > 0 {
 		c.resolve(ctx, calls, source[T]{many: load})
 	}
+	for _, cl := range calls {
+		c.recountWaited(cl)
+	}
 	errs := map[string]error{}
 	for _, cl := range calls {
 		if outcomes != nil {

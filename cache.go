@@ -278,6 +278,7 @@ func (c *Cache[T]) get(ctx context.Context, key string, load Loader[T], opts []C
 		return v, OutcomeL1Hit, nil
 	}
 	c.resolve(ctx, cl.alone(), source[T]{one: load})
+	c.recountWaited(cl)
 	c.fillL1(cl)
 	v, o, err := cl.v, cl.outcome, cl.err
 	c.recycle(cl)

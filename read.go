@@ -264,11 +264,19 @@ func (c *Cache[T]) count(cl *call[T], n *atomic.Uint64) {
 	}
 }
 
-// waitedFor recounts a read that another caller's load answered, which it
-// waited for: a miss (or tag miss) that loaded nothing is counted in
-// Waited instead.
-func (c *Cache[T]) waitedFor(cl *call[T]) {
-	if n := cl.countedIn; (n == &c.stats.misses || n == &c.stats.tagMisses) && !c.hooks.waitsAsMisses() {
+// recountWaited recounts, once the call is answered, a read that found
+// nothing usable and was then answered by another caller's load — the
+// fill it waited for, a flight it joined, or the entry it read again after
+// a wait: a miss (or tag miss) that loaded nothing counts in Waited
+// instead. One that loaded (through its lease, degraded, after its wait
+// budget) stays a miss.
+func (c *Cache[T]) recountWaited(cl *call[T]) {
+	n := cl.countedIn
+	if n != &c.stats.misses && n != &c.stats.tagMisses || c.hooks.waitsAsMisses() {
+		return
+	}
+	switch cl.outcome {
+	case OutcomeWaited, OutcomeHit, OutcomeStale, OutcomeNegative, OutcomeL1Hit:
 		n.Add(^uint64(0))
 		c.stats.waited.Add(1)
 		cl.countedIn = &c.stats.waited

@@ -58,7 +58,6 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 			b := c.replyBytes(r.payload)
 			if c.serve(ctx, cl, b, src) {
 				cl.outcome = OutcomeWaited
-				c.waitedFor(cl)
 				return false
 			}
 			cl.raw = b
@@ -101,7 +100,6 @@ func (c *Cache[T]) join(ctx context.Context, cl *call[T], f *flight[T], src sour
 	case f.valid && sameTokens(f.tags, cl.snap):
 		cl.finish(f.v, f.err)
 		cl.outcome = OutcomeWaited
-		c.waitedFor(cl)
 		if f.err == nil {
 			cl.l1OK, cl.freshUntil, cl.entryTags = true, f.freshUntil, f.tags
 		}
