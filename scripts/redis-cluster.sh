@@ -54,7 +54,11 @@ start)
 		port=$(start_node)
 		addrs+=("127.0.0.1:$port")
 	done
-	redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1
+	if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1; then
+		echo "cluster create failed:" >&2
+		tail -5 "$dir/create.log" >&2
+		exit 1
+	fi
 	first=${addrs[0]##*:}
 	for _ in $(seq 300); do
 		ok=1
