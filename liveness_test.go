@@ -519,16 +519,20 @@ func TestT27StalledMasterCostsItsSlotsOnly(t *testing.T) {
 	requireCluster(t)
 	expectBroken(t, "the other masters' reads are not held by a stalled master", func(broken bool) bool {
 		slow, reads, opened := stalledMaster(t, broken)
-		t.Logf("broken=%v: %d of %d reads of the other masters' keys took over half an op timeout, breaker opened %v", broken, slow, reads, opened)
-		// A stray one or two may (CI saw one read of 97 ms once, after the
-		// Cluster tests before it had moved slots and failed masters over);
-		// a shared batch delays one in every batch that a stalled read joins.
+		t.Logf("broken=%v: %d of %d reads of the other masters' keys were held (took 90 %% of the op timeout or more), breaker opened %v", broken, slow, reads, opened)
+		// A read held by the stalled master waits out that master's call,
+		// the op timeout (200 ms here, no stall tolerance): one that takes
+		// 90 % of it was held. A pause of the whole process (a GC under the
+		// race detector in the full suite) delays every reader at once by
+		// less: the full suite saw one read per reader goroutine over 50 ms
+		// when the bound was half of a 100 ms op timeout. A stray one or two
+		// may; a shared batch holds one in every batch a stalled read joins.
 		return slow <= 2 && !opened
 	})
 }
 
 func stalledMaster(t *testing.T, broken bool) (slow, reads int, opened bool) {
-	const op = 100 * time.Millisecond
+	const op = 200 * time.Millisecond
 	var stalled atomic.Bool
 	stalledAddr := ""
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: clusterAddrs, DisableIdentity: true, ContextTimeoutEnabled: true,
@@ -610,8 +614,9 @@ func stalledMaster(t *testing.T, broken bool) (slow, reads int, opened bool) {
 				if d := time.Since(start); g%2 != 0 {
 					mu.Lock()
 					reads++
-					if d > op/2 {
+					if d >= op*9/10 {
 						slow++
+						t.Logf("a read of %s held %v", k, d)
 					}
 					mu.Unlock()
 				}
