@@ -145,7 +145,7 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 	}
 	total.StaleByTier = map[string]int{}
 	// The loads that failed, by worker, cache and key: a read that failed
-	// while one of them ended has its loader's error.
+	// while one of them ran has its loader's error.
 	failedLoads := map[[2]string][]event{}
 	for _, e := range events {
 		if e.T == "l" && e.Err != "" {
@@ -158,8 +158,11 @@ func check(events []event, windows []window) (total verdict, per map[string]*ver
 		if cache == "batch" {
 			cache = "plain"
 		}
+		// A load that overlapped the read: aside answers a load past its
+		// LoadTimeout when the timeout fires, and the loader's own end (the
+		// event's) can come a moment after the read's on a loaded machine.
 		return slices.ContainsFunc(failedLoads[[2]string{strconv.Itoa(r.Worker), cache + ":" + strconv.Itoa(r.Key)}],
-			func(l event) bool { return l.End >= r.Start && l.End <= r.End })
+			func(l event) bool { return l.End >= r.Start && l.Start <= r.End })
 	}
 	for _, e := range duplicateLoads(events, false) {
 		v, _ := at(e.Start)
