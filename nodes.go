@@ -146,7 +146,7 @@ func (c *Cache[T]) nodesUp(ctx context.Context, calls []*call[T], src source[T])
 	}
 	var up, down []*call[T]
 	for i, cl := range calls {
-		if !c.store.nodesDown(ctx, c.keysOf(cl)...) {
+		if !c.onDownNode(ctx, cl) {
 			if down != nil {
 				up = append(up, cl)
 			}
@@ -163,6 +163,12 @@ func (c *Cache[T]) nodesUp(ctx context.Context, calls []*call[T], src source[T])
 	c.stats.skipped.Add(uint64(len(down)))
 	c.loadDegraded(ctx, down, src)
 	return up
+}
+
+// onDownNode reports whether cl reads a key on a node taken for down; on
+// one Redis it costs a nil check (no key list is built).
+func (c *Cache[T]) onDownNode(ctx context.Context, cl *call[T]) bool {
+	return c.store.nodes != nil && c.store.nodesDown(ctx, c.keysOf(cl)...)
 }
 
 // keysOf returns the Redis keys a read of cl reads: its entry's and its

@@ -39,7 +39,7 @@ func (c *Cache[T]) peek(ctx context.Context, key string, opts []CallOption) (T, 
 		return v, OutcomeL1Hit, nil
 	}
 	var zero T
-	if !c.store.usable(ctx) || c.store.nodesDown(ctx, c.keysOf(cl)...) {
+	if !c.store.usable(ctx) || c.onDownNode(ctx, cl) {
 		c.stats.skipped.Add(1)
 		return zero, OutcomeNone, ErrUnavailable
 	}
