@@ -46,39 +46,6 @@ import (
 	"time"
 )
 
-// Sentinel errors. Match them with errors.Is.
-var (
-	// ErrNotFound is what a [Loader] returns (wrapped or not) when the source
-	// has no such row. With a profile's NegativeTTL it is cached: later Gets
-	// return ErrNotFound without calling the loader.
-	ErrNotFound = errors.New("aside: not found")
-	// ErrLoaderPanic is returned, wrapped with the panic value and stack, to
-	// every caller sharing a load whose loader panicked.
-	ErrLoaderPanic = errors.New("aside: loader panic")
-	// ErrUnavailable is returned by writes ([Cache.Set], [Cache.Invalidate])
-	// while the circuit breaker keeps the Store away from Redis.
-	ErrUnavailable = errors.New("aside: redis unavailable")
-	// ErrQueued is matched by the error of an invalidation ([Cache.Invalidate],
-	// [Store.InvalidateTags], their soft forms) that could not reach Redis, even
-	// after riding out a stall of a few op timeouts: it is queued, applied to
-	// this Store's own L1 at once, and replayed before this Store reads Redis
-	// again ([Store.Pending] counts it). Until the replay lands, other
-	// processes may serve the old value. Such an error also matches
-	// ErrUnavailable. From [Store.Write] it means that the write committed
-	// and only its invalidations are queued.
-	ErrQueued = errors.New("aside: invalidation queued for replay")
-)
-
-// notFoundError is a not-found answer of a cache with [WithNotFound]: it
-// reads as the error it carries — the loader's, or the cache's own — and
-// matches both ErrNotFound and the cache's own error with errors.Is.
-type notFoundError struct {
-	err, also error
-}
-
-func (e *notFoundError) Error() string   { return e.err.Error() }
-func (e *notFoundError) Unwrap() []error { return []error{e.err, e.also} }
-
 // notFound gives a loader's not-found error the cache's one identity: with
 // [WithNotFound], a loader may return either ErrNotFound or the cache's own
 // error, and every not-found answer — the loader's, a shared one, a cached
@@ -213,11 +180,6 @@ func (c *Cache[T]) Stats() Stats {
 	s.Cache, s.Profile, s.Breaker, s.Coherence = c.name, c.profile.Name, c.store.breaker.State(), c.store.Coherence()
 	return s
 }
-
-var (
-	errEmptyKey  = errors.New("aside: empty key")
-	errNilLoader = errors.New("aside: nil loader")
-)
 
 // Get returns the value cached under key or, on a miss, calls load, returns
 // its result and stores it with the profile's TTL and jitter.

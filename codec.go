@@ -85,8 +85,6 @@ const (
 	maxDecodedBytes = 64 << 20
 )
 
-var errCorrupt = errors.New("aside: corrupt entry")
-
 // envelope is the decoded header of one entry; payload aliases the input.
 type envelope struct {
 	flags      byte
@@ -236,7 +234,7 @@ func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration,
 	payload, pb, err := marshalPayload(c.codec, v)
 	defer pb.release() // encodeEnvelope copies the payload; the default codec's decoder copies what it keeps
 	if err != nil {
-		return nil, fmt.Errorf("aside: encode: %w", err)
+		return nil, opErr("encode", err)
 	}
 	if len(payload) > maxDecodedBytes { // stored, it could never be read back
 		return nil, fmt.Errorf("%w: a payload of %d bytes exceeds the %d MiB any entry may decode to", errOversize, len(payload), maxDecodedBytes>>20)
@@ -281,9 +279,6 @@ func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Durati
 	}
 	return b, served, true
 }
-
-// errOversize marks a value that is returned to its caller but not stored.
-var errOversize = errors.New("aside: value too large to cache")
 
 // checkSize refuses an entry over the profile's MaxEntryBytes.
 func (c *Cache[T]) checkSize(b []byte) error {

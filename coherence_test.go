@@ -126,6 +126,7 @@ func l1Race(t *testing.T, client func(testing.TB) redis.UniversalClient, p readP
 }
 
 func TestT18StrictL1NoStaleReadInAnyStore(t *testing.T) {
+	requireLong(t)
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		forEachPath(t, func(t *testing.T, p readPath) { checkL1Race(t, b.client, p) })
 	})
@@ -152,6 +153,7 @@ func checkL1Race(t *testing.T, client func(testing.TB) redis.UniversalClient, p 
 // from L1 again, the new value. Broken variant: P's L1 hit skips the lease
 // check.
 func TestT18SilentStoreBoundsTheWait(t *testing.T) {
+	requireLong(t)
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		if b.cluster != nil {
 			t.Skip("a proxy in front of a Cluster would be bypassed by its redirections")

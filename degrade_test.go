@@ -45,6 +45,7 @@ func (e *events) count(k aside.EventKind) int {
 // Get is still served by the loader, the breaker opens, and after a restart
 // on the same port it closes and hits resume.
 func TestRedisKilledMidRun(t *testing.T) {
+	requireLong(t)
 	requireReal(t)
 	srv, err := startRedis(0)
 	if err != nil {
@@ -235,6 +236,7 @@ func runT7(t *testing.T, dropQueue bool) (int, int) {
 }
 
 func TestT7ReplayBeforeTrustingRestoredRedis(t *testing.T) {
+	requireLong(t)
 	requireReal(t)
 	if got, pending := runT7(t, false); got != 2 || pending != 0 {
 		t.Errorf("first Get after the restore = v%d with %d pending, want v2 and a drained queue", got, pending)

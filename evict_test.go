@@ -24,6 +24,7 @@ type versioned struct {
 // no read returns a value older than its tag's last invalidation, during
 // the run and after it.
 func TestEvictionNeverServesStale(t *testing.T) {
+	requireLong(t)
 	requireReal(t)
 	srv, err := startRedis(0, "--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "3")
 	if err != nil {

@@ -254,6 +254,7 @@ func xfetchRun(t *testing.T, p readPath, beta float64, cycles int) (loads int32,
 // refreshed once per expiry cycle and every read is a fresh hit; without it
 // (the broken variant) readers miss or get stale values at each expiry.
 func TestT9XFetch(t *testing.T) {
+	requireLong(t)
 	const cycles = 4
 	forEachPath(t, func(t *testing.T, p readPath) {
 		loads, missed := xfetchRun(t, p, 1, cycles)

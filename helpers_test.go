@@ -70,7 +70,7 @@ func TestMain(m *testing.M) {
 	var clusterDir string
 	if env := os.Getenv("ASIDE_CLUSTER_ADDRS"); env != "" {
 		clusterAddrs = strings.Split(env, ",")
-	} else {
+	} else if longRun { // only the long suites use a Cluster: none is started for the minute-long run
 		// Twice: on a loaded machine a node or the cluster's creation can
 		// miss the script's wait once (the first attempt's processes are
 		// stopped before the second).
@@ -115,6 +115,19 @@ func TestMain(m *testing.M) {
 func fuzzing() bool {
 	f, w := flag.Lookup("test.fuzz"), flag.Lookup("test.fuzzworker")
 	return f != nil && f.Value.String() != "" || w != nil && w.Value.String() == "true"
+}
+
+// longRun is set by ASIDE_LONG=1: the long suites — stress runs, the
+// Cluster, Sentinel and Ring, processes, eviction — run beside the rest.
+// Without it `go test ./...` answers in about a minute; .ci/run runs both.
+var longRun = os.Getenv("ASIDE_LONG") != ""
+
+// requireLong skips a long test unless ASIDE_LONG is set.
+func requireLong(t testing.TB) {
+	t.Helper()
+	if !longRun {
+		t.Skip("long test: ASIDE_LONG=1 runs it (.ci/run does)")
+	}
 }
 
 // requireReal skips a test that needs a real Redis — or fails it under CI,
@@ -162,6 +175,7 @@ func requireCluster(t testing.TB) {
 	if len(clusterAddrs) > 0 {
 		return
 	}
+	requireLong(t)
 	if os.Getenv("CI") == "true" {
 		t.Fatal("Redis Cluster required under CI: install redis-server and redis-cli, or set ASIDE_CLUSTER_ADDRS")
 	}

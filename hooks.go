@@ -227,7 +227,7 @@ func (h *testHooks) readFirst() bool     { return h != nil && h.ReadFirst }
 
 // naiveGet is the broken variant behind testHooks.Naive: read, then one
 // load per key shared by whoever asks while it runs, then an unconditional
-// write — the design DESIGN.md measures as unsafe. Get and GetMany both
+// write — the design docs/design.md shows unsafe. Get and GetMany both
 // take it when it is on.
 func (c *Cache[T]) naiveGet(ctx context.Context, cl *call[T], src source[T]) {
 	if b, err := c.readOne(ctx, cl); err == nil && b != nil && c.serve(ctx, cl, b, src) {

@@ -2,6 +2,7 @@ package aside_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -111,6 +112,7 @@ func (s *selfEncoded) UnmarshalText(b []byte) error {
 // (over its 64 MiB bound) is returned and counted, never stored — stored,
 // it would be reloaded and rewritten on every read.
 func TestUndecodablySizedValuesAreNotStored(t *testing.T) {
+	requireLong(t)
 	b := &backend{addr: miniredis.RunT(t).Addr()}
 	p := aside.Profile{Name: "huge", TTL: time.Minute, LoadTimeout: 10 * time.Second, CompressAbove: 1024} // no MaxEntryBytes
 	store, _ := b.newStore(t, aside.WithProfiles(p))
@@ -212,4 +214,59 @@ func TestFailedSetInvalidates(t *testing.T) {
 			t.Errorf("after a failed Set: %q, want a miss served by the loader", got)
 		}
 	})
+}
+
+// TestErrorsReadWithOnePrefix: an error that wraps aside's own errors reads
+// "aside: <op>: ..." once — not "aside: invalidate: aside: redis
+// unavailable: aside: ..." — and still matches every sentinel it wraps.
+func TestErrorsReadWithOnePrefix(t *testing.T) {
+	srv := miniredis.RunT(t)
+	store, err := aside.NewStore(newClient(t, srv.Addr()), aside.WithOpTimeout(50*time.Millisecond), aside.WithStallTolerance(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := aside.New[int](store, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Close() // every call fails from here on
+	checks := []struct {
+		op   string
+		err  error
+		want []error
+	}{}
+	for i := 0; i < 3; i++ { // the breaker opens on the way: both kinds of failure
+		err := cache.Invalidate(bgCtx, aside.Key("k", strings.Repeat("x", i)))
+		checks = append(checks, struct {
+			op   string
+			err  error
+			want []error
+		}{"invalidate", err, []error{aside.ErrQueued, aside.ErrUnavailable}})
+	}
+	_, err = cache.Peek(bgCtx, "k")
+	checks = append(checks, struct {
+		op   string
+		err  error
+		want []error
+	}{"peek", err, []error{aside.ErrUnavailable}})
+	err = store.Close()
+	checks = append(checks, struct {
+		op   string
+		err  error
+		want []error
+	}{"close", err, []error{aside.ErrUnavailable}})
+	for _, c := range checks {
+		if c.err == nil {
+			t.Errorf("%s: no error with Redis gone", c.op)
+			continue
+		}
+		if n := strings.Count(c.err.Error(), "aside:"); n != 1 || !strings.HasPrefix(c.err.Error(), "aside: ") {
+			t.Errorf("%s: %q has %d \"aside:\" prefixes, want one at the start", c.op, c.err, n)
+		}
+		for _, w := range c.want {
+			if !errors.Is(c.err, w) {
+				t.Errorf("%s: %v does not match %v", c.op, c.err, w)
+			}
+		}
+	}
 }

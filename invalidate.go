@@ -3,7 +3,6 @@ package aside
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync/atomic"
 
@@ -79,30 +78,17 @@ func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, ca
 	switch {
 	case err == nil:
 		if err := acks.wait(ctx); err != nil {
-			return fmt.Errorf("aside: %s: %w", what, err)
+			return opErr(what, err)
 		}
 		return nil
 	case !isOutage(err): // an error reply (NOPERM, OOM): the server refused this command
 		s.pending.add(ops)
-		return fmt.Errorf("aside: %s: %w", what, err)
+		return opErr(what, err)
 	default:
 		s.pending.add(ops) // it may or may not have run: deleting again is harmless
 		return &queuedError{what: what, cause: err}
 	}
 }
-
-// queuedError is an invalidation that could not reach Redis: it matches
-// [ErrQueued] and [ErrUnavailable], and its cause.
-type queuedError struct {
-	what  string
-	cause error
-}
-
-func (e *queuedError) Error() string {
-	return "aside: " + e.what + ": redis unavailable, queued for replay: " + strings.TrimPrefix(e.cause.Error(), "aside: ")
-}
-
-func (e *queuedError) Unwrap() []error { return []error{ErrQueued, ErrUnavailable, e.cause} }
 
 // markStaleScript soft-invalidates one entry: it sets the stale flag inside
 // the stored envelope (byte 2, flagStale = 4) and revokes any lease, so that
@@ -188,7 +174,7 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 		err = perr
 	}
 	if err != nil {
-		return int(n.Load()), fmt.Errorf("aside: purge: %w", err)
+		return int(n.Load()), opErr("purge", err)
 	}
 	return int(n.Load()), nil
 }

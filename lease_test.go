@@ -255,6 +255,7 @@ func TestInterleavingsT1T2T3(t *testing.T) {
 // waiters in other processes from the value for longer than the lease TTL
 // plus one poll, and costs at most 2 loads.
 func TestT6FailedHolders(t *testing.T) {
+	requireLong(t)
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		t.Run("caller cancelled", func(t *testing.T) {
 			prefix := uniquePrefix()

@@ -26,6 +26,7 @@ import (
 // reading next, takes the key over at once instead of waiting its whole
 // wait budget on a lease that nobody will fill. Through every read path.
 func TestT22NoLeaseOutlivesItsLoad(t *testing.T) {
+	requireLong(t)
 	forEachPath(t, func(t *testing.T, p readPath) {
 		expectBroken(t, "B takes over the lease of a holder whose fill failed", func(broken bool) bool {
 			waited := holderFillFails(t, p, broken)
@@ -390,6 +391,7 @@ func fillBehindPurge(t *testing.T, p readPath, broken bool) int {
 // snapshot brings back. Its broken variant gives a lease the whole
 // LoadTimeout and does not renew it.
 func TestT25DeadHoldersLeaseExpiresSoon(t *testing.T) {
+	requireLong(t)
 	requireReal(t) // miniredis expires keys only when told to
 	forEachPath(t, func(t *testing.T, p readPath) {
 		expectBroken(t, "B takes over a silent holder's lease within about a second", func(broken bool) bool {
@@ -435,6 +437,7 @@ func silentHolder(t *testing.T, p readPath, broken bool) time.Duration {
 // sees one load, not one per lease expiry. Its broken variant does not
 // renew.
 func TestT26LiveHolderKeepsItsLease(t *testing.T) {
+	requireLong(t)
 	requireReal(t) // miniredis expires keys only when told to
 	expectBroken(t, "one load however long it takes", func(broken bool) bool {
 		prof := aside.Profile{Name: "slowload", TTL: time.Minute, LoadTimeout: 5 * time.Second}

@@ -95,6 +95,6 @@ func safeLoad[T any](ctx context.Context, load Loader[T]) (T, error) {
 		return r.v, r.err
 	case <-ctx.Done():
 		var zero T
-		return zero, fmt.Errorf("aside: load: %w", ctx.Err())
+		return zero, opErr("load", ctx.Err())
 	}
 }

@@ -129,6 +129,7 @@ type matrixCounts struct {
 }
 
 func TestSeamMatrix(t *testing.T) {
+	requireLong(t)
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		// The backends are servers of their own, and a cell mostly waits (a
 		// silent Store's L + margin, a breaker's cooldown): side by side,
@@ -383,6 +384,7 @@ func runCell(t *testing.T, top topology, p matrixPath, l1, inv, fault string, n 
 // protocol core with the broken variant that reproduces each defect: every
 // one must show a violation, or the matrix could not catch its return.
 func TestSeamMatrixCatchesBrokenVariants(t *testing.T) {
+	requireLong(t)
 	type brokenCell struct {
 		what         string
 		p            matrixPath

@@ -31,6 +31,7 @@ const childEnv = "ASIDE_TEST_CHILD" // "addr,user,password,prefix,broken"
 // late (a hook), so that only its lease check can keep it from the old
 // value. Broken variant: the L1 hit skips the lease check.
 func TestT18PausedProcess(t *testing.T) {
+	requireLong(t)
 	requireReal(t)
 	expectBroken(t, "a paused process serves nothing older than an invalidation that returned while it was stopped", func(broken bool) bool {
 		prefix := uniquePrefix()

@@ -2,13 +2,8 @@ package aside
 
 import (
 	"context"
-	"errors"
 	"fmt"
 )
-
-// ErrMiss is returned by [Cache.Peek] when nothing usable is cached under
-// the key.
-var ErrMiss = errors.New("aside: not cached")
 
 // Peek returns what is cached under key without loading it: the answer Get
 // would give from L1 or Redis right now — a fresh value, or one inside the
@@ -47,7 +42,7 @@ func (c *Cache[T]) peek(ctx context.Context, key string, opts []CallOption) (T, 
 		if ctx.Err() != nil {
 			return zero, OutcomeNone, ctx.Err()
 		}
-		return zero, OutcomeNone, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return zero, OutcomeNone, opErr("peek", fmt.Errorf("%w: %w", ErrUnavailable, err))
 	}
 	if cl.raw == nil || !c.serve(ctx, cl, cl.raw, source[T]{}) {
 		return zero, OutcomeMiss, ErrMiss

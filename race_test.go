@@ -134,6 +134,7 @@ func staleSetRaceShaped(t *testing.T, b *backend, d time.Duration, hooks *aside.
 // in-process singleflight, run the same way, shows stale reads — so the
 // test can fail.
 func TestStaleSetRace(t *testing.T) {
+	requireLong(t)
 	requireReal(t)
 	if testing.Short() {
 		t.Skip("10 s race test")
@@ -174,6 +175,7 @@ func TestStaleSetRace(t *testing.T) {
 // older version. Broken variant: a sharer takes the hit its shared script
 // read before it arrived (53 stale of 33 000 reads in 10 s when measured).
 func TestStaleSetRaceHotKeys(t *testing.T) {
+	requireLong(t)
 	requireReal(t)
 	if testing.Short() {
 		t.Skip("8 s race test")

@@ -229,7 +229,7 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 	cl.v = zero
 	if err := c.codec.Unmarshal(e.payload, &cl.v); err != nil {
 		cl.v = zero
-		c.decodeFailed(cl, fmt.Errorf("aside: decode: %w", err))
+		c.decodeFailed(cl, opErr("decode", err))
 		return false
 	}
 	now, freshUntil := c.store.now(), time.UnixMilli(e.freshMs)

@@ -65,6 +65,7 @@ func main() {}
 // builds as written, declares nothing it does not use — and so cannot drop
 // an error it assigned.
 func TestReadmeSnippetsCompile(t *testing.T) {
+	requireLong(t)
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)

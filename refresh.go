@@ -11,7 +11,7 @@ import (
 
 // Early refresh and stale-while-revalidate: a reader of a stale or
 // soon-expiring entry reloads it in the background under a refresh lease,
-// through the same load-and-fill step as a miss (stampede.go).
+// through the same load-and-fill step as a miss (fill.go).
 
 // refreshScript takes a refresh lease on an existing entry without touching
 // its value or TTL: readers keep the current value meanwhile. ARGV[3] is the

@@ -212,8 +212,3 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 	}
 	return nil
 }
-
-var (
-	errReplaying  = errors.New("aside: failed invalidations are being replayed")
-	errOverflowed = errors.New("aside: the replay queue overflowed: failed invalidations were dropped")
-)

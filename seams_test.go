@@ -26,6 +26,7 @@ import (
 // and the invalidation queued meanwhile is replayed. Broken variant: the
 // probe is the caller's call, and a probe cut short keeps its slot (v1).
 func TestT10BreakerClosesWhateverCallersDo(t *testing.T) {
+	requireLong(t)
 	const opTimeout, cooldown = 50 * time.Millisecond, 100 * time.Millisecond
 	run := func(t *testing.T, down, up func(), rdb redis.UniversalClient, broken bool) bool {
 		store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()), aside.WithOpTimeout(opTimeout), aside.WithBreaker(1, cooldown))
@@ -240,6 +241,7 @@ func runT12(t *testing.T, b *backend, p readPath, negTTL time.Duration, broken b
 // after its budget and loads by itself. Broken variant: the budget only
 // bounds waits on other processes (v1).
 func TestWaitBudgetBoundsWaitersInTheHoldersProcess(t *testing.T) {
+	requireLong(t)
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		t.Parallel() // servers of their own; the cells wait on timers, not the CPU
 		forEachPath(t, func(t *testing.T, p readPath) {
@@ -282,6 +284,7 @@ func TestWaitBudgetBoundsWaitersInTheHoldersProcess(t *testing.T) {
 // of waiting out its budget. Broken variant: the lease script runs on the
 // caller's ctx, and the lease is orphaned (v1).
 func TestNoOrphanLeaseWhenTheCallerGivesUp(t *testing.T) {
+	requireLong(t)
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		forEachPath(t, func(t *testing.T, p readPath) {
 			expectBroken(t, "no waiter sits out its budget", func(broken bool) bool {

@@ -107,13 +107,13 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 	}, busMessage{Kind: busKeys, Cache: c.name, Names: keys})
 	c.store.record(octx, err, &c.stats, c.name)
 	if err != nil {
-		return fmt.Errorf("aside: set: %w", err)
+		return opErr("set", err)
 	}
 	for _, b := range encoded {
 		c.stats.bytesWritten.Add(uint64(len(b)))
 	}
 	if err := acks.wait(ctx); err != nil {
-		return fmt.Errorf("aside: set: %w", err)
+		return opErr("set", err)
 	}
 	return nil
 }

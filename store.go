@@ -156,7 +156,7 @@ func (s *Store) Close() error {
 	s.running.Wait()
 	if err != nil {
 		n, overflowed := s.Pending()
-		return fmt.Errorf("%w: %d failed invalidations could not be replayed (overflowed: %v): %w", ErrUnavailable, n, overflowed, err)
+		return opErr("close", fmt.Errorf("%w: %d failed invalidations could not be replayed (overflowed: %v): %w", ErrUnavailable, n, overflowed, err))
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package aside
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -165,13 +164,13 @@ func (s *Store) ensureTokens(ctx context.Context, tags []string, life time.Durat
 	})
 	s.record(octx, err, nil, "")
 	if err != nil {
-		return nil, fmt.Errorf("aside: tag tokens: %w", err)
+		return nil, opErr("tag tokens", err)
 	}
 	out := make([]tagToken, len(tags))
 	for i, t := range tags {
 		tok, err := gets[i].Text()
 		if err != nil {
-			return nil, fmt.Errorf("aside: tag tokens: %w", err)
+			return nil, opErr("tag tokens", err)
 		}
 		out[i] = tagToken{name: t, token: tok}
 	}

@@ -37,6 +37,7 @@ func startRing(t *testing.T) func(t testing.TB) redis.UniversalClient {
 // startRingShards starts the two redis-servers of a Ring, stopped when t
 // ends, and returns their addresses by shard name.
 func startRingShards(t *testing.T) map[string]string {
+	requireLong(t)
 	requireReal(t)
 	addrs := map[string]string{}
 	for _, name := range []string{"s1", "s2"} {
@@ -59,6 +60,7 @@ type sentinelGroup struct {
 const sentinelMaster = "mymaster"
 
 func startSentinelGroup(t *testing.T) *sentinelGroup {
+	requireLong(t)
 	requireReal(t)
 	g := &sentinelGroup{}
 	t.Cleanup(func() {

@@ -74,6 +74,7 @@ func runJoinEnded(t *testing.T, b *backend, p readPath, broken bool) bool {
 // practice) only because the fill announces itself to the Stores whose callers wait. Broken variant:
 // no announcement (B learns of the fill at its next poll).
 func TestT19WaitersWokenByTheFill(t *testing.T) {
+	requireLong(t)
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		t.Parallel() // servers of their own; the cells wait on timers, not the CPU
 		forEachPath(t, func(t *testing.T, p readPath) {
