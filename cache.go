@@ -316,7 +316,7 @@ func (c *Cache[T]) keepInL1(key string, v T, n l1Note, freshUntil time.Time, ent
 	if c.hooks.callTagsOnly() {
 		entryTags = nil
 		for _, t := range callTags {
-			entryTags = append(entryTags, tagToken{name: t})
+			entryTags = append(entryTags, tagToken{Name: t})
 		}
 	}
 	c.l1.set(key, v, n, freshUntil, entryTags)

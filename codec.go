@@ -3,7 +3,6 @@ package aside
 import (
 	"bytes"
 	"encoding"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -11,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/s2"
+	"github.com/asidecache/aside/internal/envelope"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -63,53 +62,8 @@ func (pb *payloadBuf) release() {
 	}
 }
 
-// The envelope is the one byte string stored per entry:
-//
-//	[0]    format (envelopeV1)
-//	[1]    flags (flagS2, flagNegative, flagStale)
-//	[2:6]  type fingerprint of T, little endian
-//	uvarint created-at, fresh-until (Unix ms), load duration (µs)
-//	uvarint tag count, then per tag: uvarint length + name, uvarint length + token
-//	payload (codec bytes, s2-compressed when flagS2)
-const (
-	envelopeV1   byte = 0xA1
-	flagS2       byte = 1 << 0
-	flagNegative byte = 1 << 1
-	flagStale    byte = 1 << 2 // set in place by MarkStale's script: keep in sync
-	knownFlags        = flagS2 | flagNegative | flagStale
-	maxTags           = 64  // per entry
-	maxTokenLen       = 64  // a tag token: hard + soft part, hex
-	maxTagLen         = 512 // a tag name as stored
-	// maxDecodedBytes bounds decompression so a planted entry cannot make a
-	// reader allocate without limit.
-	maxDecodedBytes = 64 << 20
-)
-
-// envelope is the decoded header of one entry; payload aliases the input.
-type envelope struct {
-	flags      byte
-	typeID     uint32
-	createdMs  int64
-	freshMs    int64
-	loadMicros int64
-	tags       []tagToken
-	payload    []byte
-}
-
 // tagToken is a tag and the token it had when the entry's load began.
-type tagToken struct{ name, token string }
-
-func (e *envelope) negative() bool { return e.flags&flagNegative != 0 }
-func (e *envelope) stale() bool    { return e.flags&flagStale != 0 }
-
-func (e *envelope) hasTag(name string) bool {
-	for _, t := range e.tags {
-		if t.name == name {
-			return true
-		}
-	}
-	return false
-}
+type tagToken = envelope.Tag
 
 // typeFingerprint identifies T in every envelope, so that an entry written by
 // a cache of another type under the same name is a decode miss, never a value
@@ -121,112 +75,6 @@ func typeFingerprint[T any]() uint32 {
 	return h.Sum32()
 }
 
-// encodeEnvelope builds the stored bytes. payload is compressed with s2 when
-// it is at least compressAbove bytes (0: never) and compression saves space.
-func encodeEnvelope(e envelope, compressAbove int) []byte {
-	payload := e.payload
-	flags := e.flags
-	if compressAbove > 0 && len(payload) >= compressAbove {
-		if c := s2.Encode(nil, payload); len(c) < len(payload) {
-			payload, flags = c, flags|flagS2
-		}
-	}
-	size := 6 + 4*binary.MaxVarintLen64 + len(payload)
-	for _, t := range e.tags {
-		size += 2*binary.MaxVarintLen64 + len(t.name) + len(t.token)
-	}
-	out := make([]byte, 0, size)
-	out = append(out, envelopeV1, flags)
-	out = binary.LittleEndian.AppendUint32(out, e.typeID)
-	out = binary.AppendUvarint(out, uint64(max(e.createdMs, 0)))
-	out = binary.AppendUvarint(out, uint64(max(e.freshMs, 0)))
-	out = binary.AppendUvarint(out, uint64(max(e.loadMicros, 0)))
-	out = binary.AppendUvarint(out, uint64(len(e.tags)))
-	for _, t := range e.tags {
-		out = binary.AppendUvarint(out, uint64(len(t.name)))
-		out = append(out, t.name...)
-		out = binary.AppendUvarint(out, uint64(len(t.token)))
-		out = append(out, t.token...)
-	}
-	return append(out, payload...)
-}
-
-// decodeEnvelope parses b without panicking on any input. The returned
-// payload is decompressed, or aliases b. A tag name or token that known
-// holds (the reader's tags and the tokens it read: as a rule, those of the
-// entry) is known's string, not a new one.
-func decodeEnvelope(b []byte, known tagSnap) (envelope, error) {
-	var e envelope
-	if len(b) < 6 {
-		return e, fmt.Errorf("%w: %d bytes", errCorrupt, len(b))
-	}
-	if b[0] != envelopeV1 {
-		return e, fmt.Errorf("%w: unknown format 0x%02x", errCorrupt, b[0])
-	}
-	e.flags = b[1]
-	if e.flags&^knownFlags != 0 {
-		return e, fmt.Errorf("%w: unknown flags 0x%02x", errCorrupt, e.flags)
-	}
-	e.typeID = binary.LittleEndian.Uint32(b[2:6])
-	rest := b[6:]
-	var fields [4]uint64
-	for i := range fields {
-		v, n := binary.Uvarint(rest)
-		if n <= 0 || v > 1<<62 {
-			return e, fmt.Errorf("%w: bad header", errCorrupt)
-		}
-		fields[i], rest = v, rest[n:]
-	}
-	e.createdMs, e.freshMs, e.loadMicros = int64(fields[0]), int64(fields[1]), int64(fields[2])
-	ntags := fields[3]
-	if ntags > maxTags {
-		return e, fmt.Errorf("%w: %d tags", errCorrupt, ntags)
-	}
-	if ntags > 0 {
-		e.tags = make([]tagToken, ntags)
-		for i := range e.tags {
-			var name, token string
-			if name, rest = readString(rest, maxTagLen, known.names); name == "" {
-				return e, fmt.Errorf("%w: bad tag", errCorrupt)
-			}
-			if token, rest = readString(rest, maxTokenLen, known.tokens); token == "" {
-				return e, fmt.Errorf("%w: bad tag token", errCorrupt)
-			}
-			e.tags[i] = tagToken{name, token}
-		}
-	}
-	e.payload = rest
-	if e.flags&flagS2 != 0 {
-		n, err := s2.DecodedLen(rest)
-		if err != nil || n > maxDecodedBytes {
-			return e, fmt.Errorf("%w: bad compressed payload", errCorrupt)
-		}
-		if e.payload, err = s2.Decode(nil, rest); err != nil {
-			return e, fmt.Errorf("%w: bad compressed payload", errCorrupt)
-		}
-		e.flags &^= flagS2 // the decoded payload is plain
-
-	}
-	return e, nil
-}
-
-// readString reads a uvarint-length-prefixed string of 1..max bytes, as
-// known's equal string where it holds one; it returns "" when b does not
-// hold one.
-func readString(b []byte, max int, known []string) (string, []byte) {
-	n, k := binary.Uvarint(b)
-	if k <= 0 || n == 0 || n > uint64(max) || n > uint64(len(b)-k) {
-		return "", b
-	}
-	s, rest := b[k:k+int(n)], b[k+int(n):]
-	for _, kn := range known {
-		if string(s) == kn { // compared in place: no string is made
-			return kn, rest
-		}
-	}
-	return string(s), rest
-}
-
 // encode encodes v as an entry. With served not nil, it also decodes the
 // payload into *served: the value as every hit on the entry will return
 // it (see [Cache.Get]).
@@ -236,21 +84,21 @@ func (c *Cache[T]) encode(v T, created time.Time, fresh, loadTime time.Duration,
 	if err != nil {
 		return nil, opErr("encode", err)
 	}
-	if len(payload) > maxDecodedBytes { // stored, it could never be read back
-		return nil, fmt.Errorf("%w: a payload of %d bytes exceeds the %d MiB any entry may decode to", errOversize, len(payload), maxDecodedBytes>>20)
+	if len(payload) > envelope.MaxDecodedBytes { // stored, it could never be read back
+		return nil, fmt.Errorf("%w: a payload of %d bytes exceeds the %d MiB any entry may decode to", errOversize, len(payload), envelope.MaxDecodedBytes>>20)
 	}
 	if served != nil {
 		if err := c.codec.Unmarshal(payload, served); err != nil {
 			return nil, fmt.Errorf("aside: encode: the codec cannot decode what it encoded, so no hit could serve it: %w", err)
 		}
 	}
-	return encodeEnvelope(envelope{
-		typeID:     c.typeID,
-		createdMs:  created.UnixMilli(),
-		freshMs:    created.Add(fresh).UnixMilli(),
-		loadMicros: loadTime.Microseconds(),
-		tags:       tags,
-		payload:    payload,
+	return envelope.Encode(envelope.Envelope{
+		TypeID:     c.typeID,
+		CreatedMs:  created.UnixMilli(),
+		FreshMs:    created.Add(fresh).UnixMilli(),
+		LoadMicros: loadTime.Microseconds(),
+		Tags:       tags,
+		Payload:    payload,
 	}, c.profile.CompressAbove), nil
 }
 

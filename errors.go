@@ -3,6 +3,8 @@ package aside
 import (
 	"errors"
 	"strings"
+
+	"github.com/asidecache/aside/internal/envelope"
 )
 
 // Sentinel errors. Match them with errors.Is; their messages may change.
@@ -37,7 +39,7 @@ var (
 var (
 	errEmptyKey   = errors.New("aside: empty key")
 	errNilLoader  = errors.New("aside: nil loader")
-	errCorrupt    = errors.New("aside: corrupt entry")
+	errCorrupt    = envelope.ErrCorrupt
 	errOversize   = errors.New("aside: value too large to cache") // returned to its caller, not stored
 	errReplaying  = errors.New("aside: failed invalidations are being replayed")
 	errOverflowed = errors.New("aside: the replay queue overflowed: failed invalidations were dropped")

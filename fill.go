@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/asidecache/aside/internal/envelope"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -311,7 +312,7 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 				if tagLives == nil {
 					tagLives = map[string]time.Duration{}
 				}
-				tagLives[t.name] = max(tagLives[t.name], fc.ttl+leaseSlack)
+				tagLives[t.Name] = max(tagLives[t.Name], fc.ttl+leaseSlack)
 			}
 		case err == nil:
 			c.stats.fillsRefused.Add(1)
@@ -332,6 +333,6 @@ return 0`)
 // negativeEntry is the stored form of "the source has no such row", fresh
 // for the profile's NegativeTTL.
 func (c *Cache[T]) negativeEntry(start time.Time, tags []tagToken) []byte {
-	return encodeEnvelope(envelope{flags: flagNegative, typeID: c.typeID, createdMs: start.UnixMilli(),
-		freshMs: start.Add(c.profile.NegativeTTL).UnixMilli(), tags: tags}, 0)
+	return envelope.Encode(envelope.Envelope{Flags: envelope.FlagNegative, TypeID: c.typeID, CreatedMs: start.UnixMilli(),
+		FreshMs: start.Add(c.profile.NegativeTTL).UnixMilli(), Tags: tags}, 0)
 }

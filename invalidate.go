@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/asidecache/aside/internal/envelope"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -90,26 +91,8 @@ func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, ca
 	}
 }
 
-// markStaleScript soft-invalidates one entry: it sets the stale flag inside
-// the stored envelope (byte 2, flagStale = 4) and revokes any lease, so that
-// a load that began before cannot write its older value. A negative entry,
-// or bytes that are not an envelope, are deleted instead.
-var markStaleScript = redis.NewScript(`
-redis.call('DEL', KEYS[2])
-if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-local v = redis.call('GET', KEYS[1])
-local f = string.byte(v, 2)
-if string.byte(v, 1) ~= 161 or not f or math.floor(f / 2) % 2 == 1 then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-if math.floor(f / 4) % 2 == 0 then
-  redis.call('SETRANGE', KEYS[1], 1, string.char(f + 4))
-end
-return 1`)
+// markStaleScript is the envelope package's: it edits the stored bytes.
+var markStaleScript = redis.NewScript(envelope.MarkStaleScript)
 
 // MarkStale soft-invalidates keys: readers keep getting the current value,
 // counted as stale, while one refresher reloads it in the background — for

@@ -176,7 +176,7 @@ func (l *local[T]) set(key string, v T, n l1Note, freshUntil time.Time, tags []t
 		e.tagSlots = make([]uint16, len(tags))
 		e.tagGens = make([]uint64, len(tags))
 		for i, t := range tags {
-			e.tagSlots[i] = l.bus.tagSlot(t.name)
+			e.tagSlots[i] = l.bus.tagSlot(t.Name)
 			e.tagGens[i] = l.bus.tagGens[e.tagSlots[i]].Load()
 		}
 		// The generations were read after n and before this check: if no

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"slices"
 	"time"
+
+	"github.com/asidecache/aside/internal/envelope"
 )
 
 // Option configures a [Cache].
@@ -226,13 +228,13 @@ func dedupeTags(tags, more []string) ([]string, error) {
 		switch {
 		case t == "":
 			return nil, errors.New("aside: empty tag")
-		case len(t) > maxTagLen:
-			return nil, fmt.Errorf("aside: tag longer than %d bytes", maxTagLen)
+		case len(t) > envelope.MaxTagLen:
+			return nil, fmt.Errorf("aside: tag longer than %d bytes", envelope.MaxTagLen)
 		case slices.Contains(tags, t):
 			continue
 		}
-		if tags = append(tags, t); len(tags) > maxTags { // also bounds the search above
-			return nil, fmt.Errorf("aside: more than %d tags", maxTags)
+		if tags = append(tags, t); len(tags) > envelope.MaxTags { // also bounds the search above
+			return nil, fmt.Errorf("aside: more than %d tags", envelope.MaxTags)
 		}
 	}
 	return tags, nil

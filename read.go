@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/asidecache/aside/internal/envelope"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -203,8 +204,8 @@ func (c *Cache[T]) replyBytes(s string) []byte {
 // replaces them). A stale, soft-invalidated or soon-expiring entry is served
 // as it is while a background refresh reloads it.
 func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[T]) bool {
-	e, err := decodeEnvelope(b, cl.snap)
-	if err == nil && e.typeID != c.typeID {
+	e, err := envelope.Decode(b, cl.snap.names, cl.snap.tokens)
+	if err == nil && e.TypeID != c.typeID {
 		err = fmt.Errorf("%w: written for another type", errCorrupt)
 	}
 	if err != nil {
@@ -212,12 +213,12 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 		return false
 	}
 	tags := c.checkTags(ctx, &e, cl.snap)
-	if tags == tagsInvalid || tags == tagsSoftStale && e.negative() {
+	if tags == tagsInvalid || tags == tagsSoftStale && e.Negative() {
 		c.count(cl, &c.stats.tagMisses)
 		return false
 	}
 	var zero T
-	if e.negative() {
+	if e.Negative() {
 		c.count(cl, &c.stats.negativeHits)
 		cl.finish(zero, c.notFoundAnswer)
 		cl.outcome = OutcomeNegative
@@ -227,27 +228,27 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 	// would be one more allocation per hit. Zeroed first, as a failed decode
 	// leaves a partial value that the next one must not merge into.
 	cl.v = zero
-	if err := c.codec.Unmarshal(e.payload, &cl.v); err != nil {
+	if err := c.codec.Unmarshal(e.Payload, &cl.v); err != nil {
 		cl.v = zero
 		c.decodeFailed(cl, opErr("decode", err))
 		return false
 	}
-	now, freshUntil := c.store.now(), time.UnixMilli(e.freshMs)
+	now, freshUntil := c.store.now(), time.UnixMilli(e.FreshMs)
 	// Past this point the tags are fresh or soft-stale (invalid returned above).
-	stale := e.stale() || tags == tagsSoftStale || !now.Before(freshUntil)
+	stale := e.Stale() || tags == tagsSoftStale || !now.Before(freshUntil)
 	cl.finish(cl.v, nil)
 	switch {
 	case stale:
 		c.count(cl, &c.stats.staleServed)
 		cl.outcome = OutcomeStale
-		c.refreshInBackground(ctx, cl, b, e.tags, src)
+		c.refreshInBackground(ctx, cl, b, e.Tags, src)
 		return true
-	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.loadMicros)*time.Microsecond):
-		c.refreshInBackground(ctx, cl, b, e.tags, src)
+	case c.profile.shouldRefreshEarly(now, freshUntil, time.Duration(e.LoadMicros)*time.Microsecond):
+		c.refreshInBackground(ctx, cl, b, e.Tags, src)
 	}
 	c.count(cl, &c.stats.hits)
 	cl.outcome = OutcomeHit
-	cl.l1OK, cl.freshUntil, cl.entryTags = true, freshUntil, e.tags
+	cl.l1OK, cl.freshUntil, cl.entryTags = true, freshUntil, e.Tags
 	return true
 }
 

@@ -42,8 +42,8 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []
 		entryTags = nil
 	}
 	for _, t := range entryTags {
-		if !slices.Contains(tags, t.name) {
-			tags = append(tags[:len(tags):len(tags)], t.name)
+		if !slices.Contains(tags, t.Name) {
+			tags = append(tags[:len(tags):len(tags)], t.Name)
 		}
 	}
 	sum := sha1.Sum(seen)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asidecache/aside/internal/envelope"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -172,7 +173,7 @@ func (s *Store) ensureTokens(ctx context.Context, tags []string, life time.Durat
 		if err != nil {
 			return nil, opErr("tag tokens", err)
 		}
-		out[i] = tagToken{name: t, token: tok}
+		out[i] = tagToken{Name: t, Token: tok}
 	}
 	return out, nil
 }
@@ -280,19 +281,19 @@ const (
 // checkTags compares the tokens an entry recorded with the current ones.
 // The entry must carry every tag of the call; its other tags are fetched
 // (an extra round trip) so that none is left unchecked.
-func (c *Cache[T]) checkTags(ctx context.Context, e *envelope, snap tagSnap) int {
-	if len(e.tags) == 0 && len(snap.names) == 0 {
+func (c *Cache[T]) checkTags(ctx context.Context, e *envelope.Envelope, snap tagSnap) int {
+	if len(e.Tags) == 0 && len(snap.names) == 0 {
 		return tagsFresh
 	}
 	for _, n := range snap.names {
-		if !e.hasTag(n) {
+		if !e.HasTag(n) {
 			return tagsInvalid
 		}
 	}
 	var extra []string
-	for _, t := range e.tags {
-		if _, ok := snap.lookup(t.name); !ok {
-			extra = append(extra, t.name)
+	for _, t := range e.Tags {
+		if _, ok := snap.lookup(t.Name); !ok {
+			extra = append(extra, t.Name)
 		}
 	}
 	if len(extra) > 0 {
@@ -303,11 +304,11 @@ func (c *Cache[T]) checkTags(ctx context.Context, e *envelope, snap tagSnap) int
 		snap = tagSnap{names: append(append([]string{}, snap.names...), extra...), tokens: append(append([]string{}, snap.tokens...), tokens...)}
 	}
 	state := tagsFresh
-	for _, t := range e.tags {
-		cur, _ := snap.lookup(t.name)
+	for _, t := range e.Tags {
+		cur, _ := snap.lookup(t.Name)
 		switch {
-		case cur == t.token:
-		case cur != "" && hardHalf(cur) == hardHalf(t.token):
+		case cur == t.Token:
+		case cur != "" && hardHalf(cur) == hardHalf(t.Token):
 			state = tagsSoftStale
 		default:
 			return tagsInvalid
@@ -323,7 +324,7 @@ func sameTokens(recorded []tagToken, snap tagSnap) bool {
 		return false
 	}
 	for _, t := range recorded {
-		if cur, ok := snap.lookup(t.name); !ok || cur != t.token {
+		if cur, ok := snap.lookup(t.Name); !ok || cur != t.Token {
 			return false
 		}
 	}
@@ -344,11 +345,11 @@ func (c *Cache[T]) tokensBeforeLoad(ctx context.Context, tasks []leaseTask[T], t
 	for i, name := range tags {
 		for _, t := range tasks {
 			if tok, ok := t.snap.lookup(name); ok && tok != "" {
-				out[i] = tagToken{name: name, token: tok}
+				out[i] = tagToken{Name: name, Token: tok}
 				break
 			}
 		}
-		if out[i].token == "" {
+		if out[i].Token == "" {
 			out, err := c.store.ensureTokens(ctx, tags, c.tagLife())
 			return out, true, err
 		}
@@ -364,7 +365,7 @@ func tokensOf(recorded []tagToken, names []string, all bool) []tagToken {
 	}
 	out := make([]tagToken, 0, len(names))
 	for _, t := range recorded {
-		if slices.Contains(names, t.name) {
+		if slices.Contains(names, t.Name) {
 			out = append(out, t)
 		}
 	}
