@@ -43,12 +43,6 @@ type degradedLoad[T any] struct {
 // another process's invalidation. So at most two loads of a key run or
 // wait per process, and none that a caller gets began before it arrived.
 func (c *Cache[T]) forwardLoad(ctx context.Context, rk string, load Loader[T]) (T, error) {
-	if c.hooks.degradedBackward() { // the broken variant: join whatever runs
-		ch := c.hooks.flights.DoChan(rk, func() (any, error) { return timed(context.WithoutCancel(ctx), c, load, nil) })
-		r := <-ch
-		v, _ := r.Val.(T)
-		return v, r.Err
-	}
 	c.mu.Lock()
 	k := c.degraded[rk]
 	if k == nil {
@@ -61,6 +55,8 @@ func (c *Cache[T]) forwardLoad(ctx context.Context, rk string, load Loader[T]) (
 		l = &degradedLoad[T]{load: load, done: make(chan struct{})}
 		k.running = l
 		c.runDegraded(ctx, rk, k, l)
+	case c.hooks.degradedBackward(): // the broken variant: join the load already running
+		l = k.running
 	case k.queued == nil:
 		l = &degradedLoad[T]{load: load, done: make(chan struct{})}
 		k.queued = l

@@ -1,6 +1,7 @@
 package aside
 
 import (
+	"context"
 	"crypto/sha1"
 	"encoding/hex"
 
@@ -17,7 +18,10 @@ type TestHooks = testHooks
 // SetTestHooks installs hooks on c (its protocol and its L1); call it before
 // c is used.
 func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
-	h.flights = new(singleflight.Group)
+	if h.Naive {
+		flights := new(singleflight.Group)
+		c.naiveGet = func(ctx context.Context, cl *call[T], src source[T]) { naiveGet(ctx, c, cl, src, flights) }
+	}
 	c.hooks = h
 	if c.l1 != nil {
 		c.l1.hooks = h
@@ -28,7 +32,6 @@ func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
 // tokens) and on the caches created from s afterwards; call it right after
 // NewStore.
 func SetStoreHooks(s *Store, h *TestHooks) {
-	h.flights = new(singleflight.Group)
 	s.hooks = h
 	s.bus.hooks = h
 }
@@ -98,3 +101,30 @@ func LeaseFirstCall() CallOption { return func(o *callOptions) { o.leaseFirst = 
 
 // EntryKey is the Redis key of c's entry for key.
 func EntryKey[T any](c *Cache[T], key string) string { return c.keys.entry(key) }
+
+// naiveGet is the broken variant behind TestHooks.Naive: plain cache-aside
+// as x/sync's singleflight makes it — read, then one load per key shared by
+// whoever asks while it runs, then an unconditional write. docs/design.md
+// says why aside's flights replace it; the stale-set race measures it.
+func naiveGet[T any](ctx context.Context, c *Cache[T], cl *call[T], src source[T], flights *singleflight.Group) {
+	if b, err := c.readOne(ctx, cl); err == nil && b != nil && c.serve(ctx, cl, b, src) {
+		return
+	}
+	ch := flights.DoChan(cl.rk, func() (any, error) {
+		ctx := context.WithoutCancel(ctx)
+		start := c.store.now()
+		o := c.loadFrom(ctx, src, []string{cl.key})[0]
+		c.hooks.afterLoad(cl.rk)
+		if o.err == nil {
+			c.hooks.beforeFill(cl.rk)
+			fresh := c.profile.freshFor()
+			if b, _, ok := c.encodeForFill(o.v, start, fresh, 0, nil); ok {
+				_ = c.writeEntry(ctx, cl.rk, b, fresh+c.profile.StaleWindow)
+			}
+		}
+		return o.v, o.err
+	})
+	r := <-ch
+	v, _ := r.Val.(T)
+	cl.finish(v, r.Err)
+}

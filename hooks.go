@@ -1,11 +1,9 @@
 package aside
 
 import (
-	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/singleflight"
 )
 
 // testHooks let tests force interleavings and switch on deliberately broken
@@ -41,7 +39,7 @@ type testHooks struct {
 	LongLeases        bool // T25: leases live LoadTimeout and more, unrenewed: a dead or restored lease is waited on for seconds
 	NoLeaseRenewal    bool // T26: short leases are not renewed: a live holder of a long load loses its lease
 	TokensAfterLoad   bool // T4: read tag tokens after the load instead of before
-	Naive             bool // T3: plain cache-aside with one singleflight per key
+	Naive             bool // T3: plain cache-aside with one singleflight per key (export_test.go)
 	JoinAnyResult     bool // T12: a joiner takes the flight's not-found without checking it
 	BudgetOnlyAcross  bool // WaitBudget bounds waits on other processes only
 	AcquireOnCaller   bool // the lease script runs on the caller's ctx; a lease taken as it ends is orphaned
@@ -93,7 +91,6 @@ type testHooks struct {
 	UnorderedReplay bool
 	BeforeReplay    func() // once a replay holds the queue, before it writes
 
-	flights *singleflight.Group // the Naive variant's
 }
 
 func (h *testHooks) afterLoad(rk string) {
@@ -158,7 +155,6 @@ func (h *testHooks) beforeReplay() {
 }
 
 func (h *testHooks) unconditionalFill() bool { return h != nil && h.UnconditionalFill }
-func (h *testHooks) naive() bool             { return h != nil && h.Naive }
 func (h *testHooks) keepLease() bool         { return h != nil && h.KeepLeaseOnError }
 func (h *testHooks) keepOwedLeases() bool    { return h != nil && h.KeepOwedLeases }
 func (h *testHooks) longLeases() bool        { return h != nil && h.LongLeases }
@@ -224,30 +220,3 @@ func (h *testHooks) afterPurgeScan() {
 func (h *testHooks) callerDone() bool    { return h != nil && h.CallerDone }
 func (h *testHooks) countEachRead() bool { return h != nil && h.CountEachRead }
 func (h *testHooks) readFirst() bool     { return h != nil && h.ReadFirst }
-
-// naiveGet is the broken variant behind testHooks.Naive: read, then one
-// load per key shared by whoever asks while it runs, then an unconditional
-// write — the design docs/design.md shows unsafe. Get and GetMany both
-// take it when it is on.
-func (c *Cache[T]) naiveGet(ctx context.Context, cl *call[T], src source[T]) {
-	if b, err := c.readOne(ctx, cl); err == nil && b != nil && c.serve(ctx, cl, b, src) {
-		return
-	}
-	ch := c.hooks.flights.DoChan(cl.rk, func() (any, error) {
-		ctx := context.WithoutCancel(ctx)
-		start := c.store.now()
-		o := c.loadFrom(ctx, src, []string{cl.key})[0]
-		c.hooks.afterLoad(cl.rk)
-		if o.err == nil {
-			c.hooks.beforeFill(cl.rk)
-			fresh := c.profile.freshFor()
-			if b, _, ok := c.encodeForFill(o.v, start, fresh, 0, nil); ok {
-				_ = c.writeEntry(ctx, cl.rk, b, fresh+c.profile.StaleWindow)
-			}
-		}
-		return o.v, o.err
-	})
-	r := <-ch
-	v, _ := r.Val.(T)
-	cl.finish(v, r.Err)
-}

@@ -87,7 +87,7 @@ func finishAll[T any](calls []*call[T], err error) {
 // again where a wait ended without a usable result. A lone read that will
 // probably miss skips the first read: the lease script serves a hit too.
 func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T]) {
-	if c.hooks.naive() {
+	if c.naiveGet != nil {
 		for _, cl := range calls {
 			c.naiveGet(ctx, cl, src)
 		}
