@@ -107,7 +107,7 @@ func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Err
 type ackWait struct {
 	b    *bus
 	seq  uint64
-	mu   sync.Mutex
+	mu   sync.Mutex           // protects got and want
 	got  map[string]bool      // acknowledged, possibly before the list was known
 	want map[string]time.Time // listed Stores and when their lease ends at the latest, on this clock
 	wake chan struct{}

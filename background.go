@@ -19,9 +19,9 @@ import (
 // refreshes, lease releases — by epoch, so that Wait waits for those begun
 // before it and not for those that keep starting after it.
 type backlog struct {
-	mu     sync.Mutex
-	cur    *epoch   // the epoch new writes join; nil until one begins
-	sealed []*epoch // earlier epochs, closed by a Wait, whose writes still run
+	mu     sync.Mutex // protects cur, sealed and every epoch's fields
+	cur    *epoch     // the epoch new writes join; nil until one begins
+	sealed []*epoch   // earlier epochs, closed by a Wait, whose writes still run
 }
 
 type epoch struct {

@@ -30,7 +30,7 @@ type expiryKey struct{}
 // expirySlot is where ExpireAt records, for the one loader call whose ctx
 // carries it.
 type expirySlot struct {
-	mu sync.Mutex
+	mu sync.Mutex // protects at: a loader may call ExpireAt from goroutines of its own
 	at time.Time
 }
 

@@ -15,7 +15,7 @@ import "context"
 // caller reads again instead. Shared are the lease the script took — its
 // flight starts after the sharers arrived, and an invalidation before that
 // revoked the lease, so the fill's compare-and-set fails and a joiner reads
-// again (DESIGN step 4) — and another process's lease it found, waited on
+// again — and another process's lease it found, waited on
 // through polls and announcements issued after the sharer registered. Not a
 // flight of this process it found: see shareAnswer.
 type leaseScript struct {
