@@ -143,7 +143,7 @@ func (c *Cache[T]) Name() string { return c.name }
 // Stats returns a snapshot of the cache's counters.
 func (c *Cache[T]) Stats() Stats {
 	s := c.stats.snapshot()
-	s.Cache, s.Profile, s.Breaker, s.Coherence = c.name, c.profile.Name, c.store.breaker.State(), c.store.Coherence()
+	s.Cache, s.Profile, s.Breaker, s.Coherence = c.name, c.profile.Name, BreakerState(c.store.breaker.State()), c.store.Coherence()
 	return s
 }
 

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/asidecache/aside/internal/health"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -17,14 +18,14 @@ import (
 // checkSlow sends check c in the background: a PING that may take the op
 // timeout. Redis that answers it is slow, not dead, and the breaker stays
 // closed.
-func (s *Store) checkSlow(c *slowCheck) {
+func (s *Store) checkSlow(c *health.Check) {
 	check := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opTimeout)
 		defer cancel()
-		s.breaker.checked(c, s.answers(ctx))
+		s.breaker.Checked(c, s.answers(ctx))
 	}
 	if !s.goTracked(check) {
-		s.breaker.checked(c, false) // closed Store: nothing may outlive it; open as before
+		s.breaker.Checked(c, false) // closed Store: nothing may outlive it; open as before
 	}
 }
 
@@ -82,10 +83,10 @@ func (s *Store) usable(ctx context.Context) bool {
 // that finds a probe due sends it — on a context of the Store's, which its
 // own cancellation cannot cut short — and uses Redis if it answered.
 func (s *Store) redisUp(ctx context.Context) bool {
-	use, probe := s.breaker.allow()
+	use, probe := s.breaker.Allow()
 	if probe {
 		s.probe(ctx)
-		use = s.breaker.State() == BreakerClosed
+		use = s.breaker.State() == health.Closed
 	}
 	return use
 }
@@ -103,12 +104,12 @@ func (s *Store) probe(ctx context.Context) {
 	switch {
 	case cutShort(octx, err):
 		if !s.hooks.callerProbe() { // the broken variant keeps the slot: stuck half-open
-			s.breaker.probeAbandoned()
+			s.breaker.ProbeAbandoned()
 		}
 	case isOutage(err):
-		s.breaker.probed(false)
+		s.breaker.Probed(false)
 	default:
-		s.breaker.probed(true)
+		s.breaker.Probed(true)
 	}
 }
 
@@ -121,16 +122,16 @@ func (s *Store) probe(ctx context.Context) {
 func (s *Store) record(octx context.Context, err error, st *counters, cache string) {
 	switch {
 	case err == nil || errors.Is(err, redis.Nil):
-		s.breaker.success()
+		s.breaker.Success()
 		return
 	case cutShort(octx, err):
 		return
 	case isOutage(err):
-		if c := s.breaker.failure(isTimeout(err) || s.nodes != nil); c != nil {
+		if c := s.breaker.Failure(isTimeout(err) || s.nodes != nil); c != nil {
 			s.checkSlow(c)
 		}
 	default: // an error reply about this command (OOM, NOPERM): the server answers
-		s.breaker.success()
+		s.breaker.Success()
 	}
 	if st != nil {
 		st.redisErrors.Add(1)

@@ -3,9 +3,8 @@ package aside
 import (
 	"context"
 	"errors"
-	"sync"
-	"sync/atomic"
 
+	"github.com/asidecache/aside/internal/health"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -24,66 +23,6 @@ import (
 // or tags live on a node taken for down goes to its loader, as a read does
 // with the Store's breaker open (degraded, one load per key).
 
-// nodeHealth holds the breakers of a Cluster's masters or a Ring's shards.
-type nodeHealth struct {
-	clientFor func(ctx context.Context, key string) (*redis.Client, error) // from the client's slot table or hash ring: no round trip
-	like      *breaker                                                     // the Store's: node breakers take its threshold, cooldown and clock
-	onChange  func(addr string, st BreakerState)
-
-	mu     sync.Mutex                              // serialises additions to byAddr
-	byAddr atomic.Pointer[map[string]*nodeBreaker] // copied on write: read on every read of a key
-}
-
-// nodeBreaker is the breaker of one node, and the client that probes it.
-type nodeBreaker struct {
-	*breaker
-	client *redis.Client
-}
-
-// newNodeHealth returns the node breakers of a Cluster or a Ring client,
-// nil for a client of one Redis.
-func newNodeHealth(rdb redis.UniversalClient, store *breaker, onChange func(addr string, st BreakerState)) *nodeHealth {
-	h := &nodeHealth{like: store, onChange: onChange}
-	switch c := rdb.(type) {
-	case *redis.ClusterClient:
-		h.clientFor = c.MasterForKey
-	case *redis.Ring:
-		h.clientFor = func(_ context.Context, key string) (*redis.Client, error) { return c.GetShardClientForKey(key) }
-	default:
-		return nil
-	}
-	h.byAddr.Store(&map[string]*nodeBreaker{})
-	return h
-}
-
-// of returns the breaker of the node serving key, nil when the client
-// cannot tell (no slot table yet).
-func (h *nodeHealth) of(ctx context.Context, key string) *nodeBreaker {
-	c, err := h.clientFor(ctx, key)
-	if err != nil || c == nil {
-		return nil
-	}
-	addr := c.Options().Addr
-	if b := (*h.byAddr.Load())[addr]; b != nil {
-		return b
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	old := *h.byAddr.Load()
-	if b := old[addr]; b != nil {
-		return b
-	}
-	b := &nodeBreaker{breaker: newBreaker(int(h.like.threshold), h.like.cooldown, func(st BreakerState) { h.onChange(addr, st) }), client: c}
-	b.now = h.like.now
-	m := make(map[string]*nodeBreaker, len(old)+1)
-	for a, nb := range old {
-		m[a] = nb
-	}
-	m[addr] = b
-	h.byAddr.Store(&m)
-	return b
-}
-
 // nodesDown reports whether one of keys lives on a node taken for down. A
 // caller that finds a node's probe due sends it, on a context of the
 // Store's, and uses the node if it answered.
@@ -92,14 +31,14 @@ func (s *Store) nodesDown(ctx context.Context, keys ...string) bool {
 		return false
 	}
 	for _, k := range keys {
-		b := s.nodes.of(ctx, k)
+		b := s.nodes.Of(ctx, k)
 		if b == nil {
 			continue
 		}
-		use, probe := b.allow()
+		use, probe := b.Allow()
 		if probe {
 			s.probeNode(b)
-			use = b.State() == BreakerClosed
+			use = b.State() == health.Closed
 		}
 		if !use {
 			return true
@@ -109,11 +48,11 @@ func (s *Store) nodesDown(ctx context.Context, keys ...string) bool {
 }
 
 // probeNode sends a node's probe: a PING to that node alone.
-func (s *Store) probeNode(b *nodeBreaker) {
+func (s *Store) probeNode(b *health.Node) {
 	octx, cancel := s.quickContext(context.Background())
 	defer cancel()
-	err := b.client.Ping(octx).Err()
-	b.probed(!isOutage(err))
+	err := b.Client.Ping(octx).Err()
+	b.Probed(!isOutage(err))
 }
 
 // recordNodes records in the node breakers what Redis answered to calls of
@@ -127,12 +66,12 @@ func (s *Store) recordNodes(octx context.Context, keys []string, errs func(i int
 		err := errs(i)
 		switch {
 		case err == nil || errors.Is(err, redis.Nil) || !isOutage(err):
-			if b := s.nodes.of(octx, k); b != nil {
-				b.success()
+			if b := s.nodes.Of(octx, k); b != nil {
+				b.Success()
 			}
 		case !cutShort(octx, err):
-			if b := s.nodes.of(octx, k); b != nil {
-				b.failure(false)
+			if b := s.nodes.Of(octx, k); b != nil {
+				b.Failure(false)
 			}
 		}
 	}

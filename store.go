@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/asidecache/aside/internal/health"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -25,8 +26,8 @@ type Store struct {
 	deadlines      deadlines // the op contexts' Done channels
 	reads          coalescer // concurrent hits' shared round trips
 	profiles       map[string]Profile
-	breaker        *breaker
-	nodes          *nodeHealth // a Cluster's masters', a Ring's shards'; nil for one Redis
+	breaker        *health.Breaker
+	nodes          *health.Nodes // a Cluster's masters', a Ring's shards'; nil for one Redis
 	observer       Observer
 	logger         *slog.Logger     // nil: no logging
 	bus            *bus             // carries invalidations to every Store's L1
@@ -110,29 +111,20 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		now: o.clock, realClock: realClock, stopping: make(chan struct{})}
 	_, s.multiKey = rdb.(*redis.Client) // a single node or a Sentinel-managed master; not a Ring or a Cluster
 	s.bus = newBus(s, o.relaxedL1, o.l1Lease)
-	s.breaker = newBreaker(o.breakerThreshold, o.breakerCooldown, func(st BreakerState) {
-		switch st {
-		case BreakerOpen:
-			s.emit(Event{Kind: EventBreakerOpen})
-		case BreakerClosed:
-			s.emit(Event{Kind: EventBreakerClosed})
-		}
-	})
-	s.breaker.now = o.clock // a test clock moves the cooldown too
+	var checkWeight int32 // what an unanswered check of a timeout counts as: the op timeouts it waited
 	if tolerance > 0 {
-		s.breaker.checkWeight = int32(min((tolerance+o.opTimeout-1)/o.opTimeout, math.MaxInt32))
+		checkWeight = int32(min((tolerance+o.opTimeout-1)/o.opTimeout, math.MaxInt32))
 	}
-	s.nodes = newNodeHealth(rdb, s.breaker, func(addr string, st BreakerState) {
-		switch st {
-		case BreakerOpen:
-			s.emit(Event{Kind: EventBreakerOpen, Node: addr})
-		case BreakerClosed:
-			s.emit(Event{Kind: EventBreakerClosed, Node: addr})
-		}
-	})
-	if s.nodes != nil {
-		s.breaker.checkWeight = max(s.breaker.checkWeight, 1) // every outage is checked against every node
+	_, cluster := rdb.(*redis.ClusterClient)
+	if _, ring := rdb.(*redis.Ring); cluster || ring {
+		// On a Cluster or a Ring every outage is checked against every node:
+		// one node's trouble is its own breaker's (nodes.go).
+		checkWeight = max(checkWeight, 1)
 	}
+	s.breaker = health.NewBreaker(health.Config{Threshold: o.breakerThreshold, Cooldown: o.breakerCooldown, CheckWeight: checkWeight,
+		Now:      o.clock, // a test clock moves the cooldown too
+		OnChange: func(st health.State) { s.breakerChanged("", st) }})
+	s.nodes = health.NewNodes(rdb, s.breaker, s.breakerChanged)
 	return s, nil
 }
 
@@ -180,7 +172,7 @@ func (s *Store) goTracked(fn func()) bool {
 // BreakerState reports whether the Store currently uses Redis: the
 // Store-wide breaker's state (a Cluster master's or a Ring shard's own
 // breaker is reported through [Event.Node]).
-func (s *Store) BreakerState() BreakerState { return s.breaker.State() }
+func (s *Store) BreakerState() BreakerState { return BreakerState(s.breaker.State()) }
 
 // Profile returns the registered profile with the given name.
 func (s *Store) Profile(name string) (Profile, bool) {
