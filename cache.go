@@ -217,10 +217,9 @@ func (c *Cache[T]) get(ctx context.Context, key string, load Loader[T], opts []C
 // it was answered by its first read, from Redis (a hit, a stale or a
 // negative entry), and never missed (no deadline: no lease, wait, flight or
 // shared script has seen it; a degraded load answers OutcomeDegraded). A
-// call is most of what a hit allocates beyond the floor's GET and decode
-// (~450 bytes for a ~140-byte value), and a process whose heap churns pays
-// for every byte in GC assists: in the bench, 400 bytes of garbage added
-// to the floor's hit cost it 5–9 %. Any other call is left to the GC.
+// call is most of what a hit allocates beyond the floor's GET and decode,
+// and a process whose heap churns pays for every byte in GC assists. Any
+// other call is left to the GC.
 func (c *Cache[T]) recycle(cl *call[T]) {
 	if !cl.deadline.IsZero() || c.naiveGet != nil {
 		return

@@ -232,9 +232,8 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	if woke {
 		// Let the callers just woken run first. A caller made runnable here
 		// would otherwise wait on this goroutine's processor until the fill
-		// below blocks on its reply — the fill's whole write path, ~45 µs per
-		// miss measured on loopback (half of the miss's own round trip) —
-		// for a value it already has.
+		// below blocks on its reply — the fill's whole write path — for a
+		// value it already has.
 		runtime.Gosched()
 	}
 	for _, fc := range fills {

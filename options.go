@@ -147,9 +147,8 @@ func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) 
 // WithRelaxedL1 makes this Store's L1 tiers coherent within a pub/sub
 // delivery instead of strictly: they serve without a lease, and other
 // Stores' invalidations do not wait for them. An invalidation that has
-// returned may then be followed, for a delivery's time (0.2–0.5 ms on one
-// node, up to tens of ms on a Cluster, until a reset when the subscription
-// breaks), by reads of the old value from this Store's L1. Choose it for
+// returned may then be followed, for a delivery's time (until a reset when
+// the subscription breaks), by reads of the old value from this Store's L1. Choose it for
 // data where that is acceptable and invalidations must stay as cheap as a
 // PUBLISH. Default: strict (see the README, "L1: strict coherence").
 func WithRelaxedL1() StoreOption { return func(o *storeOptions) { o.relaxedL1 = true } }

@@ -187,10 +187,9 @@ func (c *Cache[T]) readOne(ctx context.Context, cl *call[T]) ([]byte, error) {
 // replyBytes returns the bytes of a Redis reply. Where the codec keeps none
 // of them, they are the reply string's own memory, not a copy — as go-redis's
 // StringCmd.Bytes already gave a GET's, and now also MGET's values and the
-// scripts' replies, which came as strings (a copy per value read, 100 KB
-// per GetMany of 100 1 KB values): nothing in aside writes into bytes it
-// has read, and those it keeps (a lease script's argument, a refresh's
-// checksum) are only read. A codec of the user's might keep a slice of its
+// scripts' replies, which came as strings (a copy per value read): nothing
+// in aside writes into bytes it has read, and those it keeps (a lease
+// script's argument, a refresh's checksum) are only read. A codec of the user's might keep a slice of its
 // input inside the value it returns: it gets a copy, on every path.
 func (c *Cache[T]) replyBytes(s string) []byte {
 	if !c.codecCopies || s == "" {

@@ -4,10 +4,9 @@ import "context"
 
 // leaseScript is a lease script on the wire, which the calls of this
 // process that miss the same key meanwhile share instead of sending their
-// own: a stampede of N goroutines costs each process one script, not N (in
-// the bench module's stampede, the load then starts ~1 ms after the herd
-// arrives instead of 2–15 ms: N scripts queued in Redis and N replies in the
-// client ahead of the holder's).
+// own: a stampede of N goroutines costs each process one script, not N,
+// and the holder's answer no longer queues behind N-1 others in Redis and
+// in the client, so its load starts sooner.
 //
 // Only a lease of its answer is shared, never a value: a hit was read
 // before the sharing caller arrived, perhaps before an invalidation that
