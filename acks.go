@@ -58,7 +58,7 @@ func (s *Store) writeAndTell(octx context.Context, writes func(p redis.Pipeliner
 	seq := b.seq.Add(1)
 	msgs[len(msgs)-1].Seq, msgs[len(msgs)-1].Ack = seq, true // heard in order: the last acknowledges all
 	args, keys := b.tellArgs(msgs), []string{b.registry}
-	if b.hooks.keylessPublish() {
+	if variantOn(b.hooks, vKeylessPublish) {
 		keys = nil // the broken variant: routed as go-redis routes a command without a key
 	}
 	w := b.expect(seq)
@@ -187,7 +187,7 @@ func (w *ackWait) wait(ctx context.Context) error {
 	}
 	b := w.b
 	defer b.forget(w)
-	if len(w.want) == 0 || b.hooks.noAckWait() {
+	if len(w.want) == 0 || variantOn(b.hooks, vNoAckWait) {
 		return nil
 	}
 	start := time.Now()

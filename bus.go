@@ -44,7 +44,7 @@ type bus struct {
 	registry string // the Stores holding an L1 lease, scored by lease end (server ms)
 	origin   string // this Store's id: its own messages are not applied twice
 	seed     maphash.Seed
-	hooks    *testHooks
+	hooks    seams
 	// ordered: one pipeline reaches one server, which runs it in order, so
 	// a publish may travel with the writes it announces. On a Cluster or a
 	// Ring a pipeline fans out to several nodes in parallel, so the publish
@@ -224,7 +224,7 @@ func (b *bus) publish(ctx context.Context, p redis.Pipeliner, channel string, m 
 			continue
 		}
 		cmd := p.Publish(ctx, channel, payload)
-		if !b.hooks.keylessPublish() {
+		if !variantOn(b.hooks, vKeylessPublish) {
 			cmd.SetFirstKeyPos(1)
 		}
 	}
@@ -259,7 +259,7 @@ func (b *bus) subscribe(ctx context.Context, s *Store) (ps *redis.PubSub, err er
 		}
 	}()
 	rdb := s.rdb
-	if via := b.hooks.subscribeVia(); via != nil && !b.beatMissed.Load() {
+	if via := subscribeVia(b.hooks); via != nil && !b.beatMissed.Load() {
 		rdb = via
 	}
 	if c, ok := rdb.(*redis.ClusterClient); ok {
@@ -334,7 +334,7 @@ func (b *bus) run(ctx context.Context, s *Store) {
 		case !b.withL1.Load() || !b.listening.Load():
 			// No L1 (this Store only awaits acknowledgements), or not
 			// subscribed yet: nothing to beat for.
-		case b.hooks.noHeartbeat():
+		case variantOn(b.hooks, vNoHeartbeat):
 			awaited = 0 // the broken variant: trust the connection, as v1 did
 		case awaited == 0 && time.Since(sentAt) >= b.beatEvery:
 			seq++
@@ -377,7 +377,7 @@ func (b *bus) run(ctx context.Context, s *Store) {
 			b.drop()
 			b.listening.Store(true)
 			awaited, sentAt = 0, time.Time{}
-			if b.hooks.noHeartbeat() && b.withL1.Load() {
+			if variantOn(b.hooks, vNoHeartbeat) && b.withL1.Load() {
 				b.heard(s, time.Now())
 			}
 		case *redis.Message:
@@ -394,7 +394,7 @@ func (b *bus) run(ctx context.Context, s *Store) {
 				b.wake(bm.Names)
 			case bm.Origin != b.origin:
 				b.received.Add(1)
-				b.hooks.beforeApply()
+				reach(b.hooks, pBeforeApply, "")
 				b.apply(bm)
 				if bm.Ack && b.strict && b.withL1.Load() {
 					b.queueAck(bm.Origin, bm.Seq)

@@ -24,7 +24,7 @@ func (b *bus) leased() bool { return b.leaseHolds(b.lease.Load(), b.mono()) }
 // leaseHolds is the lease rule, for a lease read before the clock: relaxed
 // (MaxInt64), or strict and not yet over.
 func (b *bus) leaseHolds(lease, mono int64) bool {
-	return lease == math.MaxInt64 || lease != 0 && (mono < lease || b.hooks.noLeaseCheck())
+	return lease == math.MaxInt64 || lease != 0 && (mono < lease || variantOn(b.hooks, vNoLeaseCheck))
 }
 
 // beatScript records the Store's lease in the registry (strict mode) and
@@ -89,7 +89,7 @@ func (b *bus) heard(s *Store, sent time.Time) {
 		b.up.Store(true)
 		s.log(slog.LevelInfo, "aside: invalidation stream up: L1 in use")
 	}
-	if !b.strict || b.hooks.noHeartbeat() { // the broken variant trusts the connection for good
+	if !b.strict || variantOn(b.hooks, vNoHeartbeat) { // the broken variant trusts the connection for good
 		b.lease.Store(math.MaxInt64)
 		return
 	}

@@ -47,8 +47,8 @@ type Cache[T any] struct {
 	codecCopies bool
 	typeID      uint32
 	stats       counters
-	trend       missTrend  // whether reads lately missed: then they start with the lease script
-	hooks       *testHooks // nil outside tests
+	trend       missTrend // whether reads lately missed: then they start with the lease script
+	hooks       seams     // nil outside tests
 	// naiveGet, nil outside tests, replaces the protocol with plain
 	// cache-aside: the broken variant the stale-set race is measured on.
 	naiveGet func(ctx context.Context, cl *call[T], src source[T])
@@ -278,7 +278,7 @@ func (c *Cache[T]) keepInL1(key string, v T, n l1Note, freshUntil time.Time, ent
 	if c.l1 == nil {
 		return
 	}
-	if c.hooks.callTagsOnly() {
+	if variantOn(c.hooks, vCallTagsOnly) {
 		entryTags = nil
 		for _, t := range callTags {
 			entryTags = append(entryTags, tagToken{Name: t})

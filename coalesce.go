@@ -113,7 +113,7 @@ func (s *Store) readKeys(ctx context.Context, keys []string) reply {
 // sendAlone reports whether a read may go out on its own: no other read is
 // on the wire. The caller then takes reads.alone back down once answered.
 func (s *Store) sendAlone() bool {
-	if s.reads.alone.Add(1) == 1 && !s.hooks.batchEveryRead() {
+	if s.reads.alone.Add(1) == 1 && !variantOn(s.hooks, vBatchEveryRead) {
 		return true
 	}
 	s.reads.alone.Add(-1)
@@ -126,7 +126,7 @@ func (s *Store) joinBatch(ctx context.Context, keys ...string) reply {
 	node := s.nodeOf(ctx, keys) // before the lock: it may load the Cluster's slot table
 	co := &s.reads
 	co.mu.Lock()
-	if b := co.sent; b != nil && s.hooks.joinSentBatch() {
+	if b := co.sent; b != nil && variantOn(s.hooks, vJoinSentBatch) {
 		if r, ok := b.share(ctx, keys, co); ok {
 			return r
 		}
@@ -165,7 +165,7 @@ func (s *Store) joinBatch(ctx context.Context, keys ...string) reply {
 // when they span masters; "" on any other client.
 func (s *Store) nodeOf(ctx context.Context, keys []string) string {
 	c, ok := s.rdb.(*redis.ClusterClient)
-	if !ok || s.hooks.oneBatch() {
+	if !ok || variantOn(s.hooks, vOneBatch) {
 		return ""
 	}
 	node := ""
@@ -187,7 +187,7 @@ func (s *Store) nodeOf(ctx context.Context, keys []string) string {
 // turn to join it — unless one of them filled it and sent it.
 func (s *Store) sendWhenReady(b *readBatch) {
 	runtime.Gosched()
-	s.hooks.beforeBatchClaim()
+	reach(s.hooks, pBeforeBatchClaim, "")
 	co := &s.reads
 	co.mu.Lock()
 	mine := co.pending[b.node] == b
@@ -203,7 +203,7 @@ func (s *Store) sendWhenReady(b *readBatch) {
 // sendBatch reads b's keys in one round trip and hands out the answers.
 func (s *Store) sendBatch(b *readBatch) {
 	co := &s.reads
-	broken := s.hooks.joinSentBatch() // only its joins look at the batch sent
+	broken := variantOn(s.hooks, vJoinSentBatch) // only its joins look at the batch sent
 	if broken {
 		co.mu.Lock()
 		co.sent = b
@@ -211,12 +211,12 @@ func (s *Store) sendBatch(b *readBatch) {
 	}
 	b.vals, b.errs = make([]string, len(b.keys)), make([]error, len(b.keys))
 	octx, cancel := s.detachedOpContext(context.Background())
-	if s.hooks.batchOnCaller() {
+	if variantOn(s.hooks, vBatchOnCaller) {
 		octx, cancel = s.opContext(b.first)
 	}
 	s.fetch(octx, b.keys, b.vals, b.errs)
 	cancel()
-	s.hooks.afterBatchRead(b.keys)
+	afterBatchRead(s.hooks, b.keys)
 	if broken {
 		co.mu.Lock()
 		if co.sent == b {

@@ -121,7 +121,7 @@ func (c *Cache[T]) encodeForFill(v T, created time.Time, fresh, took time.Durati
 		c.store.emit(Event{Kind: EventEncodeError, Cache: c.name, Err: err})
 		return nil, v, false
 	}
-	if c.hooks.rawMissValue() {
+	if variantOn(c.hooks, vRawMissValue) {
 		served = v // the broken variant: the miss returns the loader's value
 	}
 	return b, served, true

@@ -25,7 +25,7 @@ import (
 // closes one whose read timed out) and send the call again, after the
 // stall, behind every other call's, on a new one.
 func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	if s.hooks.cutAtOpTimeout() {
+	if variantOn(s.hooks, vCutAtOpTimeout) {
 		return s.contextWithin(ctx, s.opTimeout) // the broken variant: no call waits out a stall
 	}
 	return s.contextWithin(ctx, s.opTimeout+s.stallTolerance)
@@ -46,7 +46,7 @@ func (s *Store) contextWithin(ctx context.Context, timeout time.Duration) (conte
 		return ctx, noCancel // the caller's own deadline comes first, or it has given up already
 	}
 	o := &opCtx{Context: ctx, deadline: d}
-	if s.hooks.callerDone() {
+	if variantOn(s.hooks, vCallerDone) {
 		o.done = ctx.Done() // the broken variant: only the caller ends the waits
 	} else {
 		o.done = s.deadlines.at(d)

@@ -55,7 +55,7 @@ func (c *Cache[T]) forwardLoad(ctx context.Context, rk string, load Loader[T]) (
 		l = &degradedLoad[T]{load: load, done: make(chan struct{})}
 		k.running = l
 		c.runDegraded(ctx, rk, k, l)
-	case c.hooks.degradedBackward(): // the broken variant: join the load already running
+	case variantOn(c.hooks, vDegradedBackward): // the broken variant: join the load already running
 		l = k.running
 	case k.queued == nil:
 		l = &degradedLoad[T]{load: load, done: make(chan struct{})}

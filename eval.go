@@ -41,7 +41,7 @@ func (s *Store) evalEntries(ctx context.Context, script *redis.Script, rks []str
 	}
 	send(script.EvalSha, func(int) bool { return true })
 	if slices.ContainsFunc(cmds, func(cmd *redis.Cmd) bool { return isNoScript(cmd.Err()) }) {
-		send(script.Eval, func(i int) bool { return isNoScript(cmds[i].Err()) || s.hooks.resendAllScripts() })
+		send(script.Eval, func(i int) bool { return isNoScript(cmds[i].Err()) || variantOn(s.hooks, vResendAllScripts) })
 	}
 	for _, cmd := range cmds {
 		if err := cmd.Err(); err != nil {

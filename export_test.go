@@ -22,9 +22,13 @@ func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
 		flights := new(singleflight.Group)
 		c.naiveGet = func(ctx context.Context, cl *call[T], src source[T]) { naiveGet(ctx, c, cl, src, flights) }
 	}
-	c.hooks = h
+	if h == nil {
+		c.hooks = nil
+	} else {
+		c.hooks = h
+	}
 	if c.l1 != nil {
-		c.l1.hooks = h
+		c.l1.hooks = c.hooks
 	}
 }
 
@@ -32,8 +36,12 @@ func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
 // tokens) and on the caches created from s afterwards; call it right after
 // NewStore.
 func SetStoreHooks(s *Store, h *TestHooks) {
-	s.hooks = h
-	s.bus.hooks = h
+	if h == nil {
+		s.hooks = nil
+	} else {
+		s.hooks = h
+	}
+	s.bus.hooks = s.hooks
 }
 
 // IsLeaseScript reports whether cmd runs the lease script (acquireScript),
@@ -114,9 +122,9 @@ func naiveGet[T any](ctx context.Context, c *Cache[T], cl *call[T], src source[T
 		ctx := context.WithoutCancel(ctx)
 		start := c.store.now()
 		o := c.loadFrom(ctx, src, []string{cl.key})[0]
-		c.hooks.afterLoad(cl.rk)
+		reach(c.hooks, pAfterLoad, cl.rk)
 		if o.err == nil {
-			c.hooks.beforeFill(cl.rk)
+			reach(c.hooks, pBeforeFill, cl.rk)
 			fresh := c.profile.freshFor()
 			if b, _, ok := c.encodeForFill(o.v, start, fresh, 0, nil); ok {
 				_ = c.writeEntry(ctx, cl.rk, b, fresh+c.profile.StaleWindow)

@@ -177,7 +177,7 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	var recorded []tagToken
 	var tokErr error
 	ensured := false // the tag keys were given a whole life just now: no fill extends them
-	if !c.hooks.tokensAfterLoad() {
+	if !variantOn(c.hooks, vTokensAfterLoad) {
 		recorded, ensured, tokErr = c.tokensBeforeLoad(ctx, tasks, tags) // before the load: that is the point
 	}
 	keys := make([]string, len(tasks))
@@ -190,9 +190,9 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 	stopRenewing()
 	took := c.store.now().Sub(start)
 	for _, t := range tasks {
-		c.hooks.afterLoad(t.rk)
+		reach(c.hooks, pAfterLoad, t.rk)
 	}
-	if c.hooks.tokensAfterLoad() {
+	if variantOn(c.hooks, vTokensAfterLoad) {
 		recorded, tokErr = c.store.ensureTokens(ctx, tags, c.tagLife())
 		ensured = true
 	}
@@ -237,18 +237,18 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, tasks []leaseTask[T], src so
 		runtime.Gosched()
 	}
 	for _, fc := range fills {
-		c.hooks.beforeFill(tasks[fc.task].rk)
+		reach(c.hooks, pBeforeFill, tasks[fc.task].rk)
 	}
 	c.fill(ctx, tasks, fills, !ensured)
 	for _, fc := range fills {
-		c.hooks.afterFill(tasks[fc.task].rk)
+		reach(c.hooks, pAfterFill, tasks[fc.task].rk)
 	}
 	for _, t := range tasks {
 		if t.f.loaded != nil && t.f.valid && t.f.err == nil { // a caller's load (a refresh has no L1 note)
 			c.keepInL1(t.key, t.f.v, t.note, t.f.freshUntil, t.f.tags, t.tags)
 		}
 	}
-	if !c.hooks.keepLease() {
+	if !variantOn(c.hooks, vKeepLease) {
 		c.release(ctx, tasks, releases)
 	}
 	for _, t := range tasks {
@@ -277,7 +277,7 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 		c.owe(tasks, idx, nil)
 		return
 	}
-	if c.hooks.unconditionalFill() {
+	if variantOn(c.hooks, vUnconditionalFill) {
 		for _, fc := range fills {
 			tasks[fc.task].f.valid = c.writeEntry(ctx, tasks[fc.task].rk, fc.b, fc.ttl) == nil
 		}

@@ -12,7 +12,7 @@ import (
 // so that the holder's caller does not wait for it; a lost announcement
 // costs the waiters one poll interval.
 func (b *bus) announceFills(s *Store, rks []string) {
-	if len(rks) == 0 || b.hooks.noFillWake() {
+	if len(rks) == 0 || variantOn(b.hooks, vNoFillWake) {
 		return
 	}
 	s.goTracked(func() {

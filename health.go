@@ -41,7 +41,7 @@ func (s *Store) answers(ctx context.Context) bool {
 	masters := map[string]*redis.Client{}
 	switch c := s.rdb.(type) {
 	case *redis.ClusterClient:
-		if s.hooks.oneBatch() {
+		if variantOn(s.hooks, vOneBatch) {
 			break
 		}
 		for i := range 64 {
@@ -95,7 +95,7 @@ func (s *Store) redisUp(ctx context.Context) bool {
 // for the call, only by the broken variant the tests switch on.
 func (s *Store) probe(ctx context.Context) {
 	pctx := context.Background()
-	if s.hooks.callerProbe() {
+	if variantOn(s.hooks, vCallerProbe) {
 		pctx = ctx
 	}
 	octx, cancel := s.quickContext(pctx)
@@ -103,7 +103,7 @@ func (s *Store) probe(ctx context.Context) {
 	err := s.rdb.Ping(octx).Err()
 	switch {
 	case cutShort(octx, err):
-		if !s.hooks.callerProbe() { // the broken variant keeps the slot: stuck half-open
+		if !variantOn(s.hooks, vCallerProbe) { // the broken variant keeps the slot: stuck half-open
 			s.breaker.ProbeAbandoned()
 		}
 	case isOutage(err):

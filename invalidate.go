@@ -137,7 +137,7 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 	// first pass began is a load that began after Purge was called.
 	var n atomic.Int64
 	passes := 2
-	if c.hooks.purgeOnePass() {
+	if variantOn(c.hooks, vPurgeOnePass) {
 		passes = 1
 	}
 	for range passes {
@@ -173,7 +173,7 @@ func (c *Cache[T]) purgePass(ctx context.Context, n *atomic.Int64) error {
 			if err != nil {
 				return err
 			}
-			c.hooks.afterPurgeScan()
+			reach(c.hooks, pAfterPurgeScan, "")
 			if len(keys) > 0 {
 				// One UNLINK per key: a batch spans many Cluster slots.
 				if _, err := node.Pipelined(ctx, func(p redis.Pipeliner) error {

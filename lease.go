@@ -47,7 +47,7 @@ func (c *Cache[T]) release(ctx context.Context, tasks []leaseTask[T], idx []int)
 // failure of the server or the connection, not an error reply. Those leases
 // may still be held; their holder is done with them.
 func (c *Cache[T]) owe(tasks []leaseTask[T], idx []int, cmds []*redis.Cmd) {
-	if c.hooks.keepOwedLeases() {
+	if variantOn(c.hooks, vKeepOwedLeases) {
 		return // the broken variant: a lease outlives its load
 	}
 	var rks, tokens []string
@@ -78,7 +78,7 @@ func (c *Cache[T]) releaseLater(rks, tokens []string) {
 func (c *Cache[T]) leaseTTL() time.Duration {
 	s := c.store
 	loadLong := c.profile.LoadTimeout + s.opTimeout + leaseSlack
-	if c.hooks.longLeases() {
+	if variantOn(c.hooks, vLongLeases) {
 		return loadLong // the broken variant: one lease for the whole load, as before renewals
 	}
 	return min(loadLong, max(s.opTimeout+s.stallTolerance+leaseSlack, 4*s.opTimeout))
@@ -92,7 +92,7 @@ func (c *Cache[T]) leaseTTL() time.Duration {
 // write: the fill is a compare-and-set on the token).
 func (c *Cache[T]) renewLeases(tasks []leaseTask[T]) (stop func()) {
 	ttl := c.leaseTTL()
-	if c.hooks.noLeaseRenewal() || c.hooks.longLeases() {
+	if variantOn(c.hooks, vNoLeaseRenewal) || variantOn(c.hooks, vLongLeases) {
 		return func() {}
 	}
 	var mu sync.Mutex // protects stopped, and orders a renewal before stop returns

@@ -38,7 +38,7 @@ type local[T any] struct {
 	bus      *bus
 	keyGens  [genSlots]atomic.Uint64
 	epoch    atomic.Uint64 // bumped by Purge and messages that clear the cache
-	hooks    *testHooks
+	hooks    seams
 	now      func() time.Time // the Store's clock: an entry leaves L1 when its freshness ends, on that clock
 	// realClock: now is time.Now, so entries expire on the lease's
 	// monotonic clock and a hit reads one clock, once.
@@ -159,8 +159,8 @@ func (l *local[T]) note(key string) l1Note {
 // Redis freshness. tags are the entry's own, not only those the reading call
 // named: an L1 copy is dropped by an invalidation of any of them.
 func (l *local[T]) set(key string, v T, n l1Note, freshUntil time.Time, tags []tagToken) {
-	l.hooks.beforeL1Fill(key)
-	if l.hooks.uncheckedL1() {
+	reach(l.hooks, pBeforeL1Fill, key)
+	if variantOn(l.hooks, vUncheckedL1) {
 		n = l.note(key)
 	}
 	if !n.ok {

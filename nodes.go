@@ -27,7 +27,7 @@ import (
 // caller that finds a node's probe due sends it, on a context of the
 // Store's, and uses the node if it answered.
 func (s *Store) nodesDown(ctx context.Context, keys ...string) bool {
-	if s.nodes == nil || s.hooks.noNodeBreakers() {
+	if s.nodes == nil || variantOn(s.hooks, vNoNodeBreakers) {
 		return false
 	}
 	for _, k := range keys {

@@ -248,7 +248,7 @@ func (c *Cache[T]) sendLeaseScripts(ctx context.Context, send []*call[T], src so
 	}
 	c.mu.Unlock()
 	actx := context.WithoutCancel(ctx)
-	if c.hooks.acquireOnCaller() {
+	if variantOn(c.hooks, vAcquireOnCaller) {
 		actx = ctx
 	}
 	octx, cancel := c.store.opContext(actx)
@@ -372,7 +372,7 @@ func (c *Cache[T]) retire(tasks []leaseTask[T]) {
 	r := &c.retired
 	for _, t := range tasks {
 		delete(c.leases, t.token)
-		if c.hooks.forgetEnded() {
+		if variantOn(c.hooks, vForgetEnded) {
 			continue
 		}
 		r.tokens[r.next], r.flights[r.next] = t.token, t.f

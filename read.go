@@ -111,7 +111,7 @@ func (m *missTrend) observe(missed bool) {
 // leaseFirst reports whether a group's read should start with the lease
 // script: a lone read, while the cache's reads mostly miss.
 func (c *Cache[T]) leaseFirst(calls []*call[T]) bool {
-	if len(calls) != 1 || c.hooks.readFirst() {
+	if len(calls) != 1 || variantOn(c.hooks, vReadFirst) {
 		return false
 	}
 	return calls[0].leaseFirst || c.trend.n.Load() >= leaseFirstAt
@@ -257,7 +257,7 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 // flight) is a miss that waited (LeaseWaits), not a miss and a hit, so
 // that the outcomes of a cache's reads add up to its reads.
 func (c *Cache[T]) count(cl *call[T], n *atomic.Uint64) {
-	if !cl.counted || c.hooks.countEachRead() {
+	if !cl.counted || variantOn(c.hooks, vCountEachRead) {
 		cl.counted, cl.countedIn = true, n
 		n.Add(1)
 		c.trend.observe(n == &c.stats.misses || n == &c.stats.tagMisses)
@@ -272,7 +272,7 @@ func (c *Cache[T]) count(cl *call[T], n *atomic.Uint64) {
 // budget) stays a miss.
 func (c *Cache[T]) recountWaited(cl *call[T]) {
 	n := cl.countedIn
-	if n != &c.stats.misses && n != &c.stats.tagMisses || c.hooks.waitsAsMisses() {
+	if n != &c.stats.misses && n != &c.stats.tagMisses || variantOn(c.hooks, vWaitsAsMisses) {
 		return
 	}
 	switch cl.outcome {

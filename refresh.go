@@ -38,7 +38,7 @@ func (c *Cache[T]) refreshInBackground(ctx context.Context, cl *call[T], seen []
 		return
 	}
 	tags := cl.tags
-	if c.hooks.callTagsOnly() { // the broken variant: the entry's other tags are lost
+	if variantOn(c.hooks, vCallTagsOnly) { // the broken variant: the entry's other tags are lost
 		entryTags = nil
 	}
 	for _, t := range entryTags {

@@ -123,7 +123,7 @@ func (s *Store) replayFirst(ctx context.Context) error {
 	if s.pending.n.Load() <= 0 {
 		return nil // nothing queued; or it overflowed, was dropped, and this Store no longer reads Redis
 	}
-	if s.hooks.unorderedReplay() {
+	if variantOn(s.hooks, vUnorderedReplay) {
 		s.replayPending(ctx)
 		return nil
 	}
@@ -152,7 +152,7 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 	if overflowed {
 		return errOverflowed
 	}
-	s.hooks.beforeReplay()
+	reach(s.hooks, pBeforeReplay, "")
 	if len(ops) == 0 {
 		return nil // replayed by the caller we waited for
 	}

@@ -33,7 +33,7 @@ func (c *Cache[T]) planLeaseScripts(misses []*call[T]) (send []*call[T]) {
 	c.mu.Lock()
 	for _, cl := range misses {
 		cl.script, cl.shares = nil, nil
-		if c.hooks.ownLeaseScript() {
+		if variantOn(c.hooks, vOwnLeaseScript) {
 			continue
 		}
 		switch s := c.scripts[cl.rk]; {
@@ -47,7 +47,7 @@ func (c *Cache[T]) planLeaseScripts(misses []*call[T]) (send []*call[T]) {
 	}
 	c.mu.Unlock()
 	for _, cl := range misses {
-		c.hooks.leaseScriptArrival(cl.rk, cl.shares != nil)
+		leaseScriptArrival(c.hooks, cl.rk, cl.shares != nil)
 	}
 	if sharing == 0 {
 		return misses
@@ -78,13 +78,13 @@ func (c *Cache[T]) shareAnswer(cl *call[T], token string, waited bool, hit []byt
 	if s == nil {
 		return
 	}
-	if waited && !c.hooks.shareLocalWait() {
+	if waited && !variantOn(c.hooks, vShareLocalWait) {
 		if c.flightOf(token) != nil {
 			return
 		}
 	}
 	s.token = token
-	if c.hooks.shareScriptHit() {
+	if variantOn(c.hooks, vShareScriptHit) {
 		s.hit = hit
 	}
 }

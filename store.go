@@ -37,7 +37,7 @@ type Store struct {
 	multiKey       bool             // one server holds every key: entries of a batch are read with one MGET
 	types          sync.Map         // cache name → its value type: one name, one type
 	tracer         Tracer           // nil: no spans
-	hooks          *testHooks       // nil outside tests
+	hooks          seams            // nil outside tests
 
 	// Background work (refreshes, lease pollers, loads, the probe, the bus)
 	// is tracked so that Close can wait for it. What runs for a caller after

@@ -88,7 +88,7 @@ func replaceTagToken(ctx context.Context, p redis.Pipeliner, key string) {
 // after the source of truth has committed. It fails closed.
 func (s *Store) InvalidateTags(ctx context.Context, tags ...string) error {
 	return s.updateTags(ctx, "invalidate tags", tags, func(p redis.Pipeliner, ctx context.Context, key string) {
-		if s.hooks.counterTokens() {
+		if variantOn(s.hooks, vCounterTokens) {
 			p.Incr(ctx, key)
 			return
 		}
@@ -149,10 +149,10 @@ func (s *Store) ensureTokens(ctx context.Context, tags []string, life time.Durat
 		for i, t := range tags {
 			key := tagKey(s.prefix, t)
 			fresh := newTagToken()
-			if s.hooks.counterTokens() {
+			if variantOn(s.hooks, vCounterTokens) {
 				fresh = "1"
 			}
-			if s.hooks.persistentTags() { // the broken variant: tag keys live for ever
+			if variantOn(s.hooks, vPersistentTags) { // the broken variant: tag keys live for ever
 				p.SetNX(octx, key, fresh, 0)
 				gets[i] = p.Do(octx, "GET", key)
 				continue
@@ -184,7 +184,7 @@ func (s *Store) ensureTokens(ctx context.Context, tags []string, life time.Durat
 // a shorter one; neither shortens a life nor creates a key. (Redis 7; and
 // PEXPIRE is the one command the ACL needs for it.)
 func (s *Store) extendTags(ctx context.Context, lives map[string]time.Duration) {
-	if len(lives) == 0 || s.hooks.persistentTags() || s.hooks.noTagExtension() {
+	if len(lives) == 0 || variantOn(s.hooks, vPersistentTags) || variantOn(s.hooks, vNoTagExtension) {
 		return
 	}
 	octx, cancel := s.opContext(ctx)

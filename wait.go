@@ -30,7 +30,7 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 	c.stats.leaseWaits.Add(1)
 	token := cl.token
 	for {
-		c.hooks.beforeJoin(cl.rk)
+		reach(c.hooks, pBeforeJoin, cl.rk)
 		if f := c.flightOf(token); f != nil {
 			return c.join(ctx, cl, f, src)
 		}
@@ -75,7 +75,7 @@ func (c *Cache[T]) wait(ctx context.Context, cl *call[T], src source[T]) (again 
 // reads again.
 func (c *Cache[T]) join(ctx context.Context, cl *call[T], f *flight[T], src source[T]) (again bool) {
 	var budget <-chan time.Time
-	if !c.hooks.budgetOnlyAcross() {
+	if !variantOn(c.hooks, vBudgetOnlyAcross) {
 		timer := time.NewTimer(time.Until(cl.deadline))
 		defer timer.Stop()
 		budget = timer.C
@@ -93,7 +93,7 @@ func (c *Cache[T]) join(ctx context.Context, cl *call[T], f *flight[T], src sour
 	switch {
 	case f.err != nil && !errors.Is(f.err, ErrNotFound):
 		cl.finish(zero, f.err)
-	case f.err != nil && c.hooks.joinAnyResult():
+	case f.err != nil && variantOn(c.hooks, vJoinAnyResult):
 		cl.finish(zero, f.err)
 	case f.valid && sameTokens(f.tags, cl.snap):
 		cl.finish(f.v, f.err)
@@ -172,7 +172,7 @@ const (
 
 func (c *Cache[T]) runPoller(rk string, p *poller) {
 	wake := c.store.bus.waker(c.store, rk)
-	delay, most := c.hooks.pollDelays()
+	delay, most := pollDelays(c.hooks)
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
 	for {
@@ -191,7 +191,7 @@ func (c *Cache[T]) runPoller(rk string, p *poller) {
 			return
 		}
 		c.mu.Unlock()
-		c.hooks.beforePoll(rk)
+		reach(c.hooks, pBeforePoll, rk)
 		ctx, cancel := c.store.opContext(context.Background())
 		res, err := peekScript.Run(ctx, c.store.rdb, []string{rk, leaseKey(rk)}).Slice()
 		c.store.record(ctx, err, &c.stats, c.name)

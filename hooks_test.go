@@ -6,11 +6,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// testHooks let tests force interleavings and switch on deliberately broken
-// variants, so that each test of a guarantee is seen to fail without it.
-// This is the one place they live; the protocol calls them at the same
-// points whatever the read path (Get, GetMany, refresh). nil in production:
-// every method is nil-safe and costs one comparison.
+// testHooks are the tests' side of the seams (seams.go): they force
+// interleavings and switch on deliberately broken variants, so that each
+// test of a guarantee is seen to fail without it. The protocol reaches the
+// same points whatever the read path (Get, GetMany, refresh). Compiled only
+// into tests.
 type testHooks struct {
 	// Interleavings: after a load, before and after its fill (the flight
 	// not yet ended), before a poll read, between a Redis read and its L1
@@ -93,130 +93,139 @@ type testHooks struct {
 
 }
 
-func (h *testHooks) afterLoad(rk string) {
-	if h != nil && h.AfterLoad != nil {
-		h.AfterLoad(rk)
+// reached calls the hook of point p, if set.
+func (h *testHooks) reached(p point, name string) {
+	call := func(f func(string)) {
+		if f != nil {
+			f(name)
+		}
+	}
+	call0 := func(f func()) {
+		if f != nil {
+			f()
+		}
+	}
+	switch p {
+	case pAfterLoad:
+		call(h.AfterLoad)
+	case pBeforeFill:
+		call(h.BeforeFill)
+	case pBeforeJoin:
+		call(h.BeforeJoin)
+	case pBeforePoll:
+		call(h.BeforePoll)
+	case pBeforeL1Fill:
+		call(h.BeforeL1Fill)
+	case pAfterFill:
+		call(h.AfterFill)
+	case pBeforeApply:
+		call0(h.BeforeApply)
+	case pBeforeBatchClaim:
+		call0(h.BeforeBatchClaim)
+	case pBeforeReplay:
+		call0(h.BeforeReplay)
+	case pAfterPurgeScan:
+		call0(h.AfterPurgeScan)
 	}
 }
 
-func (h *testHooks) beforeFill(rk string) {
-	if h != nil && h.BeforeFill != nil {
-		h.BeforeFill(rk)
+// on reports whether variant v is switched on.
+func (h *testHooks) on(v variant) bool {
+	switch v {
+	case vBatchEveryRead:
+		return h.BatchEveryRead
+	case vJoinSentBatch:
+		return h.JoinSentBatch
+	case vBatchOnCaller:
+		return h.BatchOnCaller
+	case vOneBatch:
+		return h.OneBatch
+	case vUnorderedReplay:
+		return h.UnorderedReplay
+	case vUnconditionalFill:
+		return h.UnconditionalFill
+	case vKeepLease:
+		return h.KeepLeaseOnError
+	case vKeepOwedLeases:
+		return h.KeepOwedLeases
+	case vLongLeases:
+		return h.LongLeases
+	case vNoLeaseRenewal:
+		return h.NoLeaseRenewal
+	case vTokensAfterLoad:
+		return h.TokensAfterLoad
+	case vJoinAnyResult:
+		return h.JoinAnyResult
+	case vBudgetOnlyAcross:
+		return h.BudgetOnlyAcross
+	case vAcquireOnCaller:
+		return h.AcquireOnCaller
+	case vDegradedBackward:
+		return h.DegradedBackward
+	case vNoFillWake:
+		return h.NoFillWake
+	case vOwnLeaseScript:
+		return h.OwnLeaseScript
+	case vShareScriptHit:
+		return h.ShareScriptHit
+	case vShareLocalWait:
+		return h.ShareLocalWait
+	case vResendAllScripts:
+		return h.ResendAllScripts
+	case vForgetEnded:
+		return h.ForgetEnded
+	case vUncheckedL1:
+		return h.UncheckedL1
+	case vCallTagsOnly:
+		return h.CallTagsOnly
+	case vKeylessPublish:
+		return h.KeylessPublish
+	case vNoHeartbeat:
+		return h.NoHeartbeat
+	case vNoAckWait:
+		return h.NoAckWait
+	case vNoLeaseCheck:
+		return h.NoLeaseCheck
+	case vCounterTokens:
+		return h.CounterTokens
+	case vCallerProbe:
+		return h.CallerProbe
+	case vCutAtOpTimeout:
+		return h.CutAtOpTimeout
+	case vRawMissValue:
+		return h.RawMissValue
+	case vPersistentTags:
+		return h.PersistentTags
+	case vNoTagExtension:
+		return h.NoTagExtension
+	case vWaitsAsMisses:
+		return h.WaitsAsMisses
+	case vNoNodeBreakers:
+		return h.NoNodeBreakers
+	case vPurgeOnePass:
+		return h.PurgeOnePass
+	case vCallerDone:
+		return h.CallerDone
+	case vCountEachRead:
+		return h.CountEachRead
+	case vReadFirst:
+		return h.ReadFirst
 	}
+	return false
 }
 
-func (h *testHooks) beforeJoin(rk string) {
-	if h != nil && h.BeforeJoin != nil {
-		h.BeforeJoin(rk)
-	}
-}
-
-func (h *testHooks) beforePoll(rk string) {
-	if h != nil && h.BeforePoll != nil {
-		h.BeforePoll(rk)
-	}
-}
-
-func (h *testHooks) beforeL1Fill(key string) {
-	if h != nil && h.BeforeL1Fill != nil {
-		h.BeforeL1Fill(key)
-	}
-}
-
-func (h *testHooks) beforeApply() {
-	if h != nil && h.BeforeApply != nil {
-		h.BeforeApply()
-	}
-}
-
-func (h *testHooks) beforeBatchClaim() {
-	if h != nil && h.BeforeBatchClaim != nil {
-		h.BeforeBatchClaim()
-	}
-}
-
-func (h *testHooks) afterBatchRead(keys []string) {
-	if h != nil && h.AfterBatchRead != nil {
+func (h *testHooks) batchRead(keys []string) {
+	if h.AfterBatchRead != nil {
 		h.AfterBatchRead(keys)
 	}
 }
 
-func (h *testHooks) batchEveryRead() bool { return h != nil && h.BatchEveryRead }
-func (h *testHooks) joinSentBatch() bool  { return h != nil && h.JoinSentBatch }
-func (h *testHooks) batchOnCaller() bool  { return h != nil && h.BatchOnCaller }
-func (h *testHooks) oneBatch() bool       { return h != nil && h.OneBatch }
-
-func (h *testHooks) unorderedReplay() bool { return h != nil && h.UnorderedReplay }
-
-func (h *testHooks) beforeReplay() {
-	if h != nil && h.BeforeReplay != nil {
-		h.BeforeReplay()
-	}
-}
-
-func (h *testHooks) unconditionalFill() bool { return h != nil && h.UnconditionalFill }
-func (h *testHooks) keepLease() bool         { return h != nil && h.KeepLeaseOnError }
-func (h *testHooks) keepOwedLeases() bool    { return h != nil && h.KeepOwedLeases }
-func (h *testHooks) longLeases() bool        { return h != nil && h.LongLeases }
-func (h *testHooks) noLeaseRenewal() bool    { return h != nil && h.NoLeaseRenewal }
-func (h *testHooks) tokensAfterLoad() bool   { return h != nil && h.TokensAfterLoad }
-func (h *testHooks) joinAnyResult() bool     { return h != nil && h.JoinAnyResult }
-func (h *testHooks) budgetOnlyAcross() bool  { return h != nil && h.BudgetOnlyAcross }
-func (h *testHooks) acquireOnCaller() bool   { return h != nil && h.AcquireOnCaller }
-func (h *testHooks) degradedBackward() bool  { return h != nil && h.DegradedBackward }
-func (h *testHooks) noFillWake() bool        { return h != nil && h.NoFillWake }
-func (h *testHooks) ownLeaseScript() bool    { return h != nil && h.OwnLeaseScript }
-func (h *testHooks) shareScriptHit() bool    { return h != nil && h.ShareScriptHit }
-func (h *testHooks) shareLocalWait() bool    { return h != nil && h.ShareLocalWait }
-func (h *testHooks) resendAllScripts() bool  { return h != nil && h.ResendAllScripts }
-func (h *testHooks) forgetEnded() bool       { return h != nil && h.ForgetEnded }
-
-func (h *testHooks) afterFill(rk string) {
-	if h != nil && h.AfterFill != nil {
-		h.AfterFill(rk)
-	}
-}
-
 func (h *testHooks) leaseScriptArrival(rk string, shared bool) {
-	if h != nil && h.LeaseScriptArrival != nil {
+	if h.LeaseScriptArrival != nil {
 		h.LeaseScriptArrival(rk, shared)
 	}
 }
 
-// pollDelays returns the pollers' first and longest interval.
-func (h *testHooks) pollDelays() (first, most time.Duration) {
-	if h != nil && h.PollEvery > 0 {
-		return h.PollEvery, h.PollEvery
-	}
-	return pollFirst, pollMax
-}
-func (h *testHooks) uncheckedL1() bool    { return h != nil && h.UncheckedL1 }
-func (h *testHooks) callTagsOnly() bool   { return h != nil && h.CallTagsOnly }
-func (h *testHooks) keylessPublish() bool { return h != nil && h.KeylessPublish }
-func (h *testHooks) noHeartbeat() bool    { return h != nil && h.NoHeartbeat }
-func (h *testHooks) noAckWait() bool      { return h != nil && h.NoAckWait }
-func (h *testHooks) noLeaseCheck() bool   { return h != nil && h.NoLeaseCheck }
-func (h *testHooks) subscribeVia() redis.UniversalClient {
-	if h == nil {
-		return nil
-	}
-	return h.SubscribeVia
-}
-func (h *testHooks) counterTokens() bool  { return h != nil && h.CounterTokens }
-func (h *testHooks) callerProbe() bool    { return h != nil && h.CallerProbe }
-func (h *testHooks) cutAtOpTimeout() bool { return h != nil && h.CutAtOpTimeout }
-func (h *testHooks) rawMissValue() bool   { return h != nil && h.RawMissValue }
-func (h *testHooks) persistentTags() bool { return h != nil && h.PersistentTags }
-func (h *testHooks) noTagExtension() bool { return h != nil && h.NoTagExtension }
-func (h *testHooks) waitsAsMisses() bool  { return h != nil && h.WaitsAsMisses }
-func (h *testHooks) noNodeBreakers() bool { return h != nil && h.NoNodeBreakers }
-func (h *testHooks) purgeOnePass() bool   { return h != nil && h.PurgeOnePass }
+func (h *testHooks) pollEvery() time.Duration { return h.PollEvery }
 
-func (h *testHooks) afterPurgeScan() {
-	if h != nil && h.AfterPurgeScan != nil {
-		h.AfterPurgeScan()
-	}
-}
-func (h *testHooks) callerDone() bool    { return h != nil && h.CallerDone }
-func (h *testHooks) countEachRead() bool { return h != nil && h.CountEachRead }
-func (h *testHooks) readFirst() bool     { return h != nil && h.ReadFirst }
+func (h *testHooks) subscribeVia() redis.UniversalClient { return h.SubscribeVia }
