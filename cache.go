@@ -132,7 +132,7 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 	}
 	if o.l1Entries > 0 {
 		c.l1 = newLocal[T](o.l1Entries, o.l1TTL, store)
-		store.bus.register(store, name, c.l1)
+		store.bus.Register(name, c.l1)
 	}
 	return c, nil
 }

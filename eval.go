@@ -61,3 +61,6 @@ func parseReply(res []any, err error) (kind int64, payload string) {
 	}
 	return kind, payload
 }
+
+// isNoScript reports a reply of a server that has not seen the script.
+func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }

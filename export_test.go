@@ -41,7 +41,11 @@ func SetStoreHooks(s *Store, h *TestHooks) {
 	} else {
 		s.hooks = h
 	}
-	s.bus.hooks = s.hooks
+	if h == nil {
+		s.bus.SetSeams(nil)
+	} else {
+		s.bus.SetSeams(busSeams{h})
+	}
 }
 
 // IsLeaseScript reports whether cmd runs the lease script (acquireScript),
@@ -65,20 +69,21 @@ func IsLeaseScript(cmd redis.Cmder) bool {
 // TagSlot is the generation counter that guards s's L1 copies carrying
 // tag: tags that share one are dropped together (a false positive that keeps
 // L1 safe), which a test of "only this tag drops it" must avoid.
-func TagSlot(s *Store, tag string) uint16 { return s.bus.tagSlot(tag) }
+func TagSlot(s *Store, tag string) uint16 { return s.bus.TagSlot(tag) }
 
 // BusState reports whether s's subscription is up, its epoch, and how many
 // foreign messages it has applied.
 func BusState(s *Store) (up bool, epoch, received uint64) {
-	return s.bus.up.Load(), s.bus.epoch.Load(), s.bus.received.Load()
+	st := s.bus.Stats()
+	return s.bus.Up(), st.Epoch, st.Received
 }
 
 // BusListening reports whether s's subscription is in place (it hears the
 // bus and what is addressed to it), with or without L1.
-func BusListening(s *Store) bool { return s.bus.listening.Load() }
+func BusListening(s *Store) bool { return s.bus.Stats().Listening }
 
 // BusResets reports how many times s doubted its invalidation stream.
-func BusResets(s *Store) uint64 { return s.bus.resets.Load() }
+func BusResets(s *Store) uint64 { return s.bus.Stats().Resets }
 
 // DropPending is the broken variant of the replay queue: it forgets the
 // invalidations that failed.

@@ -319,7 +319,7 @@ func (c *Cache[T]) fill(ctx context.Context, tasks []leaseTask[T], fills []fillC
 	}
 	c.owe(tasks, idx, cmds)
 	c.store.extendTags(ctx, tagLives) // after the fill, as its caller has its value: a round trip nobody waits for
-	c.store.bus.announceFills(c.store, waited)
+	c.store.bus.AnnounceFills(waited)
 }
 
 // renewScript extends a lease while its token is still the one held.

@@ -3,6 +3,7 @@ package aside
 import (
 	"time"
 
+	"github.com/asidecache/aside/internal/bus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -118,8 +119,6 @@ func (h *testHooks) reached(p point, name string) {
 		call(h.BeforeL1Fill)
 	case pAfterFill:
 		call(h.AfterFill)
-	case pBeforeApply:
-		call0(h.BeforeApply)
 	case pBeforeBatchClaim:
 		call0(h.BeforeBatchClaim)
 	case pBeforeReplay:
@@ -162,8 +161,6 @@ func (h *testHooks) on(v variant) bool {
 		return h.AcquireOnCaller
 	case vDegradedBackward:
 		return h.DegradedBackward
-	case vNoFillWake:
-		return h.NoFillWake
 	case vOwnLeaseScript:
 		return h.OwnLeaseScript
 	case vShareScriptHit:
@@ -178,14 +175,6 @@ func (h *testHooks) on(v variant) bool {
 		return h.UncheckedL1
 	case vCallTagsOnly:
 		return h.CallTagsOnly
-	case vKeylessPublish:
-		return h.KeylessPublish
-	case vNoHeartbeat:
-		return h.NoHeartbeat
-	case vNoAckWait:
-		return h.NoAckWait
-	case vNoLeaseCheck:
-		return h.NoLeaseCheck
 	case vCounterTokens:
 		return h.CounterTokens
 	case vCallerProbe:
@@ -228,4 +217,29 @@ func (h *testHooks) leaseScriptArrival(rk string, shared bool) {
 
 func (h *testHooks) pollEvery() time.Duration { return h.PollEvery }
 
-func (h *testHooks) subscribeVia() redis.UniversalClient { return h.SubscribeVia }
+// busSeams are the hooks' side of the bus's seams (internal/bus).
+type busSeams struct{ h *testHooks }
+
+func (b busSeams) Variant(v bus.Variant) bool {
+	switch v {
+	case bus.KeylessPublish:
+		return b.h.KeylessPublish
+	case bus.NoHeartbeat:
+		return b.h.NoHeartbeat
+	case bus.NoAckWait:
+		return b.h.NoAckWait
+	case bus.NoLeaseCheck:
+		return b.h.NoLeaseCheck
+	case bus.NoFillWake:
+		return b.h.NoFillWake
+	}
+	return false
+}
+
+func (b busSeams) BeforeApply() {
+	if b.h.BeforeApply != nil {
+		b.h.BeforeApply()
+	}
+}
+
+func (b busSeams) SubscribeVia() redis.UniversalClient { return b.h.SubscribeVia }

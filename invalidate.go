@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/asidecache/aside/internal/bus"
 	"github.com/asidecache/aside/internal/envelope"
 	"github.com/redis/go-redis/v9"
 )
@@ -47,7 +48,7 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, what string, keys []strin
 		return err
 	}
 	return c.store.invalidateVia(ctx, what, &c.stats, c.name, pendingKeys(c.name, keys, rks),
-		busMessage{Kind: busKeys, Cache: c.name, Names: keys}, func(octx context.Context, p redis.Pipeliner) {
+		bus.Message{Kind: bus.KindKeys, Cache: c.name, Names: keys}, func(octx context.Context, p redis.Pipeliner) {
 			for _, rk := range rks {
 				cmd(octx, p, rk)
 			}
@@ -61,24 +62,24 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, what string, keys []strin
 // stall tolerance delays an invalidation, it does not fail it. What cannot
 // reach Redis is queued (ops) and returned as a [queuedError].
 func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, cache string, ops []pendingOp,
-	msg busMessage, writes func(octx context.Context, p redis.Pipeliner)) error {
+	msg bus.Message, writes func(octx context.Context, p redis.Pipeliner)) error {
 	if !s.redisUp(ctx) {
-		s.bus.apply(msg) // read-your-writes, even now
+		s.bus.Apply(msg) // read-your-writes, even now
 		s.pending.add(ops)
 		return &queuedError{what: what, cause: ErrUnavailable}
 	}
 	if err := s.replayFirst(ctx); err != nil { // in order: a process that only writes replays them too
-		s.bus.apply(msg)
+		s.bus.Apply(msg)
 		s.pending.add(ops)
 		return &queuedError{what: what, cause: err}
 	}
 	octx, cancel := s.opContext(ctx)
-	acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) { writes(octx, p) }, msg)
+	acks, err := s.bus.WriteAndTell(octx, func(p redis.Pipeliner) { writes(octx, p) }, msg)
 	s.record(octx, err, st, cache)
 	cancel()
 	switch {
 	case err == nil:
-		if err := acks.wait(ctx); err != nil {
+		if err := acks.Wait(ctx); err != nil {
 			return opErr(what, err)
 		}
 		return nil
@@ -149,9 +150,9 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 	// nothing old left.
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	acks, perr := c.store.writeAndTell(octx, func(redis.Pipeliner) {}, busMessage{Kind: busCache, Cache: c.name})
+	acks, perr := c.store.bus.WriteAndTell(octx, func(redis.Pipeliner) {}, bus.Message{Kind: bus.KindCache, Cache: c.name})
 	if perr == nil {
-		perr = acks.wait(ctx)
+		perr = acks.Wait(ctx)
 	}
 	if err == nil {
 		err = perr

@@ -39,7 +39,7 @@ func (c *Cache[T]) release(ctx context.Context, tasks []leaseTask[T], idx []int)
 		}
 	}
 	c.owe(tasks, idx, cmds)
-	c.store.bus.announceFills(c.store, waited)
+	c.store.bus.AnnounceFills(waited)
 }
 
 // owe hands the leases of the tasks at idx to the Store's owed leases when

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/asidecache/aside/internal/bus"
 )
 
 // The L1 tier keeps decoded values in process memory, so a hit costs
@@ -35,7 +37,7 @@ type local[T any] struct {
 	shards   []l1Shard[T] // a power of two
 	perShard int
 	ttl      time.Duration
-	bus      *bus
+	bus      *bus.Bus
 	keyGens  [genSlots]atomic.Uint64
 	epoch    atomic.Uint64 // bumped by Purge and messages that clear the cache
 	hooks    seams
@@ -70,11 +72,9 @@ type l1Entry[T any] struct {
 // L1 fill must still find afterwards. The tags are not among them: they are
 // the entry's, known only after the read; tagEpoch stands for all of them.
 type l1Note struct {
-	ok       bool // the bus is up: filling is allowed
-	keyGen   uint64
-	epoch    uint64
-	busEpoch uint64
-	tagEpoch uint64
+	keyGen uint64
+	epoch  uint64
+	bus    bus.Note
 }
 
 func newLocal[T any](entries int, ttl time.Duration, s *Store) *local[T] {
@@ -100,13 +100,13 @@ func (l *local[T]) clock(mono int64) int64 {
 	return l.now().UnixNano()
 }
 
-func (l *local[T]) slot(key string) uint64 { return maphash.String(l.bus.seed, key) }
+func (l *local[T]) slot(key string) uint64 { return maphash.String(l.bus.Seed(), key) }
 
 // get returns a valid, unexpired value while the Store holds its lease
 // (see [bus]); it allocates nothing.
 func (l *local[T]) get(key string) (T, bool) {
 	var zero T
-	lease := l.bus.lease.Load() // a lease extended meanwhile is not needed: the older one is the stricter
+	lease := l.bus.Lease() // first: a lease extended meanwhile is not needed, the older one is the stricter
 	if lease == 0 {
 		return zero, false
 	}
@@ -115,8 +115,8 @@ func (l *local[T]) get(key string) (T, bool) {
 	if e == nil || !l.valid(e, h) {
 		return zero, false
 	}
-	mono := l.bus.mono()
-	if !l.bus.leaseHolds(lease, mono) {
+	mono := l.bus.Mono()
+	if !l.bus.Holds(lease, mono) {
 		return zero, false
 	}
 	if now := l.clock(mono); now >= e.expires {
@@ -129,28 +129,15 @@ func (l *local[T]) get(key string) (T, bool) {
 }
 
 func (l *local[T]) valid(e *l1Entry[T], h uint64) bool {
-	if e.keyGen != l.keyGens[h%genSlots].Load() || e.epoch != l.epoch.Load() || e.busEpoch != l.bus.epoch.Load() {
-		return false
-	}
-	for i, s := range e.tagSlots {
-		if e.tagGens[i] != l.bus.tagGens[s].Load() {
-			return false
-		}
-	}
-	return true
+	return e.keyGen == l.keyGens[h%genSlots].Load() && e.epoch == l.epoch.Load() && l.bus.Valid(e.busEpoch, e.tagSlots, e.tagGens)
 }
 
 func (l *local[T]) note(key string) l1Note {
-	n := l1Note{
-		ok:       l.bus.up.Load(),
-		keyGen:   l.keyGens[l.slot(key)%genSlots].Load(),
-		epoch:    l.epoch.Load(),
-		busEpoch: l.bus.epoch.Load(),
-		tagEpoch: l.bus.tagEpoch.Load(),
+	return l1Note{
+		keyGen: l.keyGens[l.slot(key)%genSlots].Load(),
+		epoch:  l.epoch.Load(),
+		bus:    l.bus.Note(),
 	}
-	// Read after the counters: if the bus went down meanwhile, epoch moved.
-	n.ok = n.ok && l.bus.up.Load()
-	return n
 }
 
 // set stores v if nothing that could make it stale happened since n was
@@ -163,30 +150,23 @@ func (l *local[T]) set(key string, v T, n l1Note, freshUntil time.Time, tags []t
 	if variantOn(l.hooks, vUncheckedL1) {
 		n = l.note(key)
 	}
-	if !n.ok {
+	if !n.bus.Up {
 		return
 	}
 	life := l.ttl
 	if fresh := freshUntil.Sub(l.now()); fresh < life {
 		life = fresh
 	}
-	expires := l.clock(l.bus.mono()) + int64(life)
-	e := &l1Entry[T]{v: v, expires: expires, keyGen: n.keyGen, epoch: n.epoch, busEpoch: n.busEpoch}
+	expires := l.clock(l.bus.Mono()) + int64(life)
+	e := &l1Entry[T]{v: v, expires: expires, keyGen: n.keyGen, epoch: n.epoch, busEpoch: n.bus.Epoch}
 	if len(tags) > 0 {
-		e.tagSlots = make([]uint16, len(tags))
-		e.tagGens = make([]uint64, len(tags))
-		for i, t := range tags {
-			e.tagSlots[i] = l.bus.tagSlot(t.Name)
-			e.tagGens[i] = l.bus.tagGens[e.tagSlots[i]].Load()
-		}
-		// The generations were read after n and before this check: if no
-		// tag invalidation began since n, they are those of before the read.
-		if l.bus.tagEpoch.Load() != n.tagEpoch {
-			return
+		e.tagSlots, e.tagGens = make([]uint16, len(tags)), make([]uint64, len(tags))
+		if !bus.TagGens(l.bus, n.bus, tags, tagName, e.tagSlots, e.tagGens) {
+			return // a tag invalidation began since n: the generations may postdate the read
 		}
 	}
 	h := l.slot(key)
-	if !l.valid(e, h) || !l.bus.up.Load() {
+	if !l.valid(e, h) || !l.bus.Up() {
 		return // an invalidation arrived during the read: do not keep its result
 	}
 	sh := l.shard(h)
@@ -231,17 +211,18 @@ func evictOne[T any](m map[string]*l1Entry[T]) {
 
 func (l *local[T]) shard(h uint64) *l1Shard[T] { return &l.shards[h&uint64(len(l.shards)-1)] }
 
-// invalidate bumps the keys' generations: their entries fail every later
+// Invalidate bumps the keys' generations: their entries fail every later
 // check at once (read-your-writes for this Store), and fills racing this
 // call are refused. The entries stay until evicted — never hit again, they
 // are the first the sampled CLOCK takes — so an invalidation copies nothing.
-func (l *local[T]) invalidate(keys []string) {
+func (l *local[T]) Invalidate(keys []string) {
 	for _, k := range keys {
 		l.keyGens[l.slot(k)%genSlots].Add(1)
 	}
 }
 
-func (l *local[T]) clear() {
+// Clear drops every entry of the cache.
+func (l *local[T]) Clear() {
 	l.epoch.Add(1)
 	for i := range l.shards {
 		sh := &l.shards[i]
@@ -251,8 +232,4 @@ func (l *local[T]) clear() {
 	}
 }
 
-// localTier is what the bus needs of a cache's L1, whatever its T.
-type localTier interface {
-	invalidate(keys []string)
-	clear()
-}
+func tagName(t tagToken) string { return t.Name }

@@ -66,18 +66,18 @@ type CoherenceStats struct {
 
 // Coherence returns a snapshot of the Store's L1 coherence (atomic loads).
 func (s *Store) Coherence() CoherenceStats {
-	b := s.bus
+	b := s.bus.Stats()
 	return CoherenceStats{
-		Strict:            b.strict,
-		L1Serving:         b.up.Load() && b.leased(),
-		StreamResets:      b.resets.Load(),
-		Received:          b.received.Load(),
-		InvalidationWaits: b.waitStats.waits.Load(),
-		AcksAwaited:       b.waitStats.acksAwaited.Load(),
-		SilentStores:      b.waitStats.silent.Load(),
-		WaitTime:          time.Duration(b.waitStats.nanos.Load()),
-		Heartbeats:        b.waitStats.beats.Load(),
-		AckMessages:       b.waitStats.ackMsgs.Load(),
+		Strict:            b.Strict,
+		L1Serving:         b.Serving,
+		StreamResets:      b.Resets,
+		Received:          b.Received,
+		InvalidationWaits: b.Waits,
+		AcksAwaited:       b.AcksAwaited,
+		SilentStores:      b.Silent,
+		WaitTime:          b.WaitTime,
+		Heartbeats:        b.Beats,
+		AckMessages:       b.AckMsgs,
 	}
 }
 

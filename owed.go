@@ -127,6 +127,6 @@ func (s *Store) releaseOwed(batch []owedLease) bool {
 			waited = append(waited, rks[i])
 		}
 	}
-	s.bus.announceFills(s, waited)
+	s.bus.AnnounceFills(waited)
 	return true
 }

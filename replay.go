@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/asidecache/aside/internal/bus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -158,7 +159,7 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 	}
 	var tags []string
 	keys := map[string][]string{} // by cache
-	var msgs []busMessage
+	var msgs []bus.Message
 	for _, op := range ops {
 		if op.tag {
 			tags = append(tags, op.name)
@@ -167,15 +168,15 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 		}
 	}
 	if len(tags) > 0 {
-		msgs = append(msgs, busMessage{Kind: busTags, Names: tags})
+		msgs = append(msgs, bus.Message{Kind: bus.KindTags, Names: tags})
 	}
 	for cache, names := range keys {
-		msgs = append(msgs, busMessage{Kind: busKeys, Cache: cache, Names: names})
+		msgs = append(msgs, bus.Message{Kind: bus.KindKeys, Cache: cache, Names: names})
 	}
 	ctx = context.WithoutCancel(ctx)
 	octx, cancel := s.opContext(ctx)
 	defer cancel()
-	acks, err := s.writeAndTell(octx, func(p redis.Pipeliner) {
+	acks, err := s.bus.WriteAndTell(octx, func(p redis.Pipeliner) {
 		for _, op := range ops {
 			if op.tag {
 				replaceTagToken(octx, p, tagKey(s.prefix, op.name))
@@ -191,10 +192,10 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 	var acked chan struct{}
 	if wait {
 		// Bounded by the other Stores' leases: ctx cannot end.
-		if err := acks.wait(ctx); err != nil {
+		if err := acks.Wait(ctx); err != nil {
 			return err
 		}
-	} else if acked = make(chan struct{}); !s.goTracked(func() { defer close(acked); _ = acks.wait(ctx) }) {
+	} else if acked = make(chan struct{}); !s.goTracked(func() { defer close(acked); _ = acks.Wait(ctx) }) {
 		close(acked)
 	}
 	s.pending.mu.Lock()

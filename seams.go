@@ -2,13 +2,12 @@ package aside
 
 import (
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // seams are where a test watches the protocol at a point of its choosing,
 // or takes one of its protections out to see the test of that protection
 // fail without it. Production leaves them nil: each costs one comparison.
+// The bus has seams of its own (internal/bus), installed with the same hooks.
 // The tests' side — TestHooks, every variant named and documented — is in
 // export_test.go; only the names of the points and variants live here.
 type seams interface {
@@ -16,8 +15,7 @@ type seams interface {
 	on(v variant) bool            // variant v is switched on
 	batchRead(keys []string)      // a coalesced batch's answer is in, before its readers take it
 	leaseScriptArrival(rk string, shared bool)
-	pollEvery() time.Duration            // replaces the pollers' intervals when > 0
-	subscribeVia() redis.UniversalClient // a client the bus subscribes through, until a heartbeat goes unheard
+	pollEvery() time.Duration // replaces the pollers' intervals when > 0
 }
 
 // point names a place in the protocol where a test may interleave.
@@ -31,7 +29,6 @@ const (
 	pBeforePoll
 	pBeforeL1Fill
 	pAfterFill
-	pBeforeApply
 	pBeforeBatchClaim
 	pBeforeReplay
 	pAfterPurgeScan
@@ -58,7 +55,6 @@ const (
 	vBudgetOnlyAcross
 	vAcquireOnCaller
 	vDegradedBackward
-	vNoFillWake
 	vOwnLeaseScript
 	vShareScriptHit
 	vShareLocalWait
@@ -66,10 +62,6 @@ const (
 	vForgetEnded
 	vUncheckedL1
 	vCallTagsOnly
-	vKeylessPublish
-	vNoHeartbeat
-	vNoAckWait
-	vNoLeaseCheck
 	vCounterTokens
 	vCallerProbe
 	vCutAtOpTimeout
@@ -114,11 +106,4 @@ func pollDelays(h seams) (first, most time.Duration) {
 		}
 	}
 	return pollFirst, pollMax
-}
-
-func subscribeVia(h seams) redis.UniversalClient {
-	if h == nil {
-		return nil
-	}
-	return h.subscribeVia()
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/asidecache/aside/internal/bus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -99,12 +100,12 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 	}
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
-	acks, err := c.store.writeAndTell(octx, func(p redis.Pipeliner) {
+	acks, err := c.store.bus.WriteAndTell(octx, func(p redis.Pipeliner) {
 		for i, k := range keys {
 			rk := c.keys.entry(k)
 			setScript.Eval(octx, p, []string{rk, leaseKey(rk)}, encoded[i], ttls[i].Milliseconds())
 		}
-	}, busMessage{Kind: busKeys, Cache: c.name, Names: keys})
+	}, bus.Message{Kind: bus.KindKeys, Cache: c.name, Names: keys})
 	c.store.record(octx, err, &c.stats, c.name)
 	if err != nil {
 		return opErr("set", err)
@@ -112,7 +113,7 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 	for _, b := range encoded {
 		c.stats.bytesWritten.Add(uint64(len(b)))
 	}
-	if err := acks.wait(ctx); err != nil {
+	if err := acks.Wait(ctx); err != nil {
 		return opErr("set", err)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/asidecache/aside/internal/bus"
 	"github.com/asidecache/aside/internal/health"
 	"github.com/redis/go-redis/v9"
 )
@@ -30,7 +31,7 @@ type Store struct {
 	nodes          *health.Nodes // a Cluster's masters', a Ring's shards'; nil for one Redis
 	observer       Observer
 	logger         *slog.Logger     // nil: no logging
-	bus            *bus             // carries invalidations to every Store's L1
+	bus            *bus.Bus         // carries invalidations to every Store's L1
 	pending        replayQueue      // invalidations that failed, replayed before Redis is read again
 	now            func() time.Time // the clock of freshness decisions; tests replace it
 	realClock      bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
@@ -59,7 +60,7 @@ type Store struct {
 // client: close it yourself after the last use of the Store.
 func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	o := storeOptions{prefix: "aside", opTimeout: 100 * time.Millisecond, breakerThreshold: 5, breakerCooldown: 250 * time.Millisecond,
-		l1Lease: defaultLease}
+		l1Lease: bus.DefaultLease}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -82,8 +83,8 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	if o.breakerThreshold < 1 || o.breakerCooldown <= 0 {
 		return nil, fmt.Errorf("aside: breaker needs failures >= 1 and cooldown > 0, got %d and %v", o.breakerThreshold, o.breakerCooldown)
 	}
-	if o.l1Lease < minLease || o.l1Lease > maxLease {
-		return nil, fmt.Errorf("aside: L1 lease must be in [%v, %v], got %v", minLease, maxLease, o.l1Lease)
+	if o.l1Lease < bus.MinLease || o.l1Lease > bus.MaxLease {
+		return nil, fmt.Errorf("aside: L1 lease must be in [%v, %v], got %v", bus.MinLease, bus.MaxLease, o.l1Lease)
 	}
 	if err := checkClientTimeouts(rdb, o.opTimeout); err != nil {
 		return nil, err
@@ -110,7 +111,8 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, stallTolerance: tolerance, profiles: profiles, observer: o.observer, logger: o.logger, tracer: o.tracer,
 		now: o.clock, realClock: realClock, stopping: make(chan struct{})}
 	_, s.multiKey = rdb.(*redis.Client) // a single node or a Sentinel-managed master; not a Ring or a Cluster
-	s.bus = newBus(s, o.relaxedL1, o.l1Lease)
+	s.bus = bus.New(bus.Config{Client: rdb, Prefix: o.prefix, OpTimeout: o.opTimeout, Relaxed: o.relaxedL1, Lease: o.l1Lease,
+		Go: s.goTracked, OpContext: s.opContext, Detached: s.detachedOpContext, Log: s.log})
 	var checkWeight int32 // what an unanswered check of a timeout counts as: the op timeouts it waited
 	if tolerance > 0 {
 		checkWeight = int32(min((tolerance+o.opTimeout-1)/o.opTimeout, math.MaxInt32))
@@ -144,7 +146,7 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	// Before the bus stops: the replay tells the other Stores' L1 and waits for them.
 	err := s.replayFirst(context.Background())
-	s.bus.stop()
+	s.bus.Stop()
 	s.running.Wait()
 	if err != nil {
 		n, overflowed := s.Pending()

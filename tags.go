@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asidecache/aside/internal/bus"
 	"github.com/asidecache/aside/internal/envelope"
 	"github.com/redis/go-redis/v9"
 )
@@ -124,7 +125,7 @@ func (s *Store) updateTagTokens(ctx context.Context, what string, tags []string,
 		return nil
 	}
 	// One command per tag: the tag keys live in different Cluster slots.
-	return s.invalidateVia(ctx, what, nil, "", pendingTags(o.tags), busMessage{Kind: busTags, Names: o.tags},
+	return s.invalidateVia(ctx, what, nil, "", pendingTags(o.tags), bus.Message{Kind: bus.KindTags, Names: o.tags},
 		func(octx context.Context, p redis.Pipeliner) {
 			for _, t := range o.tags {
 				cmd(p, octx, tagKey(s.prefix, t))

@@ -171,7 +171,7 @@ const (
 )
 
 func (c *Cache[T]) runPoller(rk string, p *poller) {
-	wake := c.store.bus.waker(c.store, rk)
+	wake := c.store.bus.Waker(rk)
 	delay, most := pollDelays(c.hooks)
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
@@ -186,7 +186,7 @@ func (c *Cache[T]) runPoller(rk string, p *poller) {
 		p.next = nil
 		if r == nil {
 			delete(c.polls, rk)
-			c.store.bus.wakers.CompareAndDelete(rk, wake)
+			c.store.bus.ForgetWaker(rk, wake)
 			c.mu.Unlock()
 			return
 		}

@@ -1,7 +1,15 @@
-package aside
+// Package bus carries invalidations between the Stores of every process
+// over Redis pub/sub, and keeps each Store's L1 strictly coherent: leases
+// granted by heartbeats, acknowledgements awaited by invalidations, and the
+// generations an L1 entry is checked against. It knows nothing of caches'
+// values: the root package registers each L1 as a [Tier] and reads the bus
+// through a few methods.
+package bus
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -15,7 +23,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// bus carries invalidations between Stores over Redis pub/sub. Every Store
+// Bus carries invalidations between Stores over Redis pub/sub. Every Store
 // publishes; a Store subscribes once its first cache with L1 is created, or
 // once an invalidation of its has to wait for another Store's L1.
 //
@@ -38,13 +46,14 @@ import (
 // the registry in one script, then waits until every Store listed has
 // acknowledged it or has passed its lease. Why that suffices — the order
 // argument — is in the README ("L1: strict coherence").
-type bus struct {
+type Bus struct {
+	cfg      Config
 	channel  string // invalidations, heard by every Store
 	own      string // this Store's heartbeats and the acknowledgements it awaits
 	registry string // the Stores holding an L1 lease, scored by lease end (server ms)
 	origin   string // this Store's id: its own messages are not applied twice
 	seed     maphash.Seed
-	hooks    seams
+	seams    Seams // nil outside tests
 	// ordered: one pipeline reaches one server, which runs it in order, so
 	// a publish may travel with the writes it announces. On a Cluster or a
 	// Ring a pipeline fans out to several nodes in parallel, so the publish
@@ -64,7 +73,7 @@ type bus struct {
 	lease       atomic.Int64  // L1 may serve while mono() < lease; 0: not at all
 	epoch       atomic.Uint64 // bumped on every reset and recovery: L1 entries of older epochs are invalid
 	tagEpoch    atomic.Uint64 // bumped before the tag generations by every tag invalidation
-	tagGens     [genSlots]atomic.Uint64
+	tagGens     [TagSlots]atomic.Uint64
 	listening   atomic.Bool   // subscribed: acknowledgements can reach this Store
 	withL1      atomic.Bool   // a cache of this Store has L1: heartbeats run
 	seq         atomic.Uint64 // numbers this Store's invalidations that await acknowledgements
@@ -75,11 +84,11 @@ type bus struct {
 	waitStats   waitStats
 
 	mu      sync.Mutex // protects tiers, started, cancel, ps, waits
-	tiers   map[string][]localTier
+	tiers   map[string][]Tier
 	started bool
 	cancel  context.CancelFunc
 	ps      *redis.PubSub // closed by stop, to end a blocking read at once
-	waits   map[uint64]*ackWait
+	waits   map[uint64]*AckWait
 
 	wakers sync.Map // Redis key → chan struct{}: the poller of a key this Store waits on
 
@@ -88,78 +97,91 @@ type bus struct {
 	ackWake chan struct{}
 }
 
-// busMessage is one published invalidation — keys of one cache, tags, or a
+// Message is one published invalidation — keys of one cache, tags, or a
 // whole cache (Names empty) —, a heartbeat, or acknowledgements.
-type busMessage struct {
+type Message struct {
 	Origin string   `msgpack:"o"`
 	Kind   byte     `msgpack:"k"`
 	Cache  string   `msgpack:"c,omitempty"`
 	Names  []string `msgpack:"n,omitempty"`
 	Seq    uint64   `msgpack:"s,omitempty"`
 	Ack    bool     `msgpack:"a,omitempty"` // the sender waits for an acknowledgement of Seq
-	Seqs   []uint64 `msgpack:"q,omitempty"` // busAck: the invalidations acknowledged
-	From   string   `msgpack:"f,omitempty"` // busAck: the acknowledging Store's member name (see [bus.member])
+	Seqs   []uint64 `msgpack:"q,omitempty"` // kindAck: the invalidations acknowledged
+	From   string   `msgpack:"f,omitempty"` // kindAck: the acknowledging Store's member name (see [Bus.member])
 }
 
 const (
-	busKeys  = 'k'
-	busTags  = 't'
-	busCache = 'c'
-	busBeat  = 'h'
-	busAck   = 'a'
-	busReset = 'r' // a Store dropped its L1 and left the registry: nobody need wait for it
-	busFill  = 'f' // entries (Redis keys in Names) were filled or released while callers waited
-	// busBatch bounds the names in one message, so that a mass invalidation
+	kindBeat  = 'h'
+	kindAck   = 'a'
+	kindReset = 'r' // a Store dropped its L1 and left the registry: nobody need wait for it
+	kindFill  = 'f' // entries (Redis keys in Names) were filled or released while callers waited
+	// batchNames bounds the names in one message, so that a mass invalidation
 	// is a few messages rather than one huge one or a storm of small ones.
-	busBatch = 512
-	// defaultLease (L) is how long after sending a heartbeat it heard back a
-	// strict Store may serve from L1; heartbeats go every L/4, so one lost or
-	// slow heartbeat does not interrupt L1. It is also the longest an
-	// invalidation waits for a Store that has stopped answering (a paused
-	// process, a black-holed connection), plus leaseMargin; see the README
-	// for the measurements behind 1 s. A Store whose stream broke is reset
-	// within L/4 + 2 op timeouts.
-	defaultLease = time.Second
+	batchNames = 512
 	// leaseMargin covers what separates the clocks of the lease and of its
 	// registry: millisecond rounding and rate differences.
 	leaseMargin = 50 * time.Millisecond
-	// minLease and maxLease bound WithL1Lease.
-	minLease, maxLease = 100 * time.Millisecond, time.Minute
 
 	whyNotHeard = "heartbeat not heard back"
 )
 
-func newBus(s *Store, relaxed bool, lease time.Duration) *bus {
-	_, single := s.rdb.(*redis.Client)
-	_, cluster := s.rdb.(*redis.ClusterClient)
+// Config is what a Bus needs of the Store that owns it.
+type Config struct {
+	Client    redis.UniversalClient
+	Prefix    string        // the Store's: the bus's channels and registry live under it
+	OpTimeout time.Duration // bounds the wait for a subscription, and the heartbeat's slack
+	Relaxed   bool          // L1 coherent within a delivery, not strictly (no leases, no waits)
+	Lease     time.Duration // L: how long a heard heartbeat lets L1 serve
+	// Go runs fn on a goroutine the Store waits for when it closes; false
+	// when it is closing (fn then does not run).
+	Go func(fn func()) bool
+	// OpContext bounds one Redis call of ctx by the Store's call deadline;
+	// Detached does the same on a context no caller can cancel.
+	OpContext, Detached func(ctx context.Context) (context.Context, context.CancelFunc)
+	Log                 func(level slog.Level, msg string, args ...any)
+}
+
+// New returns the bus of a Store. It starts nothing: the subscription
+// starts with the first L1 registered, or the first wait for another
+// Store's acknowledgement.
+func New(cfg Config) *Bus {
+	_, single := cfg.Client.(*redis.Client)
+	_, cluster := cfg.Client.(*redis.ClusterClient)
 	// One hash tag for the three names: one slot, one node, one order.
-	channel := s.prefix + ":#bus{" + s.prefix + "}"
-	origin := newToken()[:16]
-	return &bus{channel: channel, own: channel + ":" + origin, registry: channel + ":leases", origin: origin,
-		seed: maphash.MakeSeed(), ordered: single, sharded: cluster, strict: !relaxed, base: time.Now(),
-		leaseFor: lease, beatEvery: lease / 4,
-		tiers: map[string][]localTier{}, waits: map[uint64]*ackWait{}, ackOut: map[ackRoute][]uint64{},
+	channel := cfg.Prefix + ":#bus{" + cfg.Prefix + "}"
+	origin := randomID()
+	return &Bus{cfg: cfg, channel: channel, own: channel + ":" + origin, registry: channel + ":leases", origin: origin,
+		seed: maphash.MakeSeed(), ordered: single, sharded: cluster, strict: !cfg.Relaxed, base: time.Now(),
+		leaseFor: cfg.Lease, beatEvery: cfg.Lease / 4,
+		tiers: map[string][]Tier{}, waits: map[uint64]*AckWait{}, ackOut: map[ackRoute][]uint64{},
 		ackWake: make(chan struct{}, 1)}
 }
 
-// register adds a cache's L1 and starts the subscription on first use.
-func (b *bus) register(s *Store, name string, t localTier) {
+// randomID is a Store's id on the bus: 64 random bits, hex.
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
+
+// Register adds a cache's L1 and starts the subscription on first use.
+func (b *Bus) Register(name string, t Tier) {
 	b.mu.Lock()
 	b.tiers[name] = append(b.tiers[name], t)
 	b.mu.Unlock()
 	b.withL1.Store(true)
-	b.start(s)
+	b.start()
 }
 
 // start runs the subscription (and the acknowledgements' sender) once.
-func (b *bus) start(s *Store) {
+func (b *Bus) start() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.started {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if s.goTracked(func() { b.run(ctx, s) }) && s.goTracked(func() { b.sendAcks(ctx, s) }) {
+	if b.cfg.Go(func() { b.run(ctx) }) && b.cfg.Go(func() { b.sendAcks(ctx) }) {
 		b.started, b.cancel = true, cancel
 	} else {
 		cancel()
@@ -168,15 +190,16 @@ func (b *bus) start(s *Store) {
 
 // listen starts the subscription if needed and waits, at most an op
 // timeout, until it is in place: acknowledgements sent before would be lost.
-func (b *bus) listen(ctx context.Context, s *Store) {
-	b.start(s)
-	deadline := time.Now().Add(s.opTimeout)
+func (b *Bus) listen(ctx context.Context) {
+	b.start()
+	deadline := time.Now().Add(b.cfg.OpTimeout)
 	for !b.listening.Load() && ctx.Err() == nil && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 }
 
-func (b *bus) stop() {
+// Stop ends the subscription.
+func (b *Bus) Stop() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.cancel != nil {
@@ -187,15 +210,15 @@ func (b *bus) stop() {
 	}
 }
 
-// apply handles one invalidation: one heard on the channel, or one this
+// Apply handles one invalidation: one heard on the channel, or one this
 // Store made (before the call that made it returns: read-your-writes).
-func (b *bus) apply(m busMessage) {
-	if m.Kind == busTags {
+func (b *Bus) Apply(m Message) {
+	if m.Kind == KindTags {
 		// tagEpoch first: an L1 fill that reads the generations and then
 		// finds tagEpoch unchanged read them before this invalidation.
 		b.tagEpoch.Add(1)
 		for _, t := range m.Names {
-			b.tagGens[b.tagSlot(t)].Add(1)
+			b.tagGens[b.TagSlot(t)].Add(1)
 		}
 		return
 	}
@@ -203,40 +226,41 @@ func (b *bus) apply(m busMessage) {
 	tiers := b.tiers[m.Cache]
 	b.mu.Unlock()
 	for _, t := range tiers {
-		if m.Kind == busCache {
-			t.clear()
+		if m.Kind == KindCache {
+			t.Clear()
 		} else {
-			t.invalidate(m.Names)
+			t.Invalidate(m.Names)
 		}
 	}
 }
 
-func (b *bus) tagSlot(tag string) uint16 { return uint16(maphash.String(b.seed, tag) % genSlots) }
+// TagSlot is the generation counter that guards L1 entries carrying tag.
+func (b *Bus) TagSlot(tag string) uint16 { return uint16(maphash.String(b.seed, tag) % TagSlots) }
 
 // publish adds the commands that publish m on channel to a pipeline. Each
 // is routed by its channel, like the subscription: go-redis routes PUBLISH
 // as a command without a key, which on a Ring lands on another shard than
 // the one subscribed to.
-func (b *bus) publish(ctx context.Context, p redis.Pipeliner, channel string, m busMessage) {
+func (b *Bus) publish(ctx context.Context, p redis.Pipeliner, channel string, m Message) {
 	for _, payload := range b.encode(m) {
 		if b.sharded {
 			p.SPublish(ctx, channel, payload)
 			continue
 		}
 		cmd := p.Publish(ctx, channel, payload)
-		if !variantOn(b.hooks, vKeylessPublish) {
+		if !b.variant(KeylessPublish) {
 			cmd.SetFirstKeyPos(1)
 		}
 	}
 }
 
-// encode returns m as one payload per busBatch names.
-func (b *bus) encode(m busMessage) [][]byte {
+// encode returns m as one payload per batchNames names.
+func (b *Bus) encode(m Message) [][]byte {
 	m.Origin = b.origin
 	names := m.Names
 	var out [][]byte
 	for {
-		m.Names = names[:min(len(names), busBatch)]
+		m.Names = names[:min(len(names), batchNames)]
 		payload, _ := msgpack.Marshal(&m) // strings, bytes and integers only: cannot fail
 		out = append(out, payload)
 		if names = names[len(m.Names):]; len(names) == 0 {
@@ -245,21 +269,21 @@ func (b *bus) encode(m busMessage) [][]byte {
 	}
 }
 
-func (b *bus) flag(v bool) string {
+func (b *Bus) flag(v bool) string {
 	if v {
 		return "1"
 	}
 	return "0"
 }
 
-func (b *bus) subscribe(ctx context.Context, s *Store) (ps *redis.PubSub, err error) {
+func (b *Bus) subscribe(ctx context.Context) (ps *redis.PubSub, err error) {
 	defer func() {
 		if p := recover(); p != nil { // a Ring panics when no shard is up
 			ps, err = nil, fmt.Errorf("aside: subscribe: %v", p)
 		}
 	}()
-	rdb := s.rdb
-	if via := subscribeVia(b.hooks); via != nil && !b.beatMissed.Load() {
+	rdb := b.cfg.Client
+	if via := b.subscribeVia(); via != nil && !b.beatMissed.Load() {
 		rdb = via
 	}
 	if c, ok := rdb.(*redis.ClusterClient); ok {
@@ -276,14 +300,14 @@ func (b *bus) subscribe(ctx context.Context, s *Store) (ps *redis.PubSub, err er
 // run keeps the subscription and applies what arrives; see [bus] for the
 // heartbeats. The bus's own Redis calls do not feed the breaker: they run
 // whether or not the application does.
-func (b *bus) run(ctx context.Context, s *Store) {
+func (b *Bus) run(ctx context.Context) {
 	var (
 		ps           *redis.PubSub
 		registered   bool   // a heartbeat of this incarnation was sent: it may be in the registry
 		seq, awaited uint64 // awaited: the heartbeat not yet heard back, 0 if none
 		sentAt       time.Time
 		backoff      = 10 * time.Millisecond
-		limit        = b.beatEvery + 2*s.opTimeout
+		limit        = b.beatEvery + 2*b.cfg.OpTimeout
 		// A heartbeat's receiver count is the node's: on a Cluster client
 		// that reads from replicas, the subscription is not counted there.
 		countable = !b.sharded
@@ -295,7 +319,7 @@ func (b *bus) run(ctx context.Context, s *Store) {
 		b.listening.Store(false)
 		b.drop()
 		if registered {
-			b.leave(s, true)
+			b.leave(true)
 		}
 	}()
 	reset := func(why string) {
@@ -304,10 +328,10 @@ func (b *bus) run(ctx context.Context, s *Store) {
 			b.beatMissed.Store(true)
 		}
 		if b.drop() {
-			s.log(slog.LevelWarn, "aside: invalidation stream in doubt: L1 bypassed until it is back", "why", why)
+			b.cfg.Log(slog.LevelWarn, "aside: invalidation stream in doubt: L1 bypassed until it is back", "why", why)
 		}
 		if registered {
-			b.leave(s, true)
+			b.leave(true)
 			registered = false
 		}
 		b.listening.Store(false)
@@ -325,7 +349,7 @@ func (b *bus) run(ctx context.Context, s *Store) {
 	for ctx.Err() == nil {
 		if ps == nil {
 			var err error
-			if ps, err = b.subscribe(ctx, s); err != nil {
+			if ps, err = b.subscribe(ctx); err != nil {
 				reset(err.Error())
 				continue
 			}
@@ -334,13 +358,13 @@ func (b *bus) run(ctx context.Context, s *Store) {
 		case !b.withL1.Load() || !b.listening.Load():
 			// No L1 (this Store only awaits acknowledgements), or not
 			// subscribed yet: nothing to beat for.
-		case variantOn(b.hooks, vNoHeartbeat):
+		case b.variant(NoHeartbeat):
 			awaited = 0 // the broken variant: trust the connection, as v1 did
 		case awaited == 0 && time.Since(sentAt) >= b.beatEvery:
 			seq++
 			sent := time.Now()
 			registered = registered || b.strict
-			n, err := b.beat(s, seq)
+			n, err := b.beat(seq)
 			if err != nil {
 				reset("heartbeat not sent: " + err.Error())
 				continue
@@ -377,31 +401,31 @@ func (b *bus) run(ctx context.Context, s *Store) {
 			b.drop()
 			b.listening.Store(true)
 			awaited, sentAt = 0, time.Time{}
-			if variantOn(b.hooks, vNoHeartbeat) && b.withL1.Load() {
-				b.heard(s, time.Now())
+			if b.variant(NoHeartbeat) && b.withL1.Load() {
+				b.heard(time.Now())
 			}
 		case *redis.Message:
-			var bm busMessage
+			var bm Message
 			if msgpack.Unmarshal([]byte(m.Payload), &bm) != nil {
 				continue
 			}
 			switch {
-			case bm.Kind == busAck:
+			case bm.Kind == kindAck:
 				b.acked(bm.From, bm.Seqs)
-			case bm.Kind == busReset && len(bm.Names) == 1:
+			case bm.Kind == kindReset && len(bm.Names) == 1:
 				b.acked(bm.Names[0], nil)
-			case bm.Kind == busFill:
+			case bm.Kind == kindFill:
 				b.wake(bm.Names)
 			case bm.Origin != b.origin:
 				b.received.Add(1)
-				reach(b.hooks, pBeforeApply, "")
-				b.apply(bm)
+				b.beforeApply()
+				b.Apply(bm)
 				if bm.Ack && b.strict && b.withL1.Load() {
 					b.queueAck(bm.Origin, bm.Seq)
 				}
-			case bm.Kind == busBeat && bm.Seq == awaited && awaited != 0:
+			case bm.Kind == kindBeat && bm.Seq == awaited && awaited != 0:
 				awaited, backoff = 0, 10*time.Millisecond
-				b.heard(s, sentAt)
+				b.heard(sentAt)
 			}
 		}
 	}

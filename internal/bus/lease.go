@@ -1,4 +1,4 @@
-package aside
+package bus
 
 import (
 	"context"
@@ -13,19 +13,6 @@ import (
 // The Store's L1 lease (strict mode): heartbeats that register it and come
 // back through the ordered stream, the lease they grant on the Store's own
 // monotonic clock, and leaving the registry when the stream is in doubt.
-
-// mono is the lease clock: monotonic, whatever the Store's clock says.
-func (b *bus) mono() int64 { return int64(time.Since(b.base)) }
-
-// leased reports whether L1 may answer now; an L1 hit makes the same check
-// inline (see local.get), reading the clock once for lease and expiry.
-func (b *bus) leased() bool { return b.leaseHolds(b.lease.Load(), b.mono()) }
-
-// leaseHolds is the lease rule, for a lease read before the clock: relaxed
-// (MaxInt64), or strict and not yet over.
-func (b *bus) leaseHolds(lease, mono int64) bool {
-	return lease == math.MaxInt64 || lease != 0 && (mono < lease || variantOn(b.hooks, vNoLeaseCheck))
-}
 
 // beatScript records the Store's lease in the registry (strict mode) and
 // publishes its heartbeat, atomically: a Store that hears the heartbeat is
@@ -45,7 +32,7 @@ return redis.call('PUBLISH', ARGV[2], ARGV[3])`)
 // member is this Store's name in the registry in its current incarnation:
 // a reset starts a new one, so that what is said of the old one (it left)
 // can never be taken for the new one.
-func (b *bus) member() string { return b.origin + "." + strconv.FormatUint(b.incarnation.Load(), 10) }
+func (b *Bus) member() string { return b.origin + "." + strconv.FormatUint(b.incarnation.Load(), 10) }
 
 // leave takes this Store's current incarnation out of the registry and,
 // with announce, tells the Stores waiting for it that it holds nothing
@@ -53,14 +40,14 @@ func (b *bus) member() string { return b.origin + "." + strconv.FormatUint(b.inc
 // registry's node. Best effort: when it fails, their waits end with the
 // lease. Only run's goroutine calls it, before any heartbeat of the next
 // incarnation, so the next incarnation is never taken out or announced.
-func (b *bus) leave(s *Store, announce bool) {
-	octx, cancel := s.detachedOpContext(context.Background())
+func (b *Bus) leave(announce bool) {
+	octx, cancel := b.cfg.Detached(context.Background())
 	defer cancel()
 	member := b.member()
-	_, _ = s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+	_, _ = b.cfg.Client.Pipelined(octx, func(p redis.Pipeliner) error {
 		p.ZRem(octx, b.registry, member)
 		if announce {
-			b.publish(octx, p, b.channel, busMessage{Kind: busReset, Names: []string{member}})
+			b.publish(octx, p, b.channel, Message{Kind: kindReset, Names: []string{member}})
 		}
 		return nil
 	})
@@ -69,27 +56,27 @@ func (b *bus) leave(s *Store, announce bool) {
 
 // beat publishes heartbeat seq the way invalidations travel, recording the
 // lease it asks for; it returns how many subscribers heard it.
-func (b *bus) beat(s *Store, seq uint64) (int64, error) {
-	ctx, cancel := s.opContext(context.Background())
+func (b *Bus) beat(seq uint64) (int64, error) {
+	ctx, cancel := b.cfg.OpContext(context.Background())
 	defer cancel()
 	lease := int64(0)
 	if b.strict {
 		lease = b.leaseFor.Milliseconds()
 	}
-	payload := b.encode(busMessage{Kind: busBeat, Seq: seq})[0]
+	payload := b.encode(Message{Kind: kindBeat, Seq: seq})[0]
 	b.waitStats.beats.Add(1)
-	return beatScript.Run(ctx, s.rdb, []string{b.registry}, b.flag(b.sharded), b.own, payload, lease, b.member()).Int64()
+	return beatScript.Run(ctx, b.cfg.Client, []string{b.registry}, b.flag(b.sharded), b.own, payload, lease, b.member()).Int64()
 }
 
 // heard marks the stream trusted after a heartbeat sent at sent came back:
 // every invalidation published before it was sent has been applied.
-func (b *bus) heard(s *Store, sent time.Time) {
+func (b *Bus) heard(sent time.Time) {
 	if !b.up.Load() {
 		b.epoch.Add(1) // entries filled while in doubt stay invalid
 		b.up.Store(true)
-		s.log(slog.LevelInfo, "aside: invalidation stream up: L1 in use")
+		b.cfg.Log(slog.LevelInfo, "aside: invalidation stream up: L1 in use")
 	}
-	if !b.strict || variantOn(b.hooks, vNoHeartbeat) { // the broken variant trusts the connection for good
+	if !b.strict || b.variant(NoHeartbeat) { // the broken variant trusts the connection for good
 		b.lease.Store(math.MaxInt64)
 		return
 	}
@@ -100,7 +87,7 @@ func (b *bus) heard(s *Store, sent time.Time) {
 
 // drop stops L1 at once: no lease, and every entry of an older epoch. It
 // reports whether L1 was up.
-func (b *bus) drop() bool {
+func (b *Bus) drop() bool {
 	b.lease.Store(0)
 	if b.up.Swap(false) {
 		b.epoch.Add(1)

@@ -1,8 +1,4 @@
-package aside
-
-// What an invalidation waits for under strict L1 coherence: it publishes
-// and reads the lease registry in one script, then waits until every
-// listed Store has acknowledged or passed its lease (see [bus]).
+package bus
 
 import (
 	"context"
@@ -16,7 +12,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// waitStats counts what invalidations waited for; see [CoherenceStats].
+// What an invalidation waits for under strict L1 coherence: it publishes
+// and reads the lease registry in one script, then waits until every
+// listed Store has acknowledged or passed its lease (see [bus]).
+
+// waitStats counts what invalidations waited for; see [Bus.Stats].
 type waitStats struct {
 	waits, acksAwaited, silent, nanos atomic.Uint64
 	beats, ackMsgs                    atomic.Uint64
@@ -38,7 +38,7 @@ return live`)
 
 // tellArgs are the tell script's arguments for msgs, which already carry
 // their sequence number.
-func (b *bus) tellArgs(msgs []busMessage) []any {
+func (b *Bus) tellArgs(msgs []Message) []any {
 	args := []any{b.flag(b.sharded), b.channel, leaseMargin.Milliseconds()}
 	for _, m := range msgs {
 		for _, payload := range b.encode(m) {
@@ -48,22 +48,21 @@ func (b *bus) tellArgs(msgs []busMessage) []any {
 	return args
 }
 
-// writeAndTell runs writes and publishes msgs under octx (an op context),
+// WriteAndTell runs writes and publishes msgs under octx (an op context),
 // and applies msgs to this Store's own L1 (read-your-writes) whether or not
 // Redis answered. The publish travels in the writes' pipeline when one
 // server runs it in order, and after them otherwise. It returns what the
-// caller must then wait for (see [ackWait.wait]) before it returns.
-func (s *Store) writeAndTell(octx context.Context, writes func(p redis.Pipeliner), msgs ...busMessage) (*ackWait, error) {
-	b := s.bus
+// caller must then wait for (see [AckWait.Wait]) before it returns.
+func (b *Bus) WriteAndTell(octx context.Context, writes func(p redis.Pipeliner), msgs ...Message) (*AckWait, error) {
 	seq := b.seq.Add(1)
 	msgs[len(msgs)-1].Seq, msgs[len(msgs)-1].Ack = seq, true // heard in order: the last acknowledges all
 	args, keys := b.tellArgs(msgs), []string{b.registry}
-	if variantOn(b.hooks, vKeylessPublish) {
+	if b.variant(KeylessPublish) {
 		keys = nil // the broken variant: routed as go-redis routes a command without a key
 	}
 	w := b.expect(seq)
 	var tell *redis.Cmd
-	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+	_, err := b.cfg.Client.Pipelined(octx, func(p redis.Pipeliner) error {
 		writes(p)
 		if b.ordered {
 			tell = tellScript.EvalSha(octx, p, keys, args...)
@@ -73,13 +72,13 @@ func (s *Store) writeAndTell(octx context.Context, writes func(p redis.Pipeliner
 	// After the writes: a read of this Store that noted the generations
 	// before this point and read the old value cannot keep it in L1.
 	for _, m := range msgs {
-		b.apply(m)
+		b.Apply(m)
 	}
 	if err == nil || isNoScript(err) && tell != nil && isNoScript(tell.Err()) {
 		// Alone when the pipeline could not carry it: unordered, or the
 		// script not yet loaded on that server (Run loads it).
 		if tell == nil || tell.Err() != nil {
-			tell = tellScript.Run(octx, s.rdb, keys, args...)
+			tell = tellScript.Run(octx, b.cfg.Client, keys, args...)
 		}
 		err = tell.Err()
 	}
@@ -92,20 +91,20 @@ func (s *Store) writeAndTell(octx context.Context, writes func(p redis.Pipeliner
 		// The first invalidation that has someone to wait for: listen for
 		// acknowledgements and, once listening, tell again so that they
 		// can reach us. Until then the leases bound the wait.
-		if b.listen(octx, s); b.listening.Load() {
+		if b.listen(octx); b.listening.Load() {
 			b.forget(w)
-			return s.writeAndTell(octx, func(redis.Pipeliner) {}, msgs...)
+			return b.WriteAndTell(octx, func(redis.Pipeliner) {}, msgs...)
 		}
 	}
 	return w, nil
 }
 
-func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }
+func isNoScript(err error) bool { return err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") }
 
-// ackWait is one invalidation's wait for the Stores listed by its tell
+// AckWait is one invalidation's wait for the Stores listed by its tell
 // script: each acknowledges it, or passes the end of its lease.
-type ackWait struct {
-	b    *bus
+type AckWait struct {
+	b    *Bus
 	seq  uint64
 	mu   sync.Mutex           // protects got and want
 	got  map[string]bool      // acknowledged, possibly before the list was known
@@ -113,15 +112,15 @@ type ackWait struct {
 	wake chan struct{}
 }
 
-func (b *bus) expect(seq uint64) *ackWait {
-	w := &ackWait{b: b, seq: seq, got: map[string]bool{}, wake: make(chan struct{}, 1)}
+func (b *Bus) expect(seq uint64) *AckWait {
+	w := &AckWait{b: b, seq: seq, got: map[string]bool{}, wake: make(chan struct{}, 1)}
 	b.mu.Lock()
 	b.waits[seq] = w
 	b.mu.Unlock()
 	return w
 }
 
-func (b *bus) forget(w *ackWait) {
+func (b *Bus) forget(w *AckWait) {
 	b.mu.Lock()
 	delete(b.waits, w.seq)
 	b.mu.Unlock()
@@ -130,7 +129,7 @@ func (b *bus) forget(w *ackWait) {
 // members records the Stores of a tell script's reply. A Store's lease
 // ends, in real time, before its registry score plus the margin: it began
 // when the Store sent a heartbeat, before the server scored it.
-func (w *ackWait) members(reply any, received time.Time) {
+func (w *AckWait) members(reply any, received time.Time) {
 	r, _ := reply.([]any)
 	if len(r) == 0 {
 		return
@@ -146,7 +145,7 @@ func (w *ackWait) members(reply any, received time.Time) {
 		if strings.HasPrefix(id, w.b.origin+".") || id == "" || err != nil {
 			continue
 		}
-		left := min(time.Duration(int64(score)-now)*time.Millisecond, maxLease)
+		left := min(time.Duration(int64(score)-now)*time.Millisecond, MaxLease)
 		w.want[id] = received.Add(left + leaseMargin)
 	}
 }
@@ -154,9 +153,9 @@ func (w *ackWait) members(reply any, received time.Time) {
 // acked records acknowledgements from Store from: of seqs, or of every
 // invalidation in progress when seqs is nil (from reset: it serves nothing
 // it held before).
-func (b *bus) acked(from string, seqs []uint64) {
+func (b *Bus) acked(from string, seqs []uint64) {
 	b.mu.Lock()
-	var ws []*ackWait
+	var ws []*AckWait
 	if seqs == nil {
 		for _, w := range b.waits {
 			ws = append(ws, w)
@@ -179,15 +178,15 @@ func (b *bus) acked(from string, seqs []uint64) {
 	}
 }
 
-// wait returns once every listed Store has acknowledged or passed its
+// Wait returns once every listed Store has acknowledged or passed its
 // lease, or with ctx's error. A nil w waits for nothing.
-func (w *ackWait) wait(ctx context.Context) error {
+func (w *AckWait) Wait(ctx context.Context) error {
 	if w == nil {
 		return nil
 	}
 	b := w.b
 	defer b.forget(w)
-	if len(w.want) == 0 || variantOn(b.hooks, vNoAckWait) {
+	if len(w.want) == 0 || b.variant(NoAckWait) {
 		return nil
 	}
 	start := time.Now()
@@ -238,7 +237,7 @@ func (w *ackWait) wait(ctx context.Context) error {
 type ackRoute struct{ to, from string }
 
 // queueAck schedules an acknowledgement of invalidation seq to Store to.
-func (b *bus) queueAck(to string, seq uint64) {
+func (b *Bus) queueAck(to string, seq uint64) {
 	r := ackRoute{to: to, from: b.member()} // the incarnation that applied it
 	b.ackMu.Lock()
 	b.ackOut[r] = append(b.ackOut[r], seq)
@@ -253,7 +252,7 @@ func (b *bus) queueAck(to string, seq uint64) {
 // round trip: those that arrive while one round trip is in flight go
 // together in the next, so acknowledgements do not grow with the rate of
 // invalidations faster than round trips allow.
-func (b *bus) sendAcks(ctx context.Context, s *Store) {
+func (b *Bus) sendAcks(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -265,10 +264,10 @@ func (b *bus) sendAcks(ctx context.Context, s *Store) {
 		b.ackOut = map[ackRoute][]uint64{}
 		b.ackMu.Unlock()
 		b.waitStats.ackMsgs.Add(uint64(len(out)))
-		octx, cancel := s.opContext(ctx)
-		_, _ = s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+		octx, cancel := b.cfg.OpContext(ctx)
+		_, _ = b.cfg.Client.Pipelined(octx, func(p redis.Pipeliner) error {
 			for r, seqs := range out {
-				b.publish(octx, p, b.channel+":"+r.to, busMessage{Kind: busAck, Seqs: seqs, From: r.from})
+				b.publish(octx, p, b.channel+":"+r.to, Message{Kind: kindAck, Seqs: seqs, From: r.from})
 			}
 			return nil
 		})
