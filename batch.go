@@ -89,7 +89,7 @@ func (c *Cache[T]) getMany(ctx context.Context, keys []string, load BatchLoader[
 		}
 		seen[k] = true
 		if c.l1 != nil {
-			if v, ok := c.l1.get(k); ok {
+			if v, ok := c.l1.Get(k); ok {
 				c.stats.l1Hits.Add(1)
 				out[k] = v
 				if outcomes != nil {
@@ -104,7 +104,7 @@ func (c *Cache[T]) getMany(ctx context.Context, keys []string, load BatchLoader[
 		}
 		cl := &call[T]{key: k, rk: c.keys.entry(k), tags: tags}
 		if c.l1 != nil {
-			cl.note = c.l1.note(k)
+			cl.note = c.l1.Note(k)
 		}
 		calls = append(calls, cl)
 	}

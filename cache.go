@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"sync"
 	"time"
+
+	"github.com/asidecache/aside/internal/l1"
 )
 
 // notFound gives a loader's not-found error the cache's one identity: with
@@ -56,7 +58,7 @@ type Cache[T any] struct {
 	// notFoundAnswer what a not-found that no loader returned just now (a
 	// negative entry, a key a batch loader left out) answers.
 	ownNotFound, notFoundAnswer error
-	l1                          *local[T] // nil unless WithL1
+	l1                          *l1.Tier[T] // nil unless WithL1
 
 	mu         sync.Mutex                 // protects leases, retired, polls, scripts, degraded and the pollers' rounds
 	leases     map[string]*flight[T]      // fill attempts of this process, by lease token
@@ -131,7 +133,10 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		c.notFoundAnswer = &notFoundError{err: o.notFound, also: ErrNotFound}
 	}
 	if o.l1Entries > 0 {
-		c.l1 = newLocal[T](o.l1Entries, o.l1TTL, store)
+		c.l1 = l1.New[T](l1.Config{Entries: o.l1Entries, TTL: o.l1TTL, Bus: store.bus, Now: store.now, RealClock: store.realClock})
+		if h, ok := store.hooks.(interface{ L1Seams() l1.Seams }); ok { // a test's, set on the Store
+			c.l1.SetSeams(h.L1Seams())
+		}
 		store.bus.Register(name, c.l1)
 	}
 	return c, nil
@@ -175,7 +180,7 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T], opts ...
 	if c.l1 != nil && c.store.tracer == nil && len(opts) == 0 && key != "" && load != nil {
 		// The L1 hit, the path that costs nanoseconds: nothing else first.
 		// (An L1 miss looks once more below, on its way to Redis.)
-		if v, ok := c.l1.get(key); ok {
+		if v, ok := c.l1.Get(key); ok {
 			c.stats.l1Hits.Add(1)
 			return v, nil
 		}
@@ -243,7 +248,7 @@ func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err e
 		return nil, v, err
 	}
 	if c.l1 != nil {
-		if v, ok := c.l1.get(key); ok {
+		if v, ok := c.l1.Get(key); ok {
 			c.stats.l1Hits.Add(1)
 			return nil, v, nil
 		}
@@ -258,7 +263,7 @@ func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err e
 	}
 	cl.key, cl.rk, cl.tags, cl.leaseFirst = key, c.keys.entry(key), tags, o.leaseFirst
 	if c.l1 != nil {
-		cl.note = c.l1.note(key)
+		cl.note = c.l1.Note(key)
 	}
 	return cl, v, nil
 }
@@ -274,7 +279,7 @@ func (c *Cache[T]) fillL1(cl *call[T]) {
 // keepInL1 keeps v in L1, guarded by the tags of its entry (or, in the
 // broken variant, only by the tags the call named), unless an invalidation
 // arrived since n was noted.
-func (c *Cache[T]) keepInL1(key string, v T, n l1Note, freshUntil time.Time, entryTags []tagToken, callTags []string) {
+func (c *Cache[T]) keepInL1(key string, v T, n l1.Note, freshUntil time.Time, entryTags []tagToken, callTags []string) {
 	if c.l1 == nil {
 		return
 	}
@@ -284,5 +289,5 @@ func (c *Cache[T]) keepInL1(key string, v T, n l1Note, freshUntil time.Time, ent
 			entryTags = append(entryTags, tagToken{Name: t})
 		}
 	}
-	c.l1.set(key, v, n, freshUntil, entryTags)
+	c.l1.Set(key, v, n, freshUntil, entryTags)
 }

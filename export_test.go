@@ -28,7 +28,11 @@ func SetTestHooks[T any](c *Cache[T], h *TestHooks) {
 		c.hooks = h
 	}
 	if c.l1 != nil {
-		c.l1.hooks = c.hooks
+		if h == nil {
+			c.l1.SetSeams(nil)
+		} else {
+			c.l1.SetSeams(h.L1Seams())
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/asidecache/aside/internal/envelope"
+	"github.com/asidecache/aside/internal/l1"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -140,7 +141,7 @@ type leaseTask[T any] struct {
 	key, rk, token string
 	tags           []string // the entry's tags, whose tokens are recorded before the load
 	snap           tagSnap  // their tokens as the holder's read saw them, before it took the lease
-	note           l1Note   // the holder's L1 generations before its first read
+	note           l1.Note  // the holder's L1 generations before its first read
 	f              *flight[T]
 }
 

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/asidecache/aside/internal/bus"
+	"github.com/asidecache/aside/internal/l1"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -115,8 +116,6 @@ func (h *testHooks) reached(p point, name string) {
 		call(h.BeforeJoin)
 	case pBeforePoll:
 		call(h.BeforePoll)
-	case pBeforeL1Fill:
-		call(h.BeforeL1Fill)
 	case pAfterFill:
 		call(h.AfterFill)
 	case pBeforeBatchClaim:
@@ -171,8 +170,6 @@ func (h *testHooks) on(v variant) bool {
 		return h.ResendAllScripts
 	case vForgetEnded:
 		return h.ForgetEnded
-	case vUncheckedL1:
-		return h.UncheckedL1
 	case vCallTagsOnly:
 		return h.CallTagsOnly
 	case vCounterTokens:
@@ -243,3 +240,17 @@ func (b busSeams) BeforeApply() {
 }
 
 func (b busSeams) SubscribeVia() redis.UniversalClient { return b.h.SubscribeVia }
+
+// L1Seams are the hooks' side of the L1 tier's seams (internal/l1); New
+// installs them on the tier of a cache created from a Store with hooks.
+func (h *testHooks) L1Seams() l1.Seams { return l1Seams{h} }
+
+type l1Seams struct{ h *testHooks }
+
+func (l l1Seams) BeforeFill(key string) {
+	if l.h.BeforeL1Fill != nil {
+		l.h.BeforeL1Fill(key)
+	}
+}
+
+func (l l1Seams) Unchecked() bool { return l.h.UncheckedL1 }

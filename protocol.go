@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/asidecache/aside/internal/l1"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -39,7 +40,7 @@ type call[T any] struct {
 	snap      tagSnap        // tag tokens read with the entry: what every answer is validated against
 	raw       []byte         // bytes read but not served (undecodable, invalidated): the lease script drops them
 	deadline  time.Time      // end of the wait budget, set at the first miss
-	note      l1Note         // L1 generations before the first read
+	note      l1.Note        // L1 generations before the first read
 	counted   bool           // its read outcome (hit, miss, ...) is counted: once per call, at its first read
 	countedIn *atomic.Uint64 // the counter it went to
 	// leaseFirst: the read starts with the lease script whatever the

@@ -7,7 +7,8 @@ import (
 // seams are where a test watches the protocol at a point of its choosing,
 // or takes one of its protections out to see the test of that protection
 // fail without it. Production leaves them nil: each costs one comparison.
-// The bus has seams of its own (internal/bus), installed with the same hooks.
+// The bus and the L1 tier have seams of their own (internal/bus,
+// internal/l1), installed with the same hooks.
 // The tests' side — TestHooks, every variant named and documented — is in
 // export_test.go; only the names of the points and variants live here.
 type seams interface {
@@ -27,7 +28,6 @@ const (
 	pBeforeFill
 	pBeforeJoin
 	pBeforePoll
-	pBeforeL1Fill
 	pAfterFill
 	pBeforeBatchClaim
 	pBeforeReplay
@@ -60,7 +60,6 @@ const (
 	vShareLocalWait
 	vResendAllScripts
 	vForgetEnded
-	vUncheckedL1
 	vCallTagsOnly
 	vCounterTokens
 	vCallerProbe

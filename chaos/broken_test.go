@@ -21,13 +21,21 @@ type breakage struct {
 }
 
 var breakages = []breakage{
-	{"leases off: a fill ignores a revoked lease", "store.go",
-		"now: o.clock, realClock: realClock, stopping: make(chan struct{})}", "now: o.clock, realClock: realClock, stopping: make(chan struct{}), hooks: &testHooks{UnconditionalFill: true}}", "kill-writer", false},
-	{"leases outlive their loads: not renewed, not given back", "store.go",
-		"now: o.clock, realClock: realClock, stopping: make(chan struct{})}", "now: o.clock, realClock: realClock, stopping: make(chan struct{}), hooks: &testHooks{LongLeases: true, KeepOwedLeases: true}}", "old-snapshot,blackhole", true},
+	{"leases off: a fill ignores a revoked lease", "seams.go",
+		variantOn, brokenVariantOn("vUnconditionalFill"), "kill-writer", false},
+	{"leases outlive their loads: not renewed, not given back", "seams.go",
+		variantOn, brokenVariantOn("vLongLeases", "vKeepOwedLeases"), "old-snapshot,blackhole", true},
 	{"replay queue dropped", "replay.go",
 		"func (q *replayQueue) add(ops []pendingOp) {", "func (q *replayQueue) add(ops []pendingOp) {\n\tops = nil", "stall", false},
-	{"strict L1 off", "bus.go", "strict: !relaxed,", "strict: false,", "stop-reader,pubsub", false},
+	{"strict L1 off", "internal/bus/bus.go", "strict: !cfg.Relaxed,", "strict: false,", "stop-reader,pubsub", false},
+}
+
+// variantOn is the library's switch of its test variants (seams.go); a
+// broken copy switches some on for good, as the library's own tests do.
+const variantOn = "func variantOn(h seams, v variant) bool { return h != nil && h.on(v) }"
+
+func brokenVariantOn(variants ...string) string {
+	return "func variantOn(h seams, v variant) bool { return v == " + strings.Join(variants, " || v == ") + " || h != nil && h.on(v) }"
 }
 
 // TestBrokenLibraryFailsTheRun builds this command against copies of the
@@ -80,9 +88,9 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 func buildBroken(t *testing.T, b breakage) string {
 	t.Helper()
 	dir := t.TempDir()
-	// The library's package and module, the helper package this command
-	// uses, and this command: "../x" lands in dir, "x" in dir/chaos.
-	for _, pattern := range []string{"../*.go", "../go.mod", "../go.sum", "../asidetest/*.go", "*.go", "go.mod", "go.sum"} {
+	// The library's package, its internal packages and module, the helper
+	// package this command uses, and this command: "../x" lands in dir, "x" in dir/chaos.
+	for _, pattern := range []string{"../*.go", "../go.mod", "../go.sum", "../internal/*/*.go", "../asidetest/*.go", "*.go", "go.mod", "go.sum"} {
 		files, _ := filepath.Glob(pattern)
 		for _, f := range files {
 			data, err := os.ReadFile(f)

@@ -1,4 +1,7 @@
-package aside
+// Package l1 is the local tier: decoded values in process memory, so that
+// a hit costs neither a round trip nor a decode, kept coherent through the
+// bus (internal/bus).
+package l1
 
 import (
 	"hash/maphash"
@@ -7,6 +10,7 @@ import (
 	"time"
 
 	"github.com/asidecache/aside/internal/bus"
+	"github.com/asidecache/aside/internal/envelope"
 )
 
 // The L1 tier keeps decoded values in process memory, so a hit costs
@@ -18,7 +22,7 @@ import (
 //
 // Coherence: every invalidation is published on the Store's channel; each
 // Store drops what it hears and ignores its own messages, and answers from
-// L1 only under its lease (see [bus]). Rather than
+// L1 only under its lease (see the bus package). Rather than
 // deleting eagerly, invalidations bump generations — per key (hashed),
 // per tag (hashed), per cache and per subscription epoch — and a hit is
 // valid only while the generations it recorded before its Redis read are
@@ -33,14 +37,15 @@ const (
 	l1MaxShards = 4096
 )
 
-type local[T any] struct {
+// Tier is one cache's L1.
+type Tier[T any] struct {
 	shards   []l1Shard[T] // a power of two
 	perShard int
 	ttl      time.Duration
 	bus      *bus.Bus
 	keyGens  [genSlots]atomic.Uint64
-	epoch    atomic.Uint64 // bumped by Purge and messages that clear the cache
-	hooks    seams
+	epoch    atomic.Uint64    // bumped by Purge and messages that clear the cache
+	seams    Seams            // nil outside tests
 	now      func() time.Time // the Store's clock: an entry leaves L1 when its freshness ends, on that clock
 	// realClock: now is time.Now, so entries expire on the lease's
 	// monotonic clock and a hit reads one clock, once.
@@ -68,22 +73,22 @@ type l1Entry[T any] struct {
 	used     atomic.Bool // CLOCK bit: set on hit, cleared by eviction sampling
 }
 
-// l1Note is what a read records before its Redis read: the generations its
+// Note is what a read records before its Redis read: the generations its
 // L1 fill must still find afterwards. The tags are not among them: they are
 // the entry's, known only after the read; tagEpoch stands for all of them.
-type l1Note struct {
+type Note struct {
 	keyGen uint64
 	epoch  uint64
 	bus    bus.Note
 }
 
-func newLocal[T any](entries int, ttl time.Duration, s *Store) *local[T] {
+func New[T any](cfg Config) *Tier[T] {
 	n := l1MinShards
-	for n < l1MaxShards && n*l1PerShard < entries {
+	for n < l1MaxShards && n*l1PerShard < cfg.Entries {
 		n *= 2
 	}
-	l := &local[T]{shards: make([]l1Shard[T], n), perShard: max(1, (entries+n-1)/n), ttl: ttl, bus: s.bus, hooks: s.hooks,
-		now: s.now, realClock: s.realClock}
+	l := &Tier[T]{shards: make([]l1Shard[T], n), perShard: max(1, (cfg.Entries+n-1)/n), ttl: cfg.TTL, bus: cfg.Bus,
+		now: cfg.Now, realClock: cfg.RealClock}
 	for i := range l.shards {
 		l.shards[i].m.Store(&map[string]*l1Entry[T]{})
 	}
@@ -93,18 +98,18 @@ func newLocal[T any](entries int, ttl time.Duration, s *Store) *local[T] {
 // clock is the time entries expire by, in nanoseconds: the lease's
 // monotonic clock (mono, already read) when the Store's clock is the real
 // one, and the Store's clock otherwise (tests move it).
-func (l *local[T]) clock(mono int64) int64 {
+func (l *Tier[T]) clock(mono int64) int64 {
 	if l.realClock {
 		return mono
 	}
 	return l.now().UnixNano()
 }
 
-func (l *local[T]) slot(key string) uint64 { return maphash.String(l.bus.Seed(), key) }
+func (l *Tier[T]) slot(key string) uint64 { return maphash.String(l.bus.Seed(), key) }
 
-// get returns a valid, unexpired value while the Store holds its lease
-// (see [bus]); it allocates nothing.
-func (l *local[T]) get(key string) (T, bool) {
+// Get returns a valid, unexpired value while the Store holds its lease
+// (see the bus package); it allocates nothing.
+func (l *Tier[T]) Get(key string) (T, bool) {
 	var zero T
 	lease := l.bus.Lease() // first: a lease extended meanwhile is not needed, the older one is the stricter
 	if lease == 0 {
@@ -128,27 +133,27 @@ func (l *local[T]) get(key string) (T, bool) {
 	return e.v, true
 }
 
-func (l *local[T]) valid(e *l1Entry[T], h uint64) bool {
+func (l *Tier[T]) valid(e *l1Entry[T], h uint64) bool {
 	return e.keyGen == l.keyGens[h%genSlots].Load() && e.epoch == l.epoch.Load() && l.bus.Valid(e.busEpoch, e.tagSlots, e.tagGens)
 }
 
-func (l *local[T]) note(key string) l1Note {
-	return l1Note{
+func (l *Tier[T]) Note(key string) Note {
+	return Note{
 		keyGen: l.keyGens[l.slot(key)%genSlots].Load(),
 		epoch:  l.epoch.Load(),
 		bus:    l.bus.Note(),
 	}
 }
 
-// set stores v if nothing that could make it stale happened since n was
+// Set stores v if nothing that could make it stale happened since n was
 // taken: no invalidation of the key, of any tag the entry carries, of the
 // cache, and no doubt about the bus. freshUntil caps the entry's life at its
 // Redis freshness. tags are the entry's own, not only those the reading call
 // named: an L1 copy is dropped by an invalidation of any of them.
-func (l *local[T]) set(key string, v T, n l1Note, freshUntil time.Time, tags []tagToken) {
-	reach(l.hooks, pBeforeL1Fill, key)
-	if variantOn(l.hooks, vUncheckedL1) {
-		n = l.note(key)
+func (l *Tier[T]) Set(key string, v T, n Note, freshUntil time.Time, tags []envelope.Tag) {
+	l.beforeFill(key)
+	if l.unchecked() {
+		n = l.Note(key)
 	}
 	if !n.bus.Up {
 		return
@@ -209,20 +214,20 @@ func evictOne[T any](m map[string]*l1Entry[T]) {
 	delete(m, victim)
 }
 
-func (l *local[T]) shard(h uint64) *l1Shard[T] { return &l.shards[h&uint64(len(l.shards)-1)] }
+func (l *Tier[T]) shard(h uint64) *l1Shard[T] { return &l.shards[h&uint64(len(l.shards)-1)] }
 
 // Invalidate bumps the keys' generations: their entries fail every later
 // check at once (read-your-writes for this Store), and fills racing this
 // call are refused. The entries stay until evicted — never hit again, they
 // are the first the sampled CLOCK takes — so an invalidation copies nothing.
-func (l *local[T]) Invalidate(keys []string) {
+func (l *Tier[T]) Invalidate(keys []string) {
 	for _, k := range keys {
 		l.keyGens[l.slot(k)%genSlots].Add(1)
 	}
 }
 
 // Clear drops every entry of the cache.
-func (l *local[T]) Clear() {
+func (l *Tier[T]) Clear() {
 	l.epoch.Add(1)
 	for i := range l.shards {
 		sh := &l.shards[i]
@@ -232,4 +237,31 @@ func (l *local[T]) Clear() {
 	}
 }
 
-func tagName(t tagToken) string { return t.Name }
+func tagName(t envelope.Tag) string { return t.Name }
+
+// Config is what a tier is built with.
+type Config struct {
+	Entries   int           // at most, about
+	TTL       time.Duration // an entry's longest life in L1
+	Bus       *bus.Bus      // the Store's: its lease, epochs and tag generations guard every hit
+	Now       func() time.Time
+	RealClock bool // Now is time.Now: entries expire on the bus's monotonic clock, read once per hit
+}
+
+// Seams let a test interleave with a fill, or take its check out; nil
+// outside tests.
+type Seams interface {
+	BeforeFill(key string) // between the Redis read and the L1 fill
+	Unchecked() bool       // T8's broken variant: fill without the generation check
+}
+
+// SetSeams installs a test's seams; call it before the tier is used.
+func (l *Tier[T]) SetSeams(s Seams) { l.seams = s }
+
+func (l *Tier[T]) beforeFill(key string) {
+	if l.seams != nil {
+		l.seams.BeforeFill(key)
+	}
+}
+
+func (l *Tier[T]) unchecked() bool { return l.seams != nil && l.seams.Unchecked() }
