@@ -162,7 +162,7 @@ func GetBatch[K comparable, T any](ctx context.Context, c *Cache[T], ids []K, b 
 	for _, id := range ids {
 		k := b.Key(id)
 		if prev, ok := idOf[k]; ok && prev != id {
-			return nil, fmt.Errorf("aside: GetBatch: ids %v and %v have the same key %q", prev, id, k)
+			return nil, errors.New("aside: GetBatch: two ids have the same key (Batch.Key must give each id its own)")
 		}
 		if _, ok := idOf[k]; !ok {
 			idOf[k] = id

@@ -216,7 +216,7 @@ func (o callOptions) tagsFor(key string) ([]string, error) {
 	}
 	tags, err := dedupeTags(slices.Clip(o.tags), o.keyTags(key))
 	if err != nil {
-		return nil, fmt.Errorf("%w (tags of key %q)", err, key)
+		return nil, fmt.Errorf("%w, in the tags KeyTags gave a key", err) // the key itself is the user's data: never in an error
 	}
 	return tags, nil
 }

@@ -89,7 +89,7 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 		}
 		if err != nil {
 			if len(keys) > 1 {
-				return fmt.Errorf("%w (key %q)", err, k)
+				return fmt.Errorf("%w, for one of %d keys: none stored, all invalidated", err, len(keys)) // the key itself is the user's data: never in an error
 			}
 			return err
 		}
