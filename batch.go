@@ -14,8 +14,11 @@ import (
 // NegativeTTL). An error fails every key of the call.
 type BatchLoader[T any] func(ctx context.Context, keys []string) (map[string]T, error)
 
-// BatchError reports the keys of a [Cache.GetMany] that failed, with why.
-// The other keys' values are returned beside it.
+// BatchError reports the keys of a batch call that failed, with why: of a
+// [Cache.GetMany] or [GetBatch], whose other keys' values are returned
+// beside it, or the value of a [Cache.SetMany] that could not be stored.
+// Its message names no key (keys are the user's data and messages end up in
+// logs): the keys are in Errs.
 type BatchError struct {
 	Errs map[string]error
 }
@@ -30,7 +33,7 @@ func (e *BatchError) Error() string {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	return fmt.Sprintf("aside: %d of the keys failed, the first: %v", len(keys), e.Errs[keys[0]])
+	return fmt.Sprintf("aside: %d of the keys failed, the first: %s", len(keys), unprefixed(e.Errs[keys[0]]))
 }
 
 // Unwrap returns the per-key errors, so errors.Is finds a loader's error.

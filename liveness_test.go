@@ -190,7 +190,7 @@ func readsDuringStall(t *testing.T, p readPath, broken bool) stallOutcome {
 	loadMissing := func(context.Context) (int, error) { missing.Add(1); return 8, nil }
 	ctx, cancel := context.WithTimeout(bgCtx, 5*time.Second)
 	defer cancel()
-	// Two connections in the pool, warm, so that the two reads need no dial.
+	// The keys the reads below find cached, and warm connections.
 	var warm sync.WaitGroup
 	for _, k := range []string{"k", "warm"} {
 		warm.Go(func() {
@@ -202,6 +202,20 @@ func readsDuringStall(t *testing.T, p readPath, broken bool) stallOutcome {
 	warm.Wait()
 	if err := store.Wait(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// The reads above may have shared a connection (a batch, or one after
+	// the other on a busy machine): hold three at once, so that the pool
+	// has them whatever the timing, and a dial below is one the stall caused.
+	var held []*redis.Conn
+	for range 3 {
+		cn := rdb.Conn()
+		if err := cn.Ping(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, cn)
+	}
+	for _, cn := range held {
+		_ = cn.Close() // back to the pool
 	}
 	cached.Store(0)
 	dialled := rdb.PoolStats().Misses

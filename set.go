@@ -3,7 +3,6 @@ package aside
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"time"
 
@@ -25,6 +24,8 @@ func (c *Cache[T]) Set(ctx context.Context, key string, v T, opts ...CallOption)
 // lease revoked, one notice to the other Stores' L1. Tags apply to every
 // value. It fails closed for the whole batch: on any error every key is
 // invalidated, so that none of the values it meant to replace is served on.
+// A value of several that cannot be stored (not encodable, over
+// MaxEntryBytes) is reported as a [*BatchError] holding its key.
 func (c *Cache[T]) SetMany(ctx context.Context, values map[string]T, opts ...CallOption) error {
 	if t := c.store.tracer; t != nil {
 		ctx, span := t.Start(ctx, "set", c.name)
@@ -89,7 +90,9 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 		}
 		if err != nil {
 			if len(keys) > 1 {
-				return fmt.Errorf("%w, for one of %d keys: none stored, all invalidated", err, len(keys)) // the key itself is the user's data: never in an error
+				// The key is the user's data: in the error's structure, never in
+				// its message (which ends up in logs).
+				return &BatchError{Errs: map[string]error{k: err}}
 			}
 			return err
 		}
