@@ -22,7 +22,7 @@ import (
 // their turn (one yield). Where the client's CPU is the bottleneck — many
 // goroutines, few cores — a hit then costs a fraction of a round trip's
 // system calls; where the network is, readers do not wait for one another
-// long enough to matter (the README's figures, both ways).
+// long enough to matter (bench/RESULTS.md has the figures, both ways).
 //
 // Every key of a batch is read after its caller arrived: a caller never
 // takes the answer to a read issued before it came, which could predate an

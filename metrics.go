@@ -49,7 +49,7 @@ type Stats struct {
 }
 
 // CoherenceStats reports how a Store keeps L1 tiers coherent: its own L1's
-// lease, and what its invalidations waited for (see the README, "L1: strict
+// lease, and what its invalidations waited for (see docs/design.md, "L1: strict
 // coherence").
 type CoherenceStats struct {
 	Strict            bool          // leases on (the default), or off with WithRelaxedL1

@@ -150,7 +150,7 @@ func WithClock(now func() time.Time) StoreOption { return func(o *storeOptions) 
 // returned may then be followed, for a delivery's time (until a reset when
 // the subscription breaks), by reads of the old value from this Store's L1. Choose it for
 // data where that is acceptable and invalidations must stay as cheap as a
-// PUBLISH. Default: strict (see the README, "L1: strict coherence").
+// PUBLISH. Default: strict (see docs/design.md, "L1: strict coherence").
 func WithRelaxedL1() StoreOption { return func(o *storeOptions) { o.relaxedL1 = true } }
 
 // WithL1Lease sets how long this Store's L1 may answer after it last heard

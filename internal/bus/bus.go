@@ -45,7 +45,7 @@ import (
 // registry scored by the server's clock. An invalidation publishes and reads
 // the registry in one script, then waits until every Store listed has
 // acknowledged it or has passed its lease. Why that suffices — the order
-// argument — is in the README ("L1: strict coherence").
+// argument — is in docs/design.md ("L1: strict coherence").
 type Bus struct {
 	cfg      Config
 	channel  string // invalidations, heard by every Store
