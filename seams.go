@@ -1,16 +1,14 @@
 package aside
 
-import (
-	"time"
-)
+import "time"
 
 // seams are where a test watches the protocol at a point of its choosing,
 // or takes one of its protections out to see the test of that protection
 // fail without it. Production leaves them nil: each costs one comparison.
-// The bus and the L1 tier have seams of their own (internal/bus,
-// internal/l1), installed with the same hooks.
 // The tests' side — TestHooks, every variant named and documented — is in
-// export_test.go; only the names of the points and variants live here.
+// hooks_test.go; only the names of the points and variants live here. The
+// bus and the L1 tier have seams of their own (internal/bus, internal/l1),
+// installed from the same hooks.
 type seams interface {
 	reached(p point, name string) // the protocol is at p for name (a Redis key, an L1 key, or "")
 	on(v variant) bool            // variant v is switched on
@@ -22,7 +20,7 @@ type seams interface {
 // point names a place in the protocol where a test may interleave.
 type point uint8
 
-// The points (export_test.go says where each is reached).
+// The points (hooks_test.go says where each is reached).
 const (
 	pAfterLoad point = iota
 	pBeforeFill
@@ -38,7 +36,7 @@ const (
 // force (vBatchEveryRead, vReadFirst).
 type variant uint8
 
-// The variants (export_test.go documents each, with the test it fails).
+// The variants (hooks_test.go documents each, with the test it fails).
 const (
 	vBatchEveryRead variant = iota
 	vJoinSentBatch
