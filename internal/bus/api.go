@@ -145,12 +145,16 @@ func (b *Bus) Up() bool { return b.up.Load() }
 
 // Stats is what invalidations waited for, and what the bus sent and heard.
 type Stats struct {
-	Strict, Serving                            bool
-	Resets, Received                           uint64
-	Waits, AcksAwaited, Silent, Beats, AckMsgs uint64
-	WaitTime                                   time.Duration
-	Listening                                  bool
-	Epoch                                      uint64
+	Strict              bool          // strict coherence (leases and acknowledgements), not relaxed
+	Serving             bool          // L1 may answer now: the stream is trusted and the lease holds
+	Listening           bool          // subscribed: acknowledgements can reach this Store
+	Epoch               uint64        // bumped by every reset and recovery of the stream
+	Resets              uint64        // times the stream was doubted
+	Received            uint64        // other Stores' invalidations applied
+	Waits               uint64        // invalidations that waited for other Stores' L1
+	AcksAwaited, Silent uint64        // acknowledgements awaited; Stores that let their lease run out instead
+	WaitTime            time.Duration // spent in those waits
+	Beats, AckMsgs      uint64        // heartbeats and acknowledgement messages sent
 }
 
 // Stats returns the bus's counters.
