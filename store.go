@@ -117,16 +117,15 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	if tolerance > 0 {
 		checkWeight = int32(min((tolerance+o.opTimeout-1)/o.opTimeout, math.MaxInt32))
 	}
-	_, cluster := rdb.(*redis.ClusterClient)
-	if _, ring := rdb.(*redis.Ring); cluster || ring {
+	cfg := health.Config{Threshold: o.breakerThreshold, Cooldown: o.breakerCooldown, CheckWeight: checkWeight,
+		Now:      o.clock, // a test clock moves the cooldown too
+		OnChange: func(st health.State) { s.breakerChanged("", st) }}
+	if s.nodes = health.NewNodes(rdb, cfg, s.breakerChanged); s.nodes != nil {
 		// On a Cluster or a Ring every outage is checked against every node:
 		// one node's trouble is its own breaker's (nodes.go).
-		checkWeight = max(checkWeight, 1)
+		cfg.CheckWeight = max(cfg.CheckWeight, 1)
 	}
-	s.breaker = health.NewBreaker(health.Config{Threshold: o.breakerThreshold, Cooldown: o.breakerCooldown, CheckWeight: checkWeight,
-		Now:      o.clock, // a test clock moves the cooldown too
-		OnChange: func(st health.State) { s.breakerChanged("", st) }})
-	s.nodes = health.NewNodes(rdb, s.breaker, s.breakerChanged)
+	s.breaker = health.NewBreaker(cfg)
 	return s, nil
 }
 

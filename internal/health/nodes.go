@@ -11,7 +11,7 @@ import (
 // Nodes holds the breakers of a Cluster's masters or a Ring's shards.
 type Nodes struct {
 	clientFor func(ctx context.Context, key string) (*redis.Client, error) // from the client's slot table or hash ring: no round trip
-	like      *Breaker                                                     // the Store's: node breakers take its threshold, cooldown and clock
+	like      Config                                                       // the Store's breaker's: node breakers take its threshold, cooldown and clock
 	onChange  func(addr string, st State)
 
 	mu     sync.Mutex                       // serialises additions to byAddr
@@ -26,7 +26,7 @@ type Node struct {
 
 // NewNodes returns the node breakers of a Cluster or a Ring client,
 // nil for a client of one Redis.
-func NewNodes(rdb redis.UniversalClient, like *Breaker, onChange func(addr string, st State)) *Nodes {
+func NewNodes(rdb redis.UniversalClient, like Config, onChange func(addr string, st State)) *Nodes {
 	h := &Nodes{like: like, onChange: onChange}
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:
@@ -57,7 +57,7 @@ func (h *Nodes) Of(ctx context.Context, key string) *Node {
 	if b := old[addr]; b != nil {
 		return b
 	}
-	b := &Node{Breaker: NewBreaker(Config{Threshold: int(h.like.threshold), Cooldown: h.like.cooldown, Now: h.like.now,
+	b := &Node{Breaker: NewBreaker(Config{Threshold: h.like.Threshold, Cooldown: h.like.Cooldown, Now: h.like.Now,
 		OnChange: func(st State) { h.onChange(addr, st) }}), Client: c}
 	m := make(map[string]*Node, len(old)+1)
 	for a, nb := range old {
