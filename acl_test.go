@@ -16,7 +16,7 @@ import (
 // documents, and under which the whole real-Redis suite runs.
 const aclCommands = "+get +mget +set +setnx +setrange +del +unlink +exists +pexpire +type +hget +hset +hmget " +
 	"+eval +evalsha +time +scan +publish +subscribe +spublish +ssubscribe +ping " +
-	"+zadd +zrem +zrangebyscore +zremrangebyscore"
+	"+zadd +zrem +zrangebyscore +zremrangebyscore +sadd +smembers"
 
 // aclRule limits a user to keys under prefix, its channels and aclCommands.
 func aclRule(prefix string) string {

@@ -84,7 +84,7 @@ func TestPeekReadsWithoutLoading(t *testing.T) {
 	if _, err := c.Peek(bgCtx, "1"); !errors.Is(err, aside.ErrMiss) {
 		t.Fatalf("Peek after Invalidate = %v, want ErrMiss", err)
 	}
-	if keys := fake.Miniredis().Keys(); len(keys) != 1 { // the negative entry of "2", and no lease
+	if keys := entryKeys(fake.Miniredis()); len(keys) != 1 { // the negative entry of "2", and no lease
 		t.Errorf("Redis holds %v after Peeks; want only the negative entry: Peek takes no lease", keys)
 	}
 	fake.Down()

@@ -30,6 +30,9 @@ func (s *Store) breakerChanged(node string, st health.State) {
 	case health.Open:
 		s.emit(Event{Kind: EventBreakerOpen, Node: node})
 	case health.Closed:
+		// Redis (or this node) may have restarted empty, the set of
+		// versions in use with it: recorded again before the next read.
+		s.versions.resend()
 		s.emit(Event{Kind: EventBreakerClosed, Node: node})
 	}
 }

@@ -139,6 +139,9 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		}
 		store.bus.Register(name, c.l1)
 	}
+	// Recorded in Redis before the Store's next read (versions.go), so that
+	// invalidations made elsewhere reach this version's entries.
+	store.versions.use(name, o.version)
 	return c, nil
 }
 

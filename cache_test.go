@@ -253,7 +253,7 @@ func TestEntriesExpireWithJitteredTTL(t *testing.T) {
 		mustGet(t, c, aside.Key("k", string(rune('a'+i))), countingLoader(1, &calls))
 	}
 	ttls := map[time.Duration]bool{}
-	for _, k := range srv.Keys() {
+	for _, k := range entryKeys(srv) {
 		ttl := rdb.PTTL(bgCtx, k).Val()
 		if ttl < p.TTL || ttl >= p.TTL+p.Jitter {
 			t.Fatalf("TTL of %s = %v, want in [%v, %v)", k, ttl, p.TTL, p.TTL+p.Jitter)

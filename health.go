@@ -73,10 +73,12 @@ func (s *Store) answers(ctx context.Context) bool {
 	return false
 }
 
-// usable reports whether this call may use Redis: the breaker lets it, and
-// no failed invalidation waits to be replayed (or this call replayed them).
-func (s *Store) usable(ctx context.Context) bool {
-	return s.redisUp(ctx) && (s.pending.n.Load() == 0 || s.replayPending(ctx))
+// usable reports whether this call may use Redis: the breaker lets it, the
+// versions of the Store's caches are recorded (versions.go), and no failed
+// invalidation waits to be replayed (or this call did these). st and cache
+// are the calling cache's, which counts a failure of the recording.
+func (s *Store) usable(ctx context.Context, st *counters, cache string) bool {
+	return s.redisUp(ctx) && s.versionsRecorded(ctx, st, cache) && (s.pending.n.Load() == 0 || s.replayPending(ctx))
 }
 
 // redisUp reports whether the breaker lets a call through now. The caller

@@ -403,3 +403,15 @@ func settled(t testing.TB, store *aside.Store) {
 		t.Fatalf("background writes still running after 3s (held by the test? then read with getOK): %v", err)
 	}
 }
+
+// entryKeys returns the keys srv holds but the sets of the versions in use
+// (versions.go): the entries, leases and tag keys.
+func entryKeys(srv *miniredis.Miniredis) []string {
+	var out []string
+	for _, k := range srv.Keys() {
+		if !strings.Contains(k, ":#v:{") {
+			out = append(out, k)
+		}
+	}
+	return out
+}

@@ -88,6 +88,9 @@ type testHooks struct {
 	CallerProbe    bool   // T10: the breaker's probe runs on the caller's ctx and keeps its slot when cut short
 	CallerDone     bool   // an op context's Done is the caller's: dials and pool waits outlast the op timeout
 	CountEachRead  bool   // every Redis read of a call counts an outcome: a waited miss is a hit as well
+	// T29: an invalidation reaches the versions of the caches this Store
+	// created only, not the other versions in use (a rolling deploy's).
+	OwnVersionsOnly bool
 	// T20: an invalidation neither waits for a replay of earlier failed
 	// ones that is running, nor fails when theirs fails (as in v1).
 	UnorderedReplay bool
@@ -172,6 +175,8 @@ func (h *testHooks) on(v variant) bool {
 		return h.ForgetEnded
 	case vCallTagsOnly:
 		return h.CallTagsOnly
+	case vOwnVersionsOnly:
+		return h.OwnVersionsOnly
 	case vCounterTokens:
 		return h.CounterTokens
 	case vCallerProbe:

@@ -3,6 +3,7 @@ package aside
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 
@@ -24,57 +25,61 @@ import (
 // Redis again (a Redis restored from an older snapshot would otherwise
 // serve the invalidated values).
 func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
-	// One DEL per entry (its value and its lease): the entries of one call
-	// may live in different Cluster slots.
-	return c.invalidate(ctx, "invalidate", keys, func(ctx context.Context, p redis.Pipeliner, rk string) { p.Del(ctx, rk, leaseKey(rk)) })
+	return c.invalidate(ctx, "invalidate", keys, false)
 }
 
-// invalidate runs one command per key in one pipeline, tells every Store's
-// L1, and queues the keys for replay (as deletions) when Redis cannot be
-// reached: the one way every key invalidation goes.
-func (c *Cache[T]) invalidate(ctx context.Context, what string, keys []string, cmd func(context.Context, redis.Pipeliner, string)) error {
+// invalidate invalidates keys of this cache — in every version of it in
+// use (versions.go), in every Store's L1 — the one way a cache's keys are
+// invalidated; stale soft-invalidates them.
+func (c *Cache[T]) invalidate(ctx context.Context, what string, keys []string, stale bool) error {
+	for _, k := range keys {
+		if k == "" {
+			return errEmptyKey
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	changes := []Change{{Cache: c.name, Keys: keys, Stale: stale}}
 	if t := c.store.tracer; t != nil {
 		ctx, span := t.Start(ctx, strings.ReplaceAll(what, " ", "_"), c.name)
-		err := c.invalidateKeys(ctx, what, keys, cmd)
+		err := c.store.invalidateChanges(ctx, what, &c.stats, c.name, changes, true)
 		span.End(Outcomes{}, err)
 		return err
 	}
-	return c.invalidateKeys(ctx, what, keys, cmd)
-}
-
-func (c *Cache[T]) invalidateKeys(ctx context.Context, what string, keys []string, cmd func(context.Context, redis.Pipeliner, string)) error {
-	rks, err := c.entryKeys(keys)
-	if err != nil || len(keys) == 0 {
-		return err
-	}
-	return c.store.invalidateVia(ctx, what, &c.stats, c.name, pendingKeys(c.name, keys, rks),
-		bus.Message{Kind: bus.KindKeys, Cache: c.name, Names: keys}, func(octx context.Context, p redis.Pipeliner) {
-			for _, rk := range rks {
-				cmd(octx, p, rk)
-			}
-		})
+	return c.store.invalidateChanges(ctx, what, &c.stats, c.name, changes, true)
 }
 
 // invalidateVia is the one way an invalidation reaches Redis: it replays
 // the queued ones first (in order), then runs writes and tells every
-// Store's L1 (msg), and waits for their acknowledgements. Its call waits
+// Store's L1 (msgs), and waits for their acknowledgements. Its call waits
 // out a stall as every call does (opContext): a stall shorter than the
 // stall tolerance delays an invalidation, it does not fail it. What cannot
-// reach Redis is queued (ops) and returned as a [queuedError].
-func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, cache string, ops []pendingOp,
-	msg bus.Message, writes func(octx context.Context, p redis.Pipeliner)) error {
+// reach Redis is queued (ops) and returned as a [queuedError] — unless
+// queue is false (the changes are kept elsewhere: ApplyRecorded), when the
+// error matches ErrUnavailable.
+func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, cache string, queue bool, ops []pendingOp,
+	msgs []bus.Message, writes func(octx context.Context, p redis.Pipeliner)) error {
+	failed := func(cause error) error {
+		if !queue {
+			if !errors.Is(cause, ErrUnavailable) {
+				cause = fmt.Errorf("%w: %w", ErrUnavailable, cause)
+			}
+			return opErr(what, cause)
+		}
+		s.pending.add(ops) // it may or may not have run: deleting again is harmless
+		return &queuedError{what: what, cause: cause}
+	}
 	if !s.redisUp(ctx) {
-		s.bus.Apply(msg) // read-your-writes, even now
-		s.pending.add(ops)
-		return &queuedError{what: what, cause: ErrUnavailable}
+		s.applyHere(msgs) // read-your-writes, even now
+		return failed(ErrUnavailable)
 	}
 	if err := s.replayFirst(ctx); err != nil { // in order: a process that only writes replays them too
-		s.bus.Apply(msg)
-		s.pending.add(ops)
-		return &queuedError{what: what, cause: err}
+		s.applyHere(msgs)
+		return failed(err)
 	}
 	octx, cancel := s.opContext(ctx)
-	acks, err := s.bus.WriteAndTell(octx, func(p redis.Pipeliner) { writes(octx, p) }, msg)
+	acks, err := s.bus.WriteAndTell(octx, func(p redis.Pipeliner) { writes(octx, p) }, msgs...)
 	s.record(octx, err, st, cache)
 	cancel()
 	switch {
@@ -84,11 +89,19 @@ func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, ca
 		}
 		return nil
 	case !isOutage(err): // an error reply (NOPERM, OOM): the server refused this command
-		s.pending.add(ops)
+		if queue {
+			s.pending.add(ops)
+		}
 		return opErr(what, err)
 	default:
-		s.pending.add(ops) // it may or may not have run: deleting again is harmless
-		return &queuedError{what: what, cause: err}
+		return failed(err)
+	}
+}
+
+// applyHere applies msgs to this Store's L1 only.
+func (s *Store) applyHere(msgs []bus.Message) {
+	for _, m := range msgs {
+		s.bus.Apply(m)
 	}
 }
 
@@ -103,20 +116,7 @@ var markStaleScript = redis.NewScript(envelope.MarkStaleScript)
 func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 	// EVAL, not EVALSHA: a pipeline cannot fall back. Replayed as a hard
 	// invalidation if Redis cannot be reached: safe, if not soft.
-	return c.invalidate(ctx, "mark stale", keys, func(ctx context.Context, p redis.Pipeliner, rk string) {
-		markStaleScript.Eval(ctx, p, []string{rk, leaseKey(rk)})
-	})
-}
-
-func (c *Cache[T]) entryKeys(keys []string) ([]string, error) {
-	rks := make([]string, len(keys))
-	for i, k := range keys {
-		if k == "" {
-			return nil, errEmptyKey
-		}
-		rks[i] = c.keys.entry(k)
-	}
-	return rks, nil
+	return c.invalidate(ctx, "mark stale", keys, true)
 }
 
 // Purge deletes every entry of the cache, of every version, with SCAN and
@@ -199,82 +199,4 @@ func (c *Cache[T]) purgePass(ctx context.Context, n *atomic.Int64) error {
 		return rdb.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error { return purge(ctx, node) })
 	}
 	return purge(ctx, c.store.rdb)
-}
-
-// Change is an invalidation to run after a write to the source of truth;
-// see [Store.Write].
-type Change struct {
-	apply func(ctx context.Context) error
-}
-
-// Changed returns the invalidation of keys of c, for [Store.Write].
-func (c *Cache[T]) Changed(keys ...string) Change {
-	return Change{apply: func(ctx context.Context) error { return c.Invalidate(ctx, keys...) }}
-}
-
-// TagsChanged returns the invalidation of tags, for [Store.Write].
-func (s *Store) TagsChanged(tags ...string) Change {
-	return Change{apply: func(ctx context.Context) error { return s.InvalidateTags(ctx, tags...) }}
-}
-
-// Later returns the changes that changes computes after the write has run,
-// for [Store.Write]: for invalidations that depend on the write's result,
-// such as the tag of the category a product was moved to. changes runs once,
-// after write returns, whether it failed or not.
-func Later(changes func() []Change) Change {
-	return Change{apply: func(ctx context.Context) error {
-		var errs []error
-		for _, c := range changes() {
-			if c.apply != nil {
-				errs = append(errs, c.apply(ctx))
-			}
-		}
-		return errors.Join(errs...)
-	}}
-}
-
-// Write runs write — the update of the source of truth — and then the
-// invalidations, in that order, which is the order that keeps caches
-// correct. The invalidations run even when write fails, because a failed
-// write may still have committed (a timeout after COMMIT); a needless
-// invalidation costs one miss. Changes that depend on the write's result
-// are wrapped in [Later].
-//
-// It returns nil when the write and every invalidation succeeded: no Get
-// that starts afterwards, in any process, returns an old value. When write
-// fails, it returns write's error (unchanged, so callers can match their
-// own errors), joined with any invalidation error other than a queued one.
-// When write succeeded but an invalidation could not reach Redis, the
-// error matches [ErrQueued]: the write committed, the invalidation is
-// queued and replayed, and until then other processes may serve the old
-// value. A handler answers success to it, not a failure of a committed
-// write:
-//
-//	var p Product
-//	err := store.Write(ctx, func(ctx context.Context) (err error) {
-//		p, err = repo.UpdatePrice(ctx, id, price)
-//		return err
-//	}, products.Changed(aside.Key(id)), aside.Later(func() []aside.Change {
-//		return []aside.Change{store.TagsChanged("category:" + p.Category)}
-//	}))
-//	if err != nil && !errors.Is(err, aside.ErrQueued) {
-//		return err // the write failed
-//	}
-func (s *Store) Write(ctx context.Context, write func(ctx context.Context) error, changes ...Change) error {
-	werr := write(ctx)
-	var errs []error
-	for _, c := range changes {
-		if c.apply == nil {
-			continue
-		}
-		// A failed write's queued invalidations are not reported: ErrQueued
-		// says that the write committed.
-		if err := c.apply(ctx); err != nil && (werr == nil || !errors.Is(err, ErrQueued)) {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) == 0 {
-		return werr // unchanged, so callers can match their own errors
-	}
-	return errors.Join(append([]error{werr}, errs...)...)
 }

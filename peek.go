@@ -34,7 +34,7 @@ func (c *Cache[T]) peek(ctx context.Context, key string, opts []CallOption) (T, 
 		return v, OutcomeL1Hit, nil
 	}
 	var zero T
-	if !c.store.usable(ctx) || c.onDownNode(ctx, cl) {
+	if !c.store.usable(ctx, &c.stats, c.name) || c.onDownNode(ctx, cl) {
 		c.stats.skipped.Add(1)
 		return zero, OutcomeNone, ErrUnavailable
 	}

@@ -96,7 +96,7 @@ func (c *Cache[T]) resolve(ctx context.Context, calls []*call[T], src source[T])
 	}
 	leaseFirst := c.leaseFirst(calls)
 	for len(calls) > 0 {
-		if !c.store.usable(ctx) {
+		if !c.store.usable(ctx, &c.stats, c.name) {
 			c.stats.skipped.Add(uint64(len(calls)))
 			c.loadDegraded(ctx, calls, src)
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,19 +18,20 @@ import (
 // Redis restored from an older snapshot, or one whose DEL was lost in a
 // failover, would otherwise serve the invalidated values.
 
-// pendingOp is an invalidation that could not reach Redis: a key to delete
-// or a tag whose token to replace.
+// pendingOp is an invalidation that could not reach Redis: a key of a
+// cache to delete (in every version in use, read when it is replayed) or a
+// tag whose token to replace.
 type pendingOp struct {
 	tag   bool
-	name  string // the Redis key, or the tag
-	cache string // for a key: its cache and user key, to tell the other Stores' L1
+	name  string // the tag
+	cache string // the key's cache and the key, as given to Get
 	key   string
 }
 
-func pendingKeys(cache string, keys, rks []string) []pendingOp {
-	ops := make([]pendingOp, len(rks))
-	for i, rk := range rks {
-		ops[i] = pendingOp{name: rk, cache: cache, key: keys[i]}
+func pendingKeys(cache string, keys []string) []pendingOp {
+	ops := make([]pendingOp, len(keys))
+	for i, k := range keys {
+		ops[i] = pendingOp{cache: cache, key: k}
 	}
 	return ops
 }
@@ -176,13 +178,18 @@ func (s *Store) replay(ctx context.Context, wait bool) error {
 	ctx = context.WithoutCancel(ctx)
 	octx, cancel := s.opContext(ctx)
 	defer cancel()
+	// The versions in use now: a version recorded after this read has no
+	// entry loaded before it (versions.go).
+	versions, err := s.versionsInUse(octx, slices.Collect(maps.Keys(keys)))
+	if err != nil {
+		return err
+	}
 	acks, err := s.bus.WriteAndTell(octx, func(p redis.Pipeliner) {
-		for _, op := range ops {
-			if op.tag {
-				replaceTagToken(octx, p, tagKey(s.prefix, op.name))
-			} else {
-				p.Del(octx, op.name, leaseKey(op.name))
-			}
+		for cache, names := range keys {
+			s.changeCommands(octx, p, Change{Cache: cache, Keys: names}, versions[cache])
+		}
+		for _, t := range tags {
+			replaceTagToken(octx, p, tagKey(s.prefix, t))
 		}
 	}, msgs...)
 	s.record(octx, err, nil, "")

@@ -71,6 +71,7 @@ const (
 	vCallerDone
 	vCountEachRead
 	vReadFirst
+	vOwnVersionsOnly
 )
 
 // reach tells h that the protocol is at p.

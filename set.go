@@ -98,7 +98,7 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 		}
 		encoded[i], ttls[i] = b, fresh+c.profile.StaleWindow
 	}
-	if !c.store.usable(ctx) {
+	if !c.store.usable(ctx, &c.stats, c.name) {
 		return ErrUnavailable
 	}
 	octx, cancel := c.store.opContext(ctx)

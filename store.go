@@ -33,6 +33,7 @@ type Store struct {
 	logger         *slog.Logger     // nil: no logging
 	bus            *bus.Bus         // carries invalidations to every Store's L1
 	pending        replayQueue      // invalidations that failed, replayed before Redis is read again
+	versions       versionBook      // the versions in use of each cache (versions.go)
 	now            func() time.Time // the clock of freshness decisions; tests replace it
 	realClock      bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
 	multiKey       bool             // one server holds every key: entries of a batch are read with one MGET

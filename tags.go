@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/asidecache/aside/internal/bus"
 	"github.com/asidecache/aside/internal/envelope"
 	"github.com/redis/go-redis/v9"
 )
@@ -88,49 +87,42 @@ func replaceTagToken(ctx context.Context, p redis.Pipeliner, key string) {
 // as for [Cache.Invalidate]), returns a value loaded before it. Call it
 // after the source of truth has committed. It fails closed.
 func (s *Store) InvalidateTags(ctx context.Context, tags ...string) error {
-	return s.updateTags(ctx, "invalidate tags", tags, func(p redis.Pipeliner, ctx context.Context, key string) {
-		if variantOn(s.hooks, vCounterTokens) {
-			p.Incr(ctx, key)
-			return
-		}
-		replaceTagToken(ctx, p, key)
-	})
+	return s.updateTags(ctx, "invalidate tags", tags, false)
 }
 
 // MarkTagsStale soft-invalidates every entry carrying any of tags: readers
 // keep getting the current values, counted as stale, while one refresher per
 // entry reloads it in the background. It fails closed.
 func (s *Store) MarkTagsStale(ctx context.Context, tags ...string) error {
-	return s.updateTags(ctx, "mark tags stale", tags, func(p redis.Pipeliner, ctx context.Context, key string) {
-		markTagStaleScript.Eval(ctx, p, []string{key}, newToken())
-	})
+	return s.updateTags(ctx, "mark tags stale", tags, true)
 }
 
-func (s *Store) updateTags(ctx context.Context, what string, tags []string, cmd func(redis.Pipeliner, context.Context, string)) error {
+func (s *Store) updateTags(ctx context.Context, what string, tags []string, stale bool) error {
+	o, err := collectCallOptions([]CallOption{Tags(tags...)})
+	if err != nil || len(o.tags) == 0 {
+		return err
+	}
+	changes := []Change{{Tags: o.tags, Stale: stale}}
 	if t := s.tracer; t != nil {
 		ctx, span := t.Start(ctx, strings.ReplaceAll(what, " ", "_"), "")
-		err := s.updateTagTokens(ctx, what, tags, cmd)
+		err := s.invalidateChanges(ctx, what, nil, "", changes, true)
 		span.End(Outcomes{}, err)
 		return err
 	}
-	return s.updateTagTokens(ctx, what, tags, cmd)
+	return s.invalidateChanges(ctx, what, nil, "", changes, true)
 }
 
-func (s *Store) updateTagTokens(ctx context.Context, what string, tags []string, cmd func(redis.Pipeliner, context.Context, string)) error {
-	o, err := collectCallOptions([]CallOption{Tags(tags...)})
-	if err != nil {
-		return err
+// tagCommand adds to p the invalidation of one tag key: a new token, or
+// with stale a new soft half.
+func (s *Store) tagCommand(ctx context.Context, p redis.Pipeliner, key string, stale bool) {
+	switch {
+	case stale:
+		markTagStaleScript.Eval(ctx, p, []string{key}, newToken())
+	case variantOn(s.hooks, vCounterTokens):
+		p.Incr(ctx, key)
+	default:
+		replaceTagToken(ctx, p, key)
 	}
-	if len(o.tags) == 0 {
-		return nil
-	}
-	// One command per tag: the tag keys live in different Cluster slots.
-	return s.invalidateVia(ctx, what, nil, "", pendingTags(o.tags), bus.Message{Kind: bus.KindTags, Names: o.tags},
-		func(octx context.Context, p redis.Pipeliner) {
-			for _, t := range o.tags {
-				cmd(p, octx, tagKey(s.prefix, t))
-			}
-		})
 }
 
 // ensureTokens reads the current tokens of tags before a load, creating a
