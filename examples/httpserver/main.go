@@ -1,8 +1,10 @@
 // Command httpserver is a small catalogue service with aside in front of a
 // database: product pages, batches of products and category listings are
 // cached (listings tagged by category, products by id); writes update the
-// database in a transaction and then invalidate; /metrics shows each
-// cache's statistics; -trace prints each request's spans.
+// database in a transaction that also records their invalidations (the
+// asidepg outbox), applied just after the commit — or by the outbox relay
+// this process runs, if the writer died first; /metrics shows each cache's
+// statistics; -trace prints each request's spans.
 //
 // It keeps its catalogue in PostgreSQL when one is reachable — DATABASE_URL
 // or -db, by default the local server — and otherwise in an in-memory table,
@@ -28,17 +30,20 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/asidecache/aside"
 	"github.com/asidecache/aside/asideotel"
+	"github.com/asidecache/aside/asidepg"
 )
 
 // server holds the caches in front of the catalogue.
 type server struct {
 	db       catalogue
+	outbox   *asidepg.Outbox // on PostgreSQL; nil on the in-memory table
 	store    *aside.Store
 	products *aside.Cache[Product]
 	listings *aside.Cache[[]Product]
@@ -54,7 +59,22 @@ func newServer(store *aside.Store, db catalogue, tp trace.TracerProvider) (*serv
 	if err != nil {
 		return nil, err
 	}
-	return &server{db: db, store: store, products: products, listings: listings, tracer: tp.Tracer("catalogue")}, nil
+	s := &server{db: db, store: store, products: products, listings: listings, tracer: tp.Tracer("catalogue")}
+	if pg, ok := db.(*postgres); ok {
+		if s.outbox, err = asidepg.New(pg.pool, store); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// relay applies the outbox rows that writers left — one that died after its
+// commit, one that could not reach Redis — until ctx ends. Every instance
+// of the service may run it.
+func (s *server) relay(ctx context.Context) {
+	if s.outbox != nil {
+		_ = s.outbox.Relay(ctx)
+	}
 }
 
 func categoryTag(cat string) string { return "category:" + cat }
@@ -115,24 +135,39 @@ func (s *server) putProduct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.ID = r.PathValue("id")
-	// The write first (one transaction), then the invalidations: the product
-	// page and the listings of its new and its old category — the old one
-	// known only from the write's result, hence Later. Store.Write runs them
-	// even when the write reports an error: it may have committed.
+	// The invalidations: the product page and the listings of its new and
+	// its old category — the old one known only from the write's result,
+	// hence Later.
 	var old string
-	err := s.store.Write(r.Context(), func(ctx context.Context) (err error) {
-		old, err = query(ctx, s, "db.save", func(ctx context.Context) (string, error) { return s.db.Save(ctx, p) })
-		return err
-	}, s.products.Changed(aside.Key(p.ID)), s.store.TagsChanged(categoryTag(p.Category)), aside.Later(func() []aside.Change {
-		if old == "" || old == p.Category {
-			return nil
-		}
-		return []aside.Change{s.store.TagsChanged(categoryTag(old))}
-	}))
+	changes := []aside.Change{s.products.Changed(aside.Key(p.ID)), s.store.TagsChanged(categoryTag(p.Category)),
+		aside.Later(func() []aside.Change {
+			if old == "" || old == p.Category {
+				return nil
+			}
+			return []aside.Change{s.store.TagsChanged(categoryTag(old))}
+		})}
+	var err error
+	if s.outbox != nil {
+		// On PostgreSQL they are recorded in the write's transaction and
+		// applied just after its commit: once it commits they take effect,
+		// even if this process dies the next instant (the relay applies them).
+		err = s.outbox.Write(r.Context(), func(ctx context.Context, tx pgx.Tx) (err error) {
+			old, err = query(ctx, s, "db.save", func(ctx context.Context) (string, error) { return s.db.(*postgres).saveIn(ctx, tx, p) })
+			return err
+		}, changes...)
+	} else {
+		// The write, then the invalidations; Store.Write runs them even when
+		// the write reports an error: it may have committed.
+		err = s.store.Write(r.Context(), func(ctx context.Context) (err error) {
+			old, err = query(ctx, s, "db.save", func(ctx context.Context) (string, error) { return s.db.Save(ctx, p) })
+			return err
+		}, changes...)
+	}
 	if errors.Is(err, aside.ErrQueued) {
-		// Committed: Redis could not be reached, the invalidations are
-		// queued and replayed; other processes may serve the old row until
-		// then. Not a failure to report to the client, who would retry.
+		// Committed: Redis could not be reached, and the invalidations wait
+		// (in the outbox, or queued in this process) to be applied; other
+		// processes may serve the old row until then. Not a failure to
+		// report to the client, who would retry.
 		err = nil
 	}
 	reply(w, p, err)
@@ -207,6 +242,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	go s.relay(ctx)
 	log.Printf("catalogue on http://%s (Redis %s, %s)", *addr, redisAddr, db.Name())
 	srv := &http.Server{Addr: *addr, Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second}
 	log.Fatal(srv.ListenAndServe())

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/asidecache/aside"
+	"github.com/asidecache/aside/asidepg"
 )
 
 // postgres is the catalogue in a PostgreSQL table: real queries in the
@@ -44,6 +45,9 @@ func openPostgres(ctx context.Context, url, table string) (*postgres, error) {
 				break
 			}
 		}
+	}
+	if err == nil {
+		err = asidepg.Migrate(ctx, pool) // the outbox of the writes' invalidations
 	}
 	if err != nil {
 		pool.Close()
@@ -87,19 +91,25 @@ func (pg *postgres) InCategory(ctx context.Context, cat string) ([]Product, erro
 	return pgx.CollectRows(rows, pgx.RowToStructByPos[Product])
 }
 
-// Save upserts p in a transaction that first locks the row, so the
-// category it returns is the one p replaced.
+// Save upserts p in a transaction of its own (see saveIn).
 func (pg *postgres) Save(ctx context.Context, p Product) (old string, err error) {
 	err = pgx.BeginFunc(ctx, pg.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, fmt.Sprintf(`SELECT category FROM %s WHERE id = $1 FOR UPDATE`, pg.table), p.ID).Scan(&old)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		_, err = tx.Exec(ctx, fmt.Sprintf(`INSERT INTO %s (id, name, price, category) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, category = EXCLUDED.category`, pg.table),
-			p.ID, p.Name, p.Price, p.Category)
+		old, err = pg.saveIn(ctx, tx, p)
 		return err
 	})
+	return old, err
+}
+
+// saveIn upserts p in tx, first locking the row, so the category it
+// returns is the one p replaced.
+func (pg *postgres) saveIn(ctx context.Context, tx pgx.Tx, p Product) (old string, err error) {
+	err = tx.QueryRow(ctx, fmt.Sprintf(`SELECT category FROM %s WHERE id = $1 FOR UPDATE`, pg.table), p.ID).Scan(&old)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return "", err
+	}
+	_, err = tx.Exec(ctx, fmt.Sprintf(`INSERT INTO %s (id, name, price, category) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, category = EXCLUDED.category`, pg.table),
+		p.ID, p.Name, p.Price, p.Category)
 	return old, err
 }
 
