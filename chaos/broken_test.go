@@ -90,7 +90,8 @@ func buildBroken(t *testing.T, b breakage) string {
 	dir := t.TempDir()
 	// The library's package, its internal packages and module, the helper
 	// package this command uses, and this command: "../x" lands in dir, "x" in dir/chaos.
-	for _, pattern := range []string{"../*.go", "../go.mod", "../go.sum", "../internal/*/*.go", "../asidetest/*.go", "*.go", "go.mod", "go.sum"} {
+	for _, pattern := range []string{"../*.go", "../go.mod", "../go.sum", "../internal/*/*.go", "../asidetest/*.go",
+		"../asidepg/*.go", "../asidepg/go.mod", "../asidepg/go.sum", "*.go", "go.mod", "go.sum"} {
 		files, _ := filepath.Glob(pattern)
 		for _, f := range files {
 			data, err := os.ReadFile(f)

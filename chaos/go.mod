@@ -2,11 +2,15 @@ module github.com/asidecache/aside/chaos
 
 go 1.26.0
 
-replace github.com/asidecache/aside => ..
+replace (
+	github.com/asidecache/aside => ..
+	github.com/asidecache/aside/asidepg => ../asidepg
+)
 
 require (
 	github.com/asidecache/aside v0.0.0-00010101000000-000000000000
-	github.com/jackc/pgx/v5 v5.12.0
+	github.com/asidecache/aside/asidepg v0.0.0
+	github.com/jackc/pgx/v5 v5.13.0
 	github.com/redis/go-redis/v9 v9.23.0
 )
 

@@ -47,9 +47,10 @@ func main() {
 	faultIDs := flag.String("faults", "all", "the faults to inject, comma-separated ids: "+faultIDList())
 	keep := flag.Bool("keep", false, "keep the run's directory: the workers' records (JSON lines) and Redis' log")
 	loadWork := flag.Duration("load-work", 0, "time each load spends after its query (more work per load: longer races with writers)")
+	outbox := flag.Bool("outbox", true, "writers record their invalidations in the write's transaction (asidepg) and run its relay; on PostgreSQL only")
 	flag.Parse()
 	cfg := config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken,
-		faults: *faultIDs, loadWork: *loadWork, keep: *keep, cluster: *cluster}
+		faults: *faultIDs, loadWork: *loadWork, keep: *keep, cluster: *cluster, outbox: *outbox && *dbURL != "memory"}
 	if *role != "" {
 		if err := runWorker(*role, *id, *redisAddr, *table, *out, cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "chaos worker:", err)
@@ -92,20 +93,24 @@ type config struct {
 	loadWork               time.Duration // each load's time after its query
 	keep                   bool          // keep the run's directory
 	cluster                bool          // a Redis Cluster instead of a single node
+	outbox                 bool          // writes go through the asidepg outbox
 }
 
 // result is what the checker found.
 type result struct {
 	total verdict
 	left  int
-	grew  int // worker processes whose goroutines or heap grew
+	// outboxLeft counts the outbox rows still there once the run has
+	// waited for them to drain: changes that committed and never applied.
+	outboxLeft int
+	grew       int // worker processes whose goroutines or heap grew
 	// undrained counts workers stopped cleanly whose replay queue still
 	// held invalidations after Close.
 	undrained int
 }
 
 func (r result) held() bool {
-	return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 && r.total.Unleased == 0 && r.grew == 0 && r.undrained == 0 &&
+	return r.total.Stale == 0 && r.total.Failed == 0 && r.left == 0 && r.outboxLeft == 0 && r.total.Unleased == 0 && r.grew == 0 && r.undrained == 0 &&
 		r.total.TooSlow == 0 && r.total.LostWaits == 0
 }
 
@@ -138,7 +143,7 @@ func (r *run) spawn(role string) (*proc, error) {
 	p := &proc{role: role, id: r.next, out: filepath.Join(r.dir, fmt.Sprintf("%s-%d.jsonl", role, r.next))}
 	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", r.addr(p.id), "-cluster="+strconv.FormatBool(r.cfg.cluster), "-db", r.cfg.dbURL,
 		"-table", r.table, "-out", p.out, "-keys", strconv.Itoa(r.cfg.keys), "-broken="+strconv.FormatBool(r.cfg.broken),
-		"-load-work", r.cfg.loadWork.String())
+		"-load-work", r.cfg.loadWork.String(), "-outbox="+strconv.FormatBool(r.cfg.outbox))
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
@@ -175,6 +180,16 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 		}
 		defer table.close()
 		r.cfg.dbURL = addr // the workers' -db
+	}
+	var box *outboxWatch
+	if cfg.outbox {
+		// A schema of the run's own, first on the workers' search_path:
+		// the outbox and the source table live there.
+		if box, err = newOutboxWatch(ctx, dbURL); err != nil {
+			return result{}, fmt.Errorf("no PostgreSQL at %s (-db URL, or DATABASE_URL; -db memory keeps the table in this process): %w", dbURL, err)
+		}
+		defer box.close()
+		r.cfg.dbURL = box.url
 	}
 	src, err := openSource(ctx, r.cfg.dbURL, r.table)
 	if err != nil {
@@ -225,6 +240,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 
 	started := time.Now()
 	var windows []window
+	box.watch()
 	time.Sleep(every / 2) // warm-up: caches fill, L1 leases are taken
 	for i := 0; time.Since(started)+every < dur; i++ {
 		f := faults[i%len(faults)]
@@ -254,6 +270,13 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 			_ = p.cmd.Wait()
 		}
 	}
+	// What writers committed and did not apply — killed, stopped between
+	// their commit and their apply — waits in the outbox: a relay of the
+	// orchestrator's applies it, as any process's would.
+	outboxLeft, err := box.drain(ctx, r, 10*time.Second)
+	if err != nil {
+		return result{}, err
+	}
 	left, err := leftStale(ctx, r, src)
 	if err != nil {
 		return result{}, err
@@ -274,8 +297,9 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 	total, per := check(events, windows)
 	recoveries(events, windows)
 	ps := growth(events)
-	res := result{total: total, left: left, grew: grew(ps), undrained: undrained(events)}
+	res := result{total: total, left: left, outboxLeft: outboxLeft, grew: grew(ps), undrained: undrained(events)}
 	report(w, cfg, res, per, windows, events, ps)
+	box.report(w, outboxLeft)
 	return res, nil
 }
 

@@ -61,7 +61,11 @@ func report(w io.Writer, cfg config, res result, per map[string]*verdict, window
 		ms := func(ns int64) time.Duration { return time.Duration(ns).Round(time.Millisecond) }
 		fmt.Fprintf(w, "| %s | %d | %v | %v |\n", name, len(rs), ms(rs[(len(rs)-1)/2]), ms(rs[len(rs)-1]))
 	}
-	fmt.Fprintf(w, "\nInvalidations that returned: %d; writes whose invalidation returned an error (not counted, queued for replay): %d; cache entries left older than the source after the run: %d.\n",
+	queued := "queued for replay"
+	if cfg.outbox {
+		queued = "left in the outbox to its relay"
+	}
+	fmt.Fprintf(w, "\nInvalidations that returned: %d; writes whose invalidation returned an error (not counted, "+queued+"): %d; cache entries left older than the source after the run: %d.\n",
 		invals, failedWrites, left)
 	seen := map[string]int{}
 	for _, e := range events {

@@ -49,7 +49,9 @@ type pgSource struct {
 }
 
 func openPostgres(ctx context.Context, url, table string) (*pgSource, error) {
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	// Generous: a worker respawned while the machine's 2 cores run the
+	// others waits for its first connection.
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	pool, err := pgxpool.New(cctx, url)
 	if err != nil {
@@ -101,11 +103,18 @@ func (s *pgSource) loadMany(ctx context.Context, ids []int) (map[int]row, error)
 }
 
 // bump commits a new version of id and returns it.
-func (s *pgSource) bump(ctx context.Context, id int) (int64, error) {
-	var v int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, fmt.Sprintf(`UPDATE %s SET version = version + 1 WHERE id = $1 RETURNING version`, s.table), id).Scan(&v)
+func (s *pgSource) bump(ctx context.Context, id int) (v int64, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		v, err = s.bumpIn(ctx, tx, id)
+		return err
 	})
+	return v, err
+}
+
+// bumpIn writes a new version of id in tx and returns it.
+func (s *pgSource) bumpIn(ctx context.Context, tx pgx.Tx, id int) (int64, error) {
+	var v int64
+	err := tx.QueryRow(ctx, fmt.Sprintf(`UPDATE %s SET version = version + 1 WHERE id = $1 RETURNING version`, s.table), id).Scan(&v)
 	return v, err
 }
 

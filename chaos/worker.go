@@ -17,9 +17,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/asidecache/aside"
+	"github.com/asidecache/aside/asidepg"
 )
 
 // event is one line of a worker's record: a read ("r"), a load ("l"), a
@@ -242,6 +244,15 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 		}
 	}()
 	var wg sync.WaitGroup
+	var box *asidepg.Outbox
+	if cfg.outbox && role == "writer" {
+		// Each writer runs a relay too: the other one's applies what a
+		// killed writer committed and never applied.
+		if box, err = asidepg.New(src.(*pgSource).pool, c.store); err != nil {
+			return err
+		}
+		wg.Go(func() { _ = box.Relay(ctx) })
+	}
 	n := 4
 	if role == "writer" {
 		n = 1
@@ -255,7 +266,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 			for ctx.Err() == nil {
 				k := int(zipf.Uint64())
 				if role == "writer" {
-					write(ctx, c, src, rec, id, k, cfg.broken, &hang)
+					write(ctx, c, src, box, rec, id, k, cfg.broken, &hang)
 					time.Sleep(time.Duration(2+r.IntN(8)) * time.Millisecond)
 					continue
 				}
@@ -356,25 +367,46 @@ func read(ctx context.Context, c *caches, src source, rec *recorder, id int, r *
 }
 
 // write commits a new version of k, then invalidates it the way the README
-// recommends, and records the invalidation only once Write has returned
-// without error: the guarantee is about invalidations that returned.
-func write(ctx context.Context, c *caches, src source, rec *recorder, id, k int, broken bool, hang *atomic.Bool) {
+// recommends — with the outbox, its invalidations recorded in the write's
+// transaction and applied just after its commit; without, Store.Write — and
+// records the invalidation only once it has returned without error: the
+// guarantee is about invalidations that returned.
+func write(ctx context.Context, c *caches, src source, box *asidepg.Outbox, rec *recorder, id, k int, broken bool, hang *atomic.Bool) {
 	var v int64
 	changes := []aside.Change{c.plain.Changed(key(k)), c.l1.Changed(key(k)), c.stale.Changed(key(k)), c.store.TagsChanged(bucket(k))}
 	if broken { // the checker's own test: a write that forgets one cache
 		changes = changes[1:]
 	}
-	err := c.store.Write(ctx, func(ctx context.Context) (err error) {
-		v, err = src.bump(ctx, k)
-		if err == nil {
-			rec.add(event{T: "c", Worker: id, Key: k, End: time.Now().UnixNano(), V: v})
-			if hang.Load() { // committed; the invalidation never runs
-				rec.flush()
-				select {}
-			}
+	committed := func() {
+		rec.add(event{T: "c", Worker: id, Key: k, End: time.Now().UnixNano(), V: v})
+		if hang.Load() { // committed; the invalidation never runs
+			rec.flush()
+			select {}
 		}
-		return err
-	}, changes...)
+	}
+	var err error
+	if box != nil {
+		var recorded asidepg.Recorded
+		err = pgx.BeginFunc(ctx, src.(*pgSource).pool, func(tx pgx.Tx) (err error) {
+			if v, err = src.(*pgSource).bumpIn(ctx, tx, k); err != nil {
+				return err
+			}
+			recorded, err = box.Record(ctx, tx, changes...)
+			return err
+		})
+		if err == nil {
+			committed()
+			err = recorded.Apply(ctx)
+		}
+	} else {
+		err = c.store.Write(ctx, func(ctx context.Context) (err error) {
+			v, err = src.bump(ctx, k)
+			if err == nil {
+				committed()
+			}
+			return err
+		}, changes...)
+	}
 	if err == nil {
 		rec.add(event{T: "i", Worker: id, Key: k, End: time.Now().UnixNano(), V: v})
 	} else if ctx.Err() == nil {
