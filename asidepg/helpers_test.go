@@ -294,3 +294,12 @@ func say(w io.Writer, line string) {
 	fmt.Fprintln(w, line)
 	select {}
 }
+
+// newOutbox returns New's outbox, closed when the test ends.
+func newOutbox(t *testing.T, pool *pgxpool.Pool, store *aside.Store, opts ...Option) (*Outbox, error) {
+	o, err := New(pool, store, opts...)
+	if err == nil {
+		t.Cleanup(o.Close)
+	}
+	return o, err
+}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,13 @@ type Outbox struct {
 	hooks   *hooks // nil outside tests
 
 	fastApplied, relayed, rejected, applyErrors atomic.Uint64
+
+	// Rows their writer applied, deleted in the background: a commit of
+	// their own would cost the write path as much as the apply.
+	mu       sync.Mutex // protects applied and deleting
+	applied  []int64
+	deleting bool
+	deletes  sync.WaitGroup
 }
 
 // target is a Store a change must reach, by the name its rows record.
@@ -207,12 +215,11 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// Apply applies the recorded changes to the outbox's Store, then deletes
-// their rows (or, with other targets, records that this Store applied
-// them). Call it once the transaction has committed. An error matches
-// [aside.ErrQueued]: the rows stay, and a relay applies them once Redis
-// answers. A row that could not be deleted is applied again by a relay: a
-// duplicate, which costs one miss.
+// Apply applies the recorded changes to the outbox's Store, then has
+// their rows deleted in the background (or, with other targets, marked as
+// applied by this Store). Call it once the transaction has committed. An
+// error matches [aside.ErrQueued]: the rows stay, and a relay applies them
+// once Redis answers.
 func (r Recorded) Apply(ctx context.Context) error {
 	o := r.o
 	if o == nil || len(r.changes) == 0 {
@@ -234,22 +241,65 @@ func (r Recorded) Apply(ctx context.Context) error {
 		return &leftError{cause: err}
 	}
 	o.fastApplied.Add(uint64(len(r.ids)))
-	// On a context of its own: the changes took effect, and a caller that
-	// gives up now would leave the rows for a relay to apply again.
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	var err error
-	if len(o.targets) == 1 {
-		_, err = o.pool.Exec(dctx, "DELETE FROM aside_outbox WHERE id = ANY($1)", r.ids)
-	} else {
-		_, err = o.pool.Exec(dctx, "UPDATE aside_outbox SET applied = array_append(applied, $2) WHERE id = ANY($1) AND NOT ($2 = ANY(applied))",
-			r.ids, o.targets[0].name)
-	}
-	if err != nil {
-		o.warn("asidepg: applied changes whose rows could not be updated: a relay will apply them again", "error", err)
-	}
+	o.forget(r.ids)
 	return nil
 }
+
+// forget deletes the rows of ids in the background (or, with other
+// targets, records that this Store applied them): the rows of the writes
+// of the next moment go in one statement, by one goroutine that ends once
+// none wait.
+// A row not deleted — the process died first — is applied again by a
+// relay: a duplicate, which costs one miss.
+func (o *Outbox) forget(ids []int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.applied = append(o.applied, ids...)
+	if o.deleting {
+		return
+	}
+	o.deleting = true
+	o.deletes.Go(func() {
+		for {
+			// A moment for the rows of the writes that follow, so that a busy
+			// writer pays one deletion per batch, not per write: far less
+			// than the grace period, after which a relay would take them.
+			time.Sleep(min(o.grace/10, 50*time.Millisecond))
+			o.mu.Lock()
+			ids := o.applied
+			o.applied = nil
+			if len(ids) == 0 {
+				o.deleting = false
+				o.mu.Unlock()
+				return
+			}
+			o.mu.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := pgx.BeginFunc(ctx, o.pool, func(tx pgx.Tx) error {
+				b := &pgx.Batch{}
+				// A deletion lost in a crash of PostgreSQL costs a duplicate
+				// invalidation: its commit need not wait for the disk, and
+				// then costs the writes beside it next to nothing.
+				b.Queue("SET LOCAL synchronous_commit = off")
+				if len(o.targets) == 1 {
+					b.Queue("DELETE FROM aside_outbox WHERE id = ANY($1)", ids)
+				} else {
+					b.Queue(`UPDATE aside_outbox SET applied = array_append(applied, $2)
+						WHERE id = ANY($1) AND NOT ($2 = ANY(applied))`, ids, o.targets[0].name)
+				}
+				return tx.SendBatch(ctx, b).Close()
+			})
+			cancel()
+			if err != nil {
+				o.warn("asidepg: applied changes whose rows could not be deleted: a relay will apply them again", "rows", len(ids), "error", err)
+			}
+		}
+	})
+}
+
+// Close waits for the deletions of applied rows still running (at most a
+// few seconds); call it before closing the pool. The Outbox stays usable.
+func (o *Outbox) Close() { o.deletes.Wait() }
 
 // leftError is a committed write whose changes could not be applied at
 // once: they wait in the outbox for a relay.

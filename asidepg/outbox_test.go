@@ -67,7 +67,7 @@ func (s *setup) seed(t *testing.T, id string) {
 // Record + Apply do the same with the caller's transaction.
 func TestWriteAppliesItsChangesAtOnce(t *testing.T) {
 	s := newSetup(t)
-	o, err := New(s.db.pool, s.store)
+	o, err := newOutbox(t, s.db.pool, s.store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +80,7 @@ func TestWriteAppliesItsChangesAtOnce(t *testing.T) {
 	if !s.current(t, "a") {
 		t.Error("a read after Write returned the old value")
 	}
+	o.Close() // the rows' deletion, in the background
 	if n := s.db.rows(t); n != 0 {
 		t.Errorf("%d outbox rows after Write, want its rows deleted", n)
 	}
@@ -121,6 +122,7 @@ func TestWriteAppliesItsChangesAtOnce(t *testing.T) {
 	if err := rec.Apply(bgCtx); err != nil {
 		t.Fatal(err)
 	}
+	o.Close()
 	if !s.current(t, "b") || s.db.rows(t) != 0 {
 		t.Error("Record + Apply: the entry is old or the rows are left")
 	}
@@ -137,7 +139,7 @@ func TestWriterKilledAfterCommit(t *testing.T) {
 	for _, broken := range []bool{false, true} {
 		t.Run(fmt.Sprintf("broken=%v", broken), func(t *testing.T) {
 			s := newSetup(t)
-			relay, err := New(s.db.pool, newStore(t, s.redis.addr, s.prefix))
+			relay, err := newOutbox(t, s.db.pool, newStore(t, s.redis.addr, s.prefix))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -187,7 +189,7 @@ func TestRelayKilled(t *testing.T) {
 				t.Fatalf("before the kill, current = %v", applied)
 			}
 			r.kill()
-			relay, err := New(s.db.pool, newStore(t, s.redis.addr, s.prefix))
+			relay, err := newOutbox(t, s.db.pool, newStore(t, s.redis.addr, s.prefix))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -210,7 +212,7 @@ func TestRelayKilled(t *testing.T) {
 // notification (well before a poll interval of 10 s).
 func TestFunctionFromAnotherConnection(t *testing.T) {
 	s := newSetup(t)
-	relay, err := New(s.db.pool, s.store, WithPoll(10*time.Second))
+	relay, err := newOutbox(t, s.db.pool, s.store, WithPoll(10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +246,7 @@ func TestFunctionFromAnotherConnection(t *testing.T) {
 // every row drains, and no key is left stale.
 func TestRedisRestartedWhileWritersCommit(t *testing.T) {
 	s := newSetup(t)
-	o, err := New(s.db.pool, s.store, WithGrace(100*time.Millisecond), WithPoll(50*time.Millisecond))
+	o, err := newOutbox(t, s.db.pool, s.store, WithGrace(100*time.Millisecond), WithPoll(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +309,7 @@ func TestTwoStores(t *testing.T) {
 	other := startRedis(t)
 	otherStore := newStore(t, other.addr, s.prefix)
 	otherItems, _ := newItems(t, otherStore, s.db)
-	o, err := New(s.db.pool, s.store, WithName("eu"), WithTarget("us", otherStore), WithGrace(100*time.Millisecond), WithPoll(50*time.Millisecond))
+	o, err := newOutbox(t, s.db.pool, s.store, WithName("eu"), WithTarget("us", otherStore), WithGrace(100*time.Millisecond), WithPoll(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +362,7 @@ func TestOptions(t *testing.T) {
 		{[]Option{WithTarget("x", nil)}, "nil store"},
 		{[]Option{WithName("")}, "empty target name"},
 	} {
-		if _, err := New(d.pool, store, tc.opts...); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "asidepg: ") {
+		if _, err := newOutbox(t, d.pool, store, tc.opts...); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "asidepg: ") {
 			t.Errorf("New = %v, want an asidepg error about %q", err, tc.want)
 		}
 	}

@@ -4,8 +4,9 @@ go 1.26.0
 
 require (
 	github.com/asidecache/aside v0.0.0
+	github.com/asidecache/aside/asidepg v0.0.0
 	github.com/go-redis/cache/v9 v9.0.0
-	github.com/jackc/pgx/v5 v5.12.0
+	github.com/jackc/pgx/v5 v5.13.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/tsenart/vegeta/v12 v12.13.0
 	github.com/viccon/sturdyc v1.1.5
@@ -34,4 +35,7 @@ require (
 	golang.org/x/text v0.41.0 // indirect
 )
 
-replace github.com/asidecache/aside => ../
+replace (
+	github.com/asidecache/aside => ../
+	github.com/asidecache/aside/asidepg => ../asidepg
+)

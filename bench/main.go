@@ -36,7 +36,7 @@ var (
 	addr        = flag.String("addr", "127.0.0.1:6379", "Redis address (loopback only)")
 	repeats     = flag.Int("repeats", 5, "repeats per measurement; the median is reported")
 	benchT      = flag.Duration("benchtime", 200*time.Millisecond, "time per repeat")
-	only        = flag.String("only", "", `run some sections only: "paths" (hit, miss, batch), "stampede", "freshness", "down", "coherence" or "liveness"`)
+	only        = flag.String("only", "", `run some sections only: "paths" (hit, miss, batch), "stampede", "freshness", "down", "writes", "coherence" or "liveness"`)
 	counts      = flag.String("stores", "8", "coherence: numbers of Stores, comma-separated")
 	rate        = flag.Int("rate", 1000, "coherence: invalidations per second")
 	link        = flag.Duration("link", 250*time.Microsecond, "the delay a proxy adds to each request for the miss table over a slower link")
@@ -106,6 +106,9 @@ func main() {
 	case "down":
 		redisDown(ctx)
 		return
+	case "writes":
+		writes(ctx)
+		return
 	}
 	if *only == "coherence" {
 		runCoherence(ctx)
@@ -120,6 +123,7 @@ func main() {
 	stampede(ctx)
 	freshness(ctx, freshWindow())
 	redisDown(ctx)
+	writes(ctx)
 	runCoherence(ctx)
 	for _, s := range subs {
 		if s.close != nil {

@@ -104,6 +104,7 @@ func (b *outboxWatch) drain(ctx context.Context, r *run, d time.Duration) (int, 
 	if err != nil {
 		return 0, err
 	}
+	defer o.Close()
 	rctx, cancel := context.WithTimeout(ctx, d)
 	relayed := make(chan struct{})
 	go func() { defer close(relayed); _ = o.Relay(rctx) }()

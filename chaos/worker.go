@@ -252,6 +252,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 			return err
 		}
 		wg.Go(func() { _ = box.Relay(ctx) })
+		defer box.Close()
 	}
 	n := 4
 	if role == "writer" {

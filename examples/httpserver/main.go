@@ -68,6 +68,14 @@ func newServer(store *aside.Store, db catalogue, tp trace.TracerProvider) (*serv
 	return s, nil
 }
 
+// close waits for the outbox's background work (the deletion of applied
+// rows).
+func (s *server) close() {
+	if s.outbox != nil {
+		s.outbox.Close()
+	}
+}
+
 // relay applies the outbox rows that writers left — one that died after its
 // commit, one that could not reach Redis — until ctx ends. Every instance
 // of the service may run it.
@@ -242,6 +250,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer s.close()
 	go s.relay(ctx)
 	log.Printf("catalogue on http://%s (Redis %s, %s)", *addr, redisAddr, db.Name())
 	srv := &http.Server{Addr: *addr, Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second}

@@ -50,6 +50,7 @@ func driveCatalogue(t *testing.T, db catalogue) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer s.close()
 	ts := httptest.NewServer(s.routes())
 	defer ts.Close()
 	do := func(method, path, body string) (int, string) {
