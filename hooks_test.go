@@ -91,6 +91,9 @@ type testHooks struct {
 	// T29: an invalidation reaches the versions of the caches this Store
 	// created only, not the other versions in use (a rolling deploy's).
 	OwnVersionsOnly bool
+	// An invalidation that fewer replicas than WithReplicaWait asks
+	// acknowledged returns as if all had.
+	IgnoreReplicas bool
 	// T20: an invalidation neither waits for a replay of earlier failed
 	// ones that is running, nor fails when theirs fails (as in v1).
 	UnorderedReplay bool
@@ -177,6 +180,8 @@ func (h *testHooks) on(v variant) bool {
 		return h.CallTagsOnly
 	case vOwnVersionsOnly:
 		return h.OwnVersionsOnly
+	case vIgnoreReplicas:
+		return h.IgnoreReplicas
 	case vCounterTokens:
 		return h.CounterTokens
 	case vCallerProbe:

@@ -79,9 +79,23 @@ func (s *Store) invalidateVia(ctx context.Context, what string, st *counters, ca
 		return failed(err)
 	}
 	octx, cancel := s.opContext(ctx)
-	acks, err := s.bus.WriteAndTell(octx, func(p redis.Pipeliner) { writes(octx, p) }, msgs...)
+	var replicated *redis.IntCmd
+	acks, err := s.bus.WriteAndTell(octx, func(p redis.Pipeliner) {
+		writes(octx, p)
+		if s.replicas > 0 { // on the pipeline's connection: WAIT covers its writes
+			replicated = redis.NewIntCmd(octx, "wait", s.replicas, s.replicaTimeout.Milliseconds())
+			_ = p.Process(octx, replicated)
+		}
+	}, msgs...)
 	s.record(octx, err, st, cache)
 	cancel()
+	if err == nil && replicated != nil && replicated.Val() < int64(s.replicas) && !variantOn(s.hooks, vIgnoreReplicas) {
+		// Applied on the master, not yet where a failover could take it.
+		if err := acks.Wait(ctx); err != nil {
+			return opErr(what, err)
+		}
+		return failed(fmt.Errorf("aside: %d of %d replicas acknowledged within %v", replicated.Val(), s.replicas, s.replicaTimeout))
+	}
 	switch {
 	case err == nil:
 		if err := acks.Wait(ctx); err != nil {

@@ -68,6 +68,8 @@ type storeOptions struct {
 	relaxedL1        bool
 	l1Lease          time.Duration
 	tracer           Tracer
+	replicas         int           // WithReplicaWait
+	replicaTimeout   time.Duration // WithReplicaWait
 }
 
 // WithPrefix sets the first segment of every Redis key, so several
@@ -160,6 +162,21 @@ func WithRelaxedL1() StoreOption { return func(o *storeOptions) { o.relaxedL1 = 
 // costs more heartbeats; longer tolerates longer pauses without dropping
 // L1. Between 100 ms and 1 min. Default: 1 s.
 func WithL1Lease(d time.Duration) StoreOption { return func(o *storeOptions) { o.l1Lease = d } }
+
+// WithReplicaWait makes every invalidation wait, on the connection that
+// sent it, until at least replicas replicas of the master hold it (Redis
+// WAIT, for at most timeout, which must not exceed the op timeout). When
+// fewer do, the invalidation fails as if Redis could not be reached —
+// queued and replayed, or for [Store.ApplyRecorded] left in its record —
+// though the master applied it: a failover to a replica that missed it
+// would otherwise lose an invalidation that returned. It narrows that
+// window, not closes it (replication stays asynchronous), and costs a
+// replica's round trip per invalidation. It needs one master: a
+// *redis.Client, directly or through Sentinel (WAIT cannot follow a
+// Cluster's or a Ring's per-node pipelines); its ACL needs +wait.
+func WithReplicaWait(replicas int, timeout time.Duration) StoreOption {
+	return func(o *storeOptions) { o.replicas, o.replicaTimeout = replicas, timeout }
+}
 
 // CallOption configures one call of [Cache.Get], [Cache.GetMany] or
 // [Cache.Set].

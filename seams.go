@@ -72,6 +72,7 @@ const (
 	vCountEachRead
 	vReadFirst
 	vOwnVersionsOnly
+	vIgnoreReplicas
 )
 
 // reach tells h that the protocol is at p.

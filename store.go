@@ -39,7 +39,9 @@ type Store struct {
 	multiKey       bool             // one server holds every key: entries of a batch are read with one MGET
 	types          sync.Map         // cache name → its value type: one name, one type
 	tracer         Tracer           // nil: no spans
-	hooks          seams            // nil outside tests
+	replicas       int              // WithReplicaWait's; 0: invalidations do not wait for replicas
+	replicaTimeout time.Duration
+	hooks          seams // nil outside tests
 
 	// Background work (refreshes, lease pollers, loads, the probe, the bus)
 	// is tracked so that Close can wait for it. What runs for a caller after
@@ -87,6 +89,16 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 	if o.l1Lease < bus.MinLease || o.l1Lease > bus.MaxLease {
 		return nil, fmt.Errorf("aside: L1 lease must be in [%v, %v], got %v", bus.MinLease, bus.MaxLease, o.l1Lease)
 	}
+	if o.replicas != 0 || o.replicaTimeout != 0 {
+		_, one := rdb.(*redis.Client)
+		switch {
+		case o.replicas < 1 || o.replicaTimeout <= 0 || o.replicaTimeout > o.opTimeout:
+			return nil, fmt.Errorf("aside: replica wait needs replicas >= 1 and a timeout in (0, %v] (the op timeout), got %d and %v",
+				o.opTimeout, o.replicas, o.replicaTimeout)
+		case !one:
+			return nil, errors.New("aside: replica wait needs one master (a *redis.Client, directly or through Sentinel): WAIT cannot follow a Cluster's or a Ring's pipelines")
+		}
+	}
 	if err := checkClientTimeouts(rdb, o.opTimeout); err != nil {
 		return nil, err
 	}
@@ -110,7 +122,7 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		o.clock = time.Now
 	}
 	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, stallTolerance: tolerance, profiles: profiles, observer: o.observer, logger: o.logger, tracer: o.tracer,
-		now: o.clock, realClock: realClock, stopping: make(chan struct{})}
+		now: o.clock, realClock: realClock, stopping: make(chan struct{}), replicas: o.replicas, replicaTimeout: o.replicaTimeout}
 	_, s.multiKey = rdb.(*redis.Client) // a single node or a Sentinel-managed master; not a Ring or a Cluster
 	s.bus = bus.New(bus.Config{Client: rdb, Prefix: o.prefix, OpTimeout: o.opTimeout, Relaxed: o.relaxedL1, Lease: o.l1Lease,
 		Go: s.goTracked, OpContext: s.opContext, Detached: s.detachedOpContext, Log: s.log})
