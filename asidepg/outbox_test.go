@@ -367,3 +367,44 @@ func TestOptions(t *testing.T) {
 		}
 	}
 }
+
+// A relay whose target cannot be reached does not spin on full batches it
+// cannot finish: it looks again after its poll interval, and drains once
+// the target returns.
+func TestRelayWaitsForAnUnreachableTarget(t *testing.T) {
+	s := newSetup(t)
+	// A target whose breaker, once open, stays open: every apply fails at
+	// once, the case in which a relay would spin.
+	down, err := aside.NewStore(newClient(t, s.redis.addr), aside.WithPrefix(s.prefix), aside.WithOpTimeout(100*time.Millisecond),
+		aside.WithBreaker(1, 2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = down.Close() })
+	o, err := newOutbox(t, s.db.pool, down, WithBatch(2), WithPoll(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims atomic.Int64
+	o.hooks = &hooks{at: func(p point) {
+		if p == pointAfterClaim {
+			claims.Add(1)
+		}
+	}}
+	s.redis.kill()
+	for range 5 {
+		if _, err := s.db.pool.Exec(bgCtx, "SELECT aside_invalidate('items', ARRAY['k'])"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = down.ApplyRecorded(bgCtx, aside.Change{Tags: []string{"t"}}) // opens the breaker
+	runRelay(t, o)
+	time.Sleep(time.Second)
+	if n := claims.Load(); n > 20 {
+		t.Errorf("%d claims in 1 s with the target down and a poll of 100 ms: the relay spins", n)
+	}
+	s.redis.start(t)
+	if _, ok := within(bound, func() bool { return s.db.rows(t) == 0 }); !ok {
+		t.Errorf("%d rows left once the target returned", s.db.rows(t))
+	}
+}

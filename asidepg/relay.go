@@ -39,13 +39,13 @@ func (o *Outbox) Relay(ctx context.Context) error {
 		case <-timer.C:
 		case <-wake:
 		}
-		n, err := o.relayOnce(ctx)
+		n, allDone, err := o.relayOnce(ctx)
 		if err != nil && ctx.Err() == nil {
 			o.warn("asidepg: relay: claiming rows failed", "error", err)
 		}
 		next := o.poll
-		if n == o.batch && err == nil {
-			next = 0 // more rows wait
+		if n == o.batch && allDone && err == nil {
+			next = 0 // a full batch done: more rows may wait
 		}
 		if !timer.Stop() {
 			select {
@@ -102,23 +102,25 @@ type row struct {
 
 // relayOnce claims up to a batch of rows, applies them to each target that
 // has not applied them, and deletes (or updates) them, in one transaction.
-// It returns how many rows it claimed.
-func (o *Outbox) relayOnce(ctx context.Context) (int, error) {
+// It returns how many rows it claimed, and whether every one of them is
+// done (applied by every target, or refused): only then may more wait at
+// once — a target that cannot be reached must not make the relay spin.
+func (o *Outbox) relayOnce(ctx context.Context) (int, bool, error) {
 	tx, err := o.pool.Begin(ctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	// Its deletions need not wait for the disk: one lost in a crash of
 	// PostgreSQL is applied again, a duplicate.
 	if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	rs, err := tx.Query(ctx, `SELECT id, cache, keys, tags, stale, applied FROM aside_outbox
 		WHERE NOT fast OR created_at < clock_timestamp() - make_interval(secs => $1)
 		ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED`, o.grace.Seconds(), o.batch)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	rows, err := pgx.CollectRows(rs, func(r pgx.CollectableRow) (row, error) {
 		var w row
@@ -126,7 +128,7 @@ func (o *Outbox) relayOnce(ctx context.Context) (int, error) {
 		return w, err
 	})
 	if err != nil || len(rows) == 0 {
-		return 0, err
+		return 0, false, err
 	}
 	o.hooks.reached(pointAfterClaim)
 
@@ -178,17 +180,18 @@ func (o *Outbox) relayOnce(ctx context.Context) (int, error) {
 			partial = append(partial, w)
 		}
 	}
+	claimed := len(rows) + len(refused)
 	if len(done) > 0 {
 		if _, err := tx.Exec(ctx, "DELETE FROM aside_outbox WHERE id = ANY($1)", done); err != nil {
-			return len(rows), err
+			return claimed, false, err
 		}
 	}
 	for _, w := range partial {
 		if _, err := tx.Exec(ctx, "UPDATE aside_outbox SET applied = $2 WHERE id = $1", w.id, w.applied); err != nil {
-			return len(rows), err
+			return claimed, false, err
 		}
 	}
-	return len(rows) + len(refused), tx.Commit(ctx)
+	return claimed, len(done) == claimed, tx.Commit(ctx)
 }
 
 // Stats is what an outbox holds and what this process did with it.
