@@ -42,6 +42,7 @@ type Cache[T any] struct {
 	name    string
 	profile Profile
 	keys    keyspace
+	version int // WithVersion's
 	codec   Codec
 	// codecCopies: the codec keeps nothing of the bytes it decodes (the
 	// built-in msgpack reads them through a reader), so a reply's bytes
@@ -117,6 +118,7 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		name:    name,
 		profile: p,
 		keys:    newKeyspace(store.prefix, name, o.version),
+		version: o.version,
 		codec:   o.codec,
 		typeID:  typeFingerprint[T](),
 		hooks:   store.hooks,

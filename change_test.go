@@ -19,8 +19,8 @@ import (
 // T29: a change reaches the entries of every version of its cache in use —
 // a rolling deploy that bumps WithVersion runs two — whichever version's
 // process made it, through every way a change is made (Invalidate, Write,
-// Apply, and a Store that never created the cache, as an outbox relay),
-// every read path, with and without L1.
+// Set, Apply, and a Store that never created the cache, as an outbox
+// relay), every read path, with and without L1.
 func TestChangesReachEveryVersion(t *testing.T) {
 	ways := []struct {
 		name  string
@@ -31,6 +31,9 @@ func TestChangesReachEveryVersion(t *testing.T) {
 		}},
 		{"Write", func(writer *aside.Store, newer *aside.Cache[int], _ *aside.Store, key string) error {
 			return writer.Write(bgCtx, func(context.Context) error { return nil }, newer.Changed(key, key+"~pair"))
+		}},
+		{"Set", func(_ *aside.Store, newer *aside.Cache[int], _ *aside.Store, key string) error {
+			return newer.SetMany(bgCtx, map[string]int{key: 2, key + "~pair": 2})
 		}},
 		{"Apply by a Store without the cache", func(_ *aside.Store, _ *aside.Cache[int], relay *aside.Store, key string) error {
 			return relay.ApplyRecorded(bgCtx, aside.Change{Cache: "items", Keys: []string{key, key + "~pair"}})

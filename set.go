@@ -103,12 +103,21 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 	}
 	octx, cancel := c.store.opContext(ctx)
 	defer cancel()
+	own := variantOn(c.hooks, vOwnVersionsOnly)
+	others := slices.DeleteFunc(c.store.versions.versions(c.name, own), func(v int) bool { return v == c.version })
+	msg := bus.Message{Kind: bus.KindKeys, Cache: c.name, Names: keys}
+	var found *redis.StringSliceCmd
 	acks, err := c.store.bus.WriteAndTell(octx, func(p redis.Pipeliner) {
 		for i, k := range keys {
 			rk := c.keys.entry(k)
 			setScript.Eval(octx, p, []string{rk, leaseKey(rk)}, encoded[i], ttls[i].Milliseconds())
 		}
-	}, bus.Message{Kind: bus.KindKeys, Cache: c.name, Names: keys})
+		// The other versions in use (a rolling deploy's) lose their
+		// entries: a Set replaces the value for every reader, not only for
+		// this version's (versions.go).
+		found = p.SMembers(octx, versionsKey(c.store.prefix, c.name))
+		c.store.changeCommands(octx, p, Change{Cache: c.name, Keys: keys}, others)
+	}, msg)
 	c.store.record(octx, err, &c.stats, c.name)
 	if err != nil {
 		return opErr("set", err)
@@ -118,6 +127,14 @@ func (c *Cache[T]) set(ctx context.Context, keys []string, values map[string]T, 
 	}
 	if err := acks.Wait(ctx); err != nil {
 		return opErr("set", err)
+	}
+	if more := c.store.versions.learn(c.name, found.Val()); len(more) > 0 && !own {
+		// Not queued: a failure fails the Set, which then invalidates its
+		// keys in every version (SetMany), queued if it must be.
+		return c.store.invalidateVia(ctx, "set", &c.stats, c.name, false, nil, []bus.Message{msg},
+			func(octx context.Context, p redis.Pipeliner) {
+				c.store.changeCommands(octx, p, Change{Cache: c.name, Keys: keys}, more)
+			})
 	}
 	return nil
 }

@@ -218,8 +218,10 @@ func nonNil(s []string) []string {
 // Apply applies the recorded changes to the outbox's Store, then has
 // their rows deleted in the background (or, with other targets, marked as
 // applied by this Store). Call it once the transaction has committed. An
-// error matches [aside.ErrQueued]: the rows stay, and a relay applies them
-// once Redis answers.
+// error matches [aside.ErrQueued]: as with [aside.Store.Apply], the
+// changes are queued in this process and replayed before its next
+// invalidation (so that its invalidations take effect in order), and their
+// rows stay for a relay, should this process die first.
 func (r Recorded) Apply(ctx context.Context) error {
 	o := r.o
 	if o == nil || len(r.changes) == 0 {
@@ -236,7 +238,11 @@ func (r Recorded) Apply(ctx context.Context) error {
 		r.ids = ids
 	}
 	o.hooks.reached(pointBeforeFastApply)
-	if err := o.targets[0].store.ApplyRecorded(ctx, r.changes...); err != nil {
+	// Apply, not ApplyRecorded: what cannot reach Redis is also queued in
+	// this process, so that its invalidations keep taking effect in the
+	// order they were made (the queue is replayed before the next one);
+	// the rows stay for a relay should the process die first.
+	if err := o.targets[0].store.Apply(ctx, r.changes...); err != nil {
 		o.applyErrors.Add(1)
 		return &leftError{cause: err}
 	}
