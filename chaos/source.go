@@ -53,7 +53,15 @@ func openPostgres(ctx context.Context, url, table string) (*pgSource, error) {
 	// others waits for its first connection.
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	pool, err := pgxpool.New(cctx, url)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	// A reader's 4 goroutines, its refreshes and its batches load at once:
+	// with pgx's default of 4 connections on 2 cores, loads waited up to
+	// 0.9 s for a connection, and a few ran past the 2 s load timeout.
+	cfg.MaxConns = max(cfg.MaxConns, 8)
+	pool, err := pgxpool.NewWithConfig(cctx, cfg)
 	if err != nil {
 		return nil, err
 	}
