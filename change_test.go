@@ -90,9 +90,8 @@ func TestChangesReachEveryVersion(t *testing.T) {
 	})
 }
 
-// A version recorded while an invalidation runs, or first found in Redis by
-// it, is learnt: the next invalidation reaches it in its first round trip.
-// And a Store reads nothing before its versions are recorded.
+// A Store reads nothing before its versions are recorded, and records them
+// again every refresh interval while it reads.
 func TestVersionsAreRecordedBeforeTheFirstRead(t *testing.T) {
 	srv := miniredis.RunT(t)
 	b := &backend{addr: srv.Addr(), mini: srv}
@@ -105,6 +104,13 @@ func TestVersionsAreRecordedBeforeTheFirstRead(t *testing.T) {
 	if got, err := srv.SMembers("p:#v:{items}"); err != nil || !reflect.DeepEqual(got, []string{"7"}) {
 		t.Fatalf("versions in use = %v, %v; want [7] before the first read", got, err)
 	}
+	// Lost (a flush, a restart) without any breaker noticing: recorded
+	// again, in the background, by a read after the refresh interval.
+	aside.SetVersionRefresh(store, 50*time.Millisecond)
+	srv.Del("p:#v:{items}")
+	time.Sleep(100 * time.Millisecond)
+	mustGet(t, c, "k", func(context.Context) (int, error) { return 1, nil })
+	eventually(t, "the versions recorded again", func() bool { return srv.Exists("p:#v:{items}") })
 }
 
 // Apply and ApplyRecorded with Redis down: Apply queues (ErrQueued) and the

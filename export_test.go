@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
@@ -145,3 +146,6 @@ func naiveGet[T any](ctx context.Context, c *Cache[T], cl *call[T], src source[T
 	v, _ := r.Val.(T)
 	cl.finish(v, r.Err)
 }
+
+// SetVersionRefresh replaces how often s records its caches' versions again.
+func SetVersionRefresh(s *Store, d time.Duration) { s.versionRefresh = d }

@@ -34,6 +34,7 @@ type Store struct {
 	bus            *bus.Bus         // carries invalidations to every Store's L1
 	pending        replayQueue      // invalidations that failed, replayed before Redis is read again
 	versions       versionBook      // the versions in use of each cache (versions.go)
+	versionRefresh time.Duration    // how often they are recorded again: versionRefresh; tests shorten it
 	now            func() time.Time // the clock of freshness decisions; tests replace it
 	realClock      bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
 	multiKey       bool             // one server holds every key: entries of a batch are read with one MGET
@@ -122,7 +123,8 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) (*Store, error) {
 		o.clock = time.Now
 	}
 	s := &Store{rdb: rdb, prefix: o.prefix, opTimeout: o.opTimeout, stallTolerance: tolerance, profiles: profiles, observer: o.observer, logger: o.logger, tracer: o.tracer,
-		now: o.clock, realClock: realClock, stopping: make(chan struct{}), replicas: o.replicas, replicaTimeout: o.replicaTimeout}
+		now: o.clock, realClock: realClock, stopping: make(chan struct{}), replicas: o.replicas, replicaTimeout: o.replicaTimeout,
+		versionRefresh: versionRefresh}
 	_, s.multiKey = rdb.(*redis.Client) // a single node or a Sentinel-managed master; not a Ring or a Cluster
 	s.bus = bus.New(bus.Config{Client: rdb, Prefix: o.prefix, OpTimeout: o.opTimeout, Relaxed: o.relaxedL1, Lease: o.l1Lease,
 		Go: s.goTracked, OpContext: s.opContext, Detached: s.detachedOpContext, Log: s.log})

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -34,7 +35,18 @@ type versionBook struct {
 	unsent  map[string][]int // this Store's versions not yet recorded in Redis
 	sending *recording       // the recording of unsent in flight, if any
 	nUnsent atomic.Int32     // len(unsent), read on every usable without the lock
+	// recordedAt is when the versions were last recorded (unix ns), and
+	// refreshing whether a recording again is under way (refreshVersions).
+	recordedAt atomic.Int64
+	refreshing atomic.Bool
 }
+
+// versionRefresh is how often a Store records its versions again while it
+// uses Redis: a Redis restarted empty, flushed or evicting loses the set
+// without any breaker noticing (the client's retries hide a restart), and
+// an invalidation would then miss the entries of a version it has not
+// learnt. Recording again bounds that to this long after the loss.
+const versionRefresh = 5 * time.Second
 
 // recording is one SADD round trip of the unsent versions; the callers
 // that find it in flight wait for its outcome instead of sending their own.
@@ -110,9 +122,16 @@ func insertSorted(vs []int, v int) []int {
 // is recorded in Redis, recording them now if not (one round trip, the
 // first time; concurrent callers share it, each waiting at most until its
 // ctx ends). A failure counts in st, the counters of the caller's cache.
+// Once recorded, it records them again in the background every
+// versionRefresh, and answers at once.
 func (s *Store) versionsRecorded(ctx context.Context, st *counters, cache string) bool {
 	b := &s.versions
 	if b.nUnsent.Load() == 0 {
+		if at := b.recordedAt.Load(); at != 0 && time.Now().UnixNano()-at > int64(s.versionRefresh) && b.refreshing.CompareAndSwap(false, true) {
+			if !s.goTracked(func() { defer b.refreshing.Store(false); s.refreshVersions() }) {
+				b.refreshing.Store(false)
+			}
+		}
 		return true
 	}
 	b.mu.Lock()
@@ -134,19 +153,7 @@ func (s *Store) versionsRecorded(ctx context.Context, st *counters, cache string
 	b.mu.Unlock()
 
 	// On a context no caller can cut short: the others wait for it.
-	octx, cancel := s.opContext(context.WithoutCancel(ctx))
-	defer cancel()
-	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
-		for name, vs := range unsent {
-			members := make([]any, len(vs))
-			for i, v := range vs {
-				members[i] = v
-			}
-			p.SAdd(octx, versionsKey(s.prefix, name), members...)
-		}
-		return nil
-	})
-	s.record(octx, err, st, cache)
+	err := s.recordVersions(context.WithoutCancel(ctx), unsent, st, cache)
 	b.mu.Lock()
 	if err == nil {
 		for name, vs := range unsent {
@@ -162,6 +169,40 @@ func (s *Store) versionsRecorded(ctx context.Context, st *counters, cache string
 	r.ok = err == nil
 	close(r.done)
 	return r.ok
+}
+
+// refreshVersions records every version of this Store's caches again.
+func (s *Store) refreshVersions() {
+	b := &s.versions
+	b.mu.Lock()
+	own := make(map[string][]int, len(b.own))
+	for name, vs := range b.own {
+		own[name] = slices.Clone(vs)
+	}
+	b.mu.Unlock()
+	_ = s.recordVersions(context.Background(), own, nil, "")
+}
+
+// recordVersions adds versions to their sets in one round trip, and notes
+// when.
+func (s *Store) recordVersions(ctx context.Context, versions map[string][]int, st *counters, cache string) error {
+	octx, cancel := s.opContext(ctx)
+	defer cancel()
+	_, err := s.rdb.Pipelined(octx, func(p redis.Pipeliner) error {
+		for name, vs := range versions {
+			members := make([]any, len(vs))
+			for i, v := range vs {
+				members[i] = v
+			}
+			p.SAdd(octx, versionsKey(s.prefix, name), members...)
+		}
+		return nil
+	})
+	s.record(octx, err, st, cache)
+	if err == nil {
+		s.versions.recordedAt.Store(time.Now().UnixNano())
+	}
+	return err
 }
 
 // versionsInUse reads the versions in use of each cache in names (one
