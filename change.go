@@ -193,7 +193,7 @@ func (s *Store) invalidateChanges(ctx context.Context, what string, st *counters
 		return nil
 	}
 	var again []Change // the key changes of those caches, without their tags
-	msgs = msgs[:0]
+	msgs = nil         // the first round's are the bus's now
 	for _, ch := range changes {
 		if len(more[ch.Cache]) > 0 && len(ch.Keys) > 0 {
 			again = append(again, Change{Cache: ch.Cache, Keys: ch.Keys, Stale: ch.Stale})

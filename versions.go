@@ -68,14 +68,13 @@ func (b *versionBook) use(name string, v int) {
 	b.nUnsent.Store(int32(len(b.unsent)))
 }
 
-// resend marks every version of this Store's caches as not recorded.
+// resend has the versions of this Store's caches recorded again, in the
+// background, by the next read: a read never waits for (or, should it fail,
+// loses Redis to) a recording of versions recorded before.
 func (b *versionBook) resend() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for name, vs := range b.own {
-		b.unsent[name] = slices.Clone(vs)
+	if b.recordedAt.Load() != 0 {
+		b.recordedAt.Store(1) // long ago: due
 	}
-	b.nUnsent.Store(int32(len(b.unsent)))
 }
 
 // versions returns the versions of name known to be in use; with own,

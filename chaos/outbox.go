@@ -56,14 +56,15 @@ func newOutboxWatch(ctx context.Context, base string) (*outboxWatch, error) {
 	return b, nil
 }
 
-// watch samples the outbox every 50 ms until close.
+// watch samples the outbox every 200 ms until close (more often costs
+// PostgreSQL a scan of a churning table that the run's loads feel).
 func (b *outboxWatch) watch() {
 	if b == nil {
 		return
 	}
 	go func() {
 		defer close(b.done)
-		t := time.NewTicker(50 * time.Millisecond)
+		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
@@ -129,7 +130,7 @@ func (b *outboxWatch) report(w io.Writer, left int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	fmt.Fprintf(w, "\nOutbox (asidepg; writers record their invalidations in the write's transaction, and run the relay): "+
-		"at most %d rows waiting, the oldest %.0f ms old (grace 500 ms, poll 200 ms); %d rows left after the run.\n",
+		"at most %d rows waiting, the oldest %.0f ms old (grace 2 s, poll 200 ms); %d rows left after the run.\n",
 		b.maxRows, float64(b.maxAge)/float64(time.Millisecond), left)
 }
 

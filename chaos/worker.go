@@ -248,7 +248,13 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	if cfg.outbox && role == "writer" {
 		// Each writer runs a relay too: the other one's applies what a
 		// killed writer committed and never applied.
-		if box, err = asidepg.New(src.(*pgSource).pool, c.store); err != nil {
+		// A grace of 2 s: on this 2-core machine a writer's deletion of the
+		// rows it applied can lag past the default 500 ms, and a relay then
+		// applies them again — a duplicate invalidation the checker cannot
+		// see, which revokes a reader's lease (counted as a load beside a
+		// lease). A killed writer's change still takes effect well within
+		// the run's 3 s TTL.
+		if box, err = asidepg.New(src.(*pgSource).pool, c.store, asidepg.WithGrace(2*time.Second)); err != nil {
 			return err
 		}
 		wg.Go(func() { _ = box.Relay(ctx) })
@@ -268,7 +274,11 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 				k := int(zipf.Uint64())
 				if role == "writer" {
 					write(ctx, c, src, box, rec, id, k, cfg.broken, &hang)
-					time.Sleep(time.Duration(2+r.IntN(8)) * time.Millisecond)
+					// 4–20 ms between writes (2–10 before the outbox): each write
+					// now also inserts and deletes an outbox row, and the
+					// PostgreSQL of a 2-core machine then ran loads past their
+					// 2 s timeout.
+					time.Sleep(time.Duration(4+r.IntN(16)) * time.Millisecond)
 					continue
 				}
 				read(ctx, c, src, rec, id, r, zipf, k, cfg.loadWork)
