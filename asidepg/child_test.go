@@ -71,8 +71,9 @@ func runChild(role string) {
 		}
 		o.hooks = stopAt(pointBeforeFastApply, "committed")
 		if role == roleWriterBroken {
-			o.hooks = stopAt(pointBeforeRecord, "committed")
-			o.hooks.recordAfterCommit = true
+			h := stopAt(pointBeforeRecord, "committed")
+			h.recordAfterCommit = true
+			o.hooks = h
 		}
 		err = o.Write(ctx, func(ctx context.Context, tx pgx.Tx) error { return bump(ctx, tx, id) },
 			aside.Change{Cache: "items", Keys: []string{id}})

@@ -40,7 +40,7 @@ type Outbox struct {
 	poll    time.Duration
 	batch   int
 	log     *slog.Logger
-	hooks   *hooks // nil outside tests
+	hooks   seams // nil outside tests
 
 	fastApplied, relayed, rejected, applyErrors atomic.Uint64
 
@@ -172,7 +172,7 @@ func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, changes ...aside.Change)
 	if err != nil || len(flat) == 0 {
 		return Recorded{o: o}, err
 	}
-	if o.hooks != nil && o.hooks.recordAfterCommit {
+	if recordsAfterCommit(o.hooks) {
 		return Recorded{o: o, changes: flat}, nil // the broken variant: Apply records them, after the commit
 	}
 	ids, err := insertChanges(ctx, tx, flat, true)
@@ -227,17 +227,17 @@ func (r Recorded) Apply(ctx context.Context) error {
 	if o == nil || len(r.changes) == 0 {
 		return nil
 	}
-	if o.hooks != nil && o.hooks.recordAfterCommit {
+	if recordsAfterCommit(o.hooks) {
 		// The broken variant records after the commit, in a transaction of
 		// its own: a writer that dies first loses the changes.
-		o.hooks.reached(pointBeforeRecord)
+		reach(o.hooks, pointBeforeRecord)
 		ids, err := insertChanges(ctx, o.pool, r.changes, true)
 		if err != nil {
 			return err
 		}
 		r.ids = ids
 	}
-	o.hooks.reached(pointBeforeFastApply)
+	reach(o.hooks, pointBeforeFastApply)
 	// Apply, not ApplyRecorded: what cannot reach Redis is also queued in
 	// this process, so that its invalidations keep taking effect in the
 	// order they were made (the queue is replayed before the next one);

@@ -130,7 +130,7 @@ func (o *Outbox) relayOnce(ctx context.Context) (int, bool, error) {
 	if err != nil || len(rows) == 0 {
 		return 0, false, err
 	}
-	o.hooks.reached(pointAfterClaim)
+	reach(o.hooks, pointAfterClaim)
 
 	var refused []int64
 	rows = slices.DeleteFunc(rows, func(w row) bool {
@@ -163,7 +163,7 @@ func (o *Outbox) relayOnce(ctx context.Context) (int, bool, error) {
 			applied[id] = append(applied[id], t.name)
 		}
 	}
-	o.hooks.reached(pointAfterRelayApply)
+	reach(o.hooks, pointAfterRelayApply)
 
 	done := refused
 	var partial []row
@@ -261,16 +261,18 @@ const (
 	pointAfterRelayApply              // a relay applied its rows, before it deletes them
 )
 
-// hooks are the tests' (nil outside them): a function called at each point,
-// and a broken variant that records changes after the commit instead of in
-// the transaction.
-type hooks struct {
-	at                func(point)
-	recordAfterCommit bool
+// seams are where the tests watch a writer or a relay (to kill it at a
+// point) and switch on a broken variant; nil outside tests, whose side is
+// hooks_test.go.
+type seams interface {
+	reached(p point)
+	recordsAfterCommit() bool // the broken variant: changes recorded after the commit, not in the transaction
 }
 
-func (h *hooks) reached(p point) {
-	if h != nil && h.at != nil {
-		h.at(p)
+func reach(h seams, p point) {
+	if h != nil {
+		h.reached(p)
 	}
 }
+
+func recordsAfterCommit(h seams) bool { return h != nil && h.recordsAfterCommit() }
