@@ -37,11 +37,11 @@ var (
 func main() {}
 `
 
-// TestReadmeSnippetsCompile compiles the README's snippets that use this
-// module (the core's test compiles the others) as bodies of functions
+// TestReadmeSnippetsCompile compiles the snippets of docs/durable.md that
+// use this module (the core's test compiles the README's) as bodies of functions
 // returning an error.
 func TestReadmeSnippetsCompile(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
+	readme, err := os.ReadFile("../docs/durable.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestReadmeSnippetsCompile(t *testing.T) {
 		fmt.Fprintf(&src, "\nfunc snippet%d() error {\n%s\n\treturn nil\n}\n", n, strings.Join(lines, "\n"))
 	}
 	if n == 0 {
-		t.Fatal("the README has no snippet using asidepg")
+		t.Fatal("docs/durable.md has no snippet using asidepg")
 	}
 	dir, err := os.MkdirTemp(".", "_readme")
 	if err != nil {
