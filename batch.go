@@ -94,6 +94,9 @@ func (c *Cache[T]) getMany(ctx context.Context, keys []string, load BatchLoader[
 		if c.l1 != nil {
 			if v, ok := c.l1.Get(k); ok {
 				c.stats.l1Hits.Add(1)
+				if c.check != nil {
+					c.check.sampleL1Hit(k, v)
+				}
 				out[k] = v
 				if outcomes != nil {
 					outcomes[OutcomeL1Hit]++

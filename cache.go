@@ -60,6 +60,7 @@ type Cache[T any] struct {
 	// negative entry, a key a batch loader left out) answers.
 	ownNotFound, notFoundAnswer error
 	l1                          *l1.Tier[T] // nil unless WithL1
+	check                       *checker[T] // nil unless WithCheck
 
 	mu         sync.Mutex                 // protects leases, retired, polls, scripts, degraded and the pollers' rounds
 	leases     map[string]*flight[T]      // fill attempts of this process, by lease token
@@ -141,6 +142,18 @@ func New[T any](store *Store, name string, opts ...Option) (*Cache[T], error) {
 		}
 		store.bus.Register(name, c.l1)
 	}
+	if o.check != nil {
+		cfg, ok := o.check.(Check[T])
+		if !ok {
+			return nil, fmt.Errorf("aside: WithCheck for %T on a cache of %v: it needs a Check[%v]", o.check, t, t)
+		}
+		k, err := newChecker(c, cfg)
+		if err != nil {
+			return nil, err
+		}
+		c.check = k
+		store.checks.Store(name, k)
+	}
 	// Recorded in Redis before the Store's next read (versions.go), so that
 	// invalidations made elsewhere reach this version's entries.
 	store.versions.use(name, o.version)
@@ -154,6 +167,9 @@ func (c *Cache[T]) Name() string { return c.name }
 func (c *Cache[T]) Stats() Stats {
 	s := c.stats.snapshot()
 	s.Cache, s.Profile, s.Breaker, s.Coherence = c.name, c.profile.Name, BreakerState(c.store.breaker.State()), c.store.Coherence()
+	if c.check != nil {
+		s.Check = c.check.stats()
+	}
 	return s
 }
 
@@ -187,6 +203,9 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T], opts ...
 		// (An L1 miss looks once more below, on its way to Redis.)
 		if v, ok := c.l1.Get(key); ok {
 			c.stats.l1Hits.Add(1)
+			if c.check != nil {
+				c.check.sampleL1Hit(key, v)
+			}
 			return v, nil
 		}
 	}
@@ -255,6 +274,9 @@ func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err e
 	if c.l1 != nil {
 		if v, ok := c.l1.Get(key); ok {
 			c.stats.l1Hits.Add(1)
+			if c.check != nil {
+				c.check.sampleL1Hit(key, v)
+			}
 			return nil, v, nil
 		}
 	}

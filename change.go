@@ -165,6 +165,7 @@ func (s *Store) invalidateChanges(ctx context.Context, what string, st *counters
 			}
 		}
 	}
+	changedMs := s.now().UnixMilli()
 	err := s.invalidateVia(ctx, what, st, cache, queue, ops, msgs, func(octx context.Context, p redis.Pipeliner) {
 		for name, ck := range caches {
 			ck.found = p.SMembers(octx, versionsKey(s.prefix, name))
@@ -180,6 +181,7 @@ func (s *Store) invalidateChanges(ctx context.Context, what string, st *counters
 	if err != nil {
 		return err
 	}
+	s.sampleChanges(changes, changedMs)
 	// Versions in use that this Store did not know of (another deploy's):
 	// their entries too, and every Store's L1 told again — an L1 may have
 	// read one of them back between the two round trips.

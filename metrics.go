@@ -46,6 +46,8 @@ type Stats struct {
 	OversizeSkips uint64        // values larger than the profile's MaxEntryBytes, returned but not stored
 	Degraded      uint64        // reads that skipped Redis because the breaker was open
 	BytesWritten  uint64        // envelope bytes written to Redis
+	// Check is what the consistency checker found ([WithCheck]).
+	Check CheckStats
 }
 
 // CoherenceStats reports how a Store keeps L1 tiers coherent: its own L1's
@@ -152,6 +154,7 @@ const (
 	EventEncodeError                        // a loaded value did not encode; Err holds why
 	EventLoadError                          // a loader failed or panicked; Err holds why
 	EventOversize                           // a value was not stored: larger than MaxEntryBytes
+	EventInconsistent                       // the consistency checker confirmed an inconsistency; Key names the key ([WithCheck])
 )
 
 // String returns the kind's name, as used in logs and metric labels.
@@ -171,6 +174,8 @@ func (k EventKind) String() string {
 		return "load-error"
 	case EventOversize:
 		return "oversize"
+	case EventInconsistent:
+		return "inconsistent"
 	}
 	return "unknown"
 }
@@ -185,6 +190,9 @@ type Event struct {
 	// breaker opened or closed (nodes.go); empty for the Store's breaker
 	// and for every other event.
 	Node string
+	// Key is the key of an EventInconsistent, for a log: never a metric
+	// label (keys are unbounded). Empty for every other event.
+	Key string
 }
 
 // Observer receives events synchronously, on the goroutine that caused them;

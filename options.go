@@ -20,6 +20,7 @@ type cacheOptions struct {
 	codec     Codec
 	l1Entries int
 	l1TTL     time.Duration
+	check     any // WithCheck's Check[T]
 }
 
 // WithVersion sets the schema version embedded in every key. Bump it when T

@@ -247,6 +247,9 @@ func (c *Cache[T]) serve(ctx context.Context, cl *call[T], b []byte, src source[
 	}
 	c.count(cl, &c.stats.hits)
 	cl.outcome = OutcomeHit
+	if c.check != nil {
+		c.check.sampleRedisHit(cl.key, e.Payload)
+	}
 	cl.l1OK, cl.freshUntil, cl.entryTags = true, freshUntil, e.Tags
 	return true
 }

@@ -39,6 +39,7 @@ type Store struct {
 	realClock      bool             // now is time.Now: an L1 hit reads the clock once for freshness and lease
 	multiKey       bool             // one server holds every key: entries of a batch are read with one MGET
 	types          sync.Map         // cache name → its value type: one name, one type
+	checks         sync.Map         // cache name → its consistency checker (check.go), for the invalidations applied here
 	tracer         Tracer           // nil: no spans
 	replicas       int              // WithReplicaWait's; 0: invalidations do not wait for replicas
 	replicaTimeout time.Duration

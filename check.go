@@ -1,0 +1,456 @@
+package aside
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asidecache/aside/internal/envelope"
+	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// The consistency checker: a sample of a cache's hits and of the key
+// invalidations this process applies, checked against the source of truth
+// off the request path, within a budget of loader calls (docs/design.md,
+// "Knowing it in production"). A check never changes what is cached.
+
+// Check configures the consistency checker of a cache of T: see [WithCheck].
+type Check[T any] struct {
+	// Load reads one key from the source of truth, as the cache's loaders
+	// do; the checker calls it, never the caller's loader. Required. It may
+	// return ErrNotFound (or the cache's own not-found error).
+	Load func(ctx context.Context, key string) (T, error)
+	// Hits is the fraction of hits (L1 and Redis, every read path) whose
+	// value is reloaded and compared with what was served, in [0, 1].
+	Hits float64
+	// Invalidations is the fraction of this process's key invalidations
+	// (Invalidate, MarkStale, Store.Write and Store.Apply — an outbox
+	// relay's changes included) after which the entry is looked at, in
+	// [0, 1].
+	Invalidations float64
+	// LoadsPerSecond caps the checker's loader calls (default 10). A sample
+	// that would exceed it is dropped and counted in CheckStats.Skipped.
+	LoadsPerSecond float64
+	// Equal compares a served value with a reloaded one. Default: their
+	// encodings (msgpack with map keys sorted, or the cache's codec) are
+	// equal.
+	Equal func(a, b T) bool
+	// Windows are the delays after an invalidation at which its entry is
+	// looked at. Default: 1 s, 10 s, 60 s.
+	Windows [3]time.Duration
+	// Recheck is how long a hit whose value differed from the source waits
+	// before it is checked again — the source may have changed in between
+	// and its invalidation be on its way. Default: 1 s.
+	Recheck time.Duration
+}
+
+// WithCheck switches on the consistency checker for a cache of T (New
+// refuses it for another type): a sample of hits is reloaded and compared
+// with what was served, a difference counted only if the cache still
+// serves it after Recheck and the source still differs; a sample of key
+// invalidations is followed by a look at the entry after each window, an
+// entry whose load began before the invalidation counted only if a reload
+// differs from it. Results are in [Stats].Check and exported by the
+// exporters; each confirmed inconsistency is also an [EventInconsistent]
+// carrying its key. The sampled-out path costs a random number and
+// allocates nothing.
+func WithCheck[T any](check Check[T]) Option {
+	return func(o *cacheOptions) { o.check = check }
+}
+
+// CheckStats is what the consistency checker found ([WithCheck]); all zero
+// without it.
+type CheckStats struct {
+	Hits CheckWindow // sampled hits; Window is the recheck delay
+	// Invalidations holds one window each: a check counts in every window
+	// it reached.
+	Invalidations [3]CheckWindow
+	Loads         uint64 // loader calls the checker made
+	Skipped       uint64 // samples dropped: over the budget, the queue full, or the source unreadable
+}
+
+// CheckWindow counts checks that looked at entries Window after their
+// sample: Checked of them, Inconsistent confirmed.
+type CheckWindow struct {
+	Window       time.Duration
+	Checked      uint64
+	Inconsistent uint64
+}
+
+// Nines returns -log10 of the inconsistent fraction ("5 nines consistent
+// within 1 s"): +Inf when none was inconsistent, 0 when none was checked.
+func (w CheckWindow) Nines() float64 {
+	if w.Checked == 0 {
+		return 0
+	}
+	return -math.Log10(float64(w.Inconsistent) / float64(w.Checked))
+}
+
+// checkQueue bounds the samples waiting for the checker, and checkPending
+// the checks waiting for their window.
+const (
+	checkQueue   = 256
+	checkPending = 4096
+)
+
+type checkCounts struct{ checked, inconsistent atomic.Uint64 }
+
+// checker is one cache's consistency checker. Samples reach its goroutine
+// through a channel (never blocking the read that sampled them); the
+// goroutine starts with the first sample and ends when the Store closes.
+type checker[T any] struct {
+	c                *Cache[T]
+	cfg              Check[T]
+	hitRate, invRate uint64 // sampling thresholds: rand.Uint64() < rate
+	tasks            chan checkTask[T]
+	start            sync.Once
+	hits             checkCounts
+	windows          [3]checkCounts
+	loads, skipped   atomic.Uint64
+	budget           float64   // loader calls available (a second's worth at most); the goroutine's only
+	budgetAt         time.Time // when budget was last refilled
+}
+
+type checkTask[T any] struct {
+	key string
+	due time.Time
+	// A hit: the payload served from Redis, or the value served from L1.
+	hit     bool
+	payload []byte
+	value   T
+	decoded bool // value holds the served value (an L1 hit's, or a payload decoded)
+	again   bool // the recheck of a hit that differed
+	// An invalidation: when it was applied (the Store's clock, as entries'
+	// creation times are; and the real one, for the windows), and the
+	// window to look in next.
+	changedMs int64
+	changedAt time.Time
+	window    int
+}
+
+func newChecker[T any](c *Cache[T], cfg Check[T]) (*checker[T], error) {
+	switch {
+	case cfg.Load == nil:
+		return nil, errors.New("aside: WithCheck needs Load, to reload what it checks")
+	case !(cfg.Hits >= 0 && cfg.Hits <= 1) || !(cfg.Invalidations >= 0 && cfg.Invalidations <= 1):
+		return nil, fmt.Errorf("aside: WithCheck: sampling rates must be in [0, 1], got Hits %v, Invalidations %v", cfg.Hits, cfg.Invalidations)
+	case cfg.LoadsPerSecond < 0 || math.IsNaN(cfg.LoadsPerSecond) || cfg.Recheck < 0:
+		return nil, fmt.Errorf("aside: WithCheck: LoadsPerSecond and Recheck must not be negative, got %v and %v", cfg.LoadsPerSecond, cfg.Recheck)
+	}
+	if cfg.LoadsPerSecond == 0 {
+		cfg.LoadsPerSecond = 10
+	}
+	if cfg.Recheck == 0 {
+		cfg.Recheck = time.Second
+	}
+	if cfg.Windows == [3]time.Duration{} {
+		cfg.Windows = [3]time.Duration{time.Second, 10 * time.Second, time.Minute}
+	}
+	for i, w := range cfg.Windows {
+		if w <= 0 || i > 0 && w <= cfg.Windows[i-1] {
+			return nil, fmt.Errorf("aside: WithCheck: Windows must be positive and increasing, got %v", cfg.Windows)
+		}
+	}
+	return &checker[T]{c: c, cfg: cfg, hitRate: threshold(cfg.Hits), invRate: threshold(cfg.Invalidations),
+		tasks: make(chan checkTask[T], checkQueue), budget: max(cfg.LoadsPerSecond, 1)}, nil
+}
+
+// threshold turns a rate into the bound a uniform uint64 is sampled under.
+func threshold(rate float64) uint64 {
+	if rate >= 1 {
+		return math.MaxUint64
+	}
+	return uint64(rate * (1 << 64))
+}
+
+func sampled(rate uint64) bool {
+	return rate != 0 && (rate == math.MaxUint64 || rand.Uint64() < rate)
+}
+
+// sampleL1Hit and sampleRedisHit are called on a hit, sampled or not: the
+// sampled-out path is one random number. An L1 value is shared read-only,
+// so it is kept as it is; a Redis hit's payload is copied (the caller owns
+// the value it returns, and may change it).
+func (k *checker[T]) sampleL1Hit(key string, v T) {
+	if sampled(k.hitRate) {
+		k.enqueue(checkTask[T]{key: key, hit: true, value: v, decoded: true})
+	}
+}
+
+func (k *checker[T]) sampleRedisHit(key string, payload []byte) {
+	if sampled(k.hitRate) {
+		k.enqueue(checkTask[T]{key: key, hit: true, payload: bytes.Clone(payload)})
+	}
+}
+
+// sampleInvalidation follows a sample of keys invalidated at changedMs.
+func (k *checker[T]) sampleInvalidation(keys []string, changedMs int64) {
+	for _, key := range keys {
+		if sampled(k.invRate) {
+			now := time.Now()
+			k.enqueue(checkTask[T]{key: key, changedMs: changedMs, changedAt: now, due: now.Add(k.cfg.Windows[0])})
+		}
+	}
+}
+
+func (k *checker[T]) enqueue(t checkTask[T]) {
+	k.start.Do(func() { k.c.store.goTracked(k.run) })
+	select {
+	case k.tasks <- t:
+	default:
+		k.skipped.Add(1)
+	}
+}
+
+// run checks what is due, one check at a time, until the Store closes.
+func (k *checker[T]) run() {
+	var waiting []checkTask[T] // by due time, at most checkPending
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := time.Hour
+		if len(waiting) > 0 {
+			next = time.Until(waiting[0].due)
+		}
+		timer.Reset(max(next, 0))
+		select {
+		case <-k.c.store.stopping:
+			return
+		case t := <-k.tasks:
+			waiting = k.schedule(waiting, t)
+		case <-timer.C:
+		}
+		for len(waiting) > 0 && !time.Now().Before(waiting[0].due) {
+			t := waiting[0]
+			waiting = waiting[1:]
+			if more, ok := k.check(t); ok {
+				waiting = k.schedule(waiting, more)
+			}
+		}
+	}
+}
+
+// schedule inserts t in due order (a hit's first check is due at once).
+func (k *checker[T]) schedule(waiting []checkTask[T], t checkTask[T]) []checkTask[T] {
+	if len(waiting) >= checkPending {
+		k.skipped.Add(1)
+		return waiting
+	}
+	i := len(waiting)
+	for i > 0 && waiting[i-1].due.After(t.due) {
+		i--
+	}
+	return append(waiting[:i], append([]checkTask[T]{t}, waiting[i:]...)...)
+}
+
+// check runs one check, and returns the one that follows it, if any.
+func (k *checker[T]) check(t checkTask[T]) (next checkTask[T], more bool) {
+	if t.hit {
+		return k.checkHit(t)
+	}
+	return k.checkInvalidation(t)
+}
+
+// checkHit compares a served value with the source; a difference is checked
+// again after Recheck, and counted only if the cache still serves the same
+// value then while the source, read first, still differs.
+func (k *checker[T]) checkHit(t checkTask[T]) (checkTask[T], bool) {
+	served := t.value
+	if !t.decoded {
+		if err := k.c.codec.Unmarshal(t.payload, &served); err != nil {
+			k.skipped.Add(1)
+			return t, false
+		}
+	}
+	src, found, ok := k.reload(t.key)
+	if !ok {
+		return t, false
+	}
+	if found && k.same(served, src) {
+		k.hits.checked.Add(1)
+		return t, false
+	}
+	if !t.again {
+		t.again, t.due, t.value, t.decoded, t.payload = true, time.Now().Add(k.cfg.Recheck), served, true, nil
+		return t, true
+	}
+	now, cached := k.served(t.key)
+	if cached && k.same(now, served) {
+		k.inconsistent(&k.hits, t.key, fmt.Errorf("aside: check: a hit served a value the source no longer holds, and still serves it %v later", k.cfg.Recheck))
+		return t, false
+	}
+	k.hits.checked.Add(1)
+	return t, false
+}
+
+// checkInvalidation looks at an entry one window after its invalidation:
+// an entry whose load began before it is a suspect, counted if a reload
+// differs from it.
+func (k *checker[T]) checkInvalidation(t checkTask[T]) (checkTask[T], bool) {
+	next := t
+	if next.window++; next.window < len(k.cfg.Windows) {
+		next.due = t.changedAt.Add(k.cfg.Windows[next.window])
+	}
+	counts := &k.windows[t.window]
+	e, raw, err := k.entry(t.key)
+	switch {
+	case err != nil:
+		k.skipped.Add(1)
+		return next, next.window < len(k.cfg.Windows)
+	case raw == nil || e.Stale() || e.CreatedMs > t.changedMs: // the same millisecond: a suspect
+		counts.checked.Add(1)
+		return next, next.window < len(k.cfg.Windows)
+	}
+	src, found, ok := k.reload(t.key)
+	if !ok {
+		return next, next.window < len(k.cfg.Windows)
+	}
+	consistent := !found && e.Negative()
+	if found && !e.Negative() {
+		var cached T
+		consistent = k.c.codec.Unmarshal(e.Payload, &cached) == nil && k.same(cached, src)
+	}
+	if consistent {
+		counts.checked.Add(1)
+	} else {
+		k.inconsistent(counts, t.key, fmt.Errorf("aside: check: an entry loaded %v before an invalidation is still cached %v after it, and differs from the source",
+			time.Duration(t.changedMs-e.CreatedMs)*time.Millisecond, k.cfg.Windows[t.window]))
+	}
+	return next, next.window < len(k.cfg.Windows)
+}
+
+func (k *checker[T]) inconsistent(counts *checkCounts, key string, err error) {
+	counts.checked.Add(1)
+	counts.inconsistent.Add(1)
+	k.c.store.emit(Event{Kind: EventInconsistent, Cache: k.c.name, Key: key, Err: err})
+}
+
+// reload reads key from the source within the budget; ok is false when it
+// could not (counted as skipped).
+func (k *checker[T]) reload(key string) (v T, found, ok bool) {
+	now := time.Now()
+	if !k.budgetAt.IsZero() {
+		k.budget = min(k.budget+now.Sub(k.budgetAt).Seconds()*k.cfg.LoadsPerSecond, max(k.cfg.LoadsPerSecond, 1))
+	}
+	k.budgetAt = now
+	if k.budget < 1 {
+		k.skipped.Add(1)
+		return v, false, false
+	}
+	k.budget--
+	k.loads.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), k.c.profile.LoadTimeout)
+	defer cancel()
+	v, err := func() (v T, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("aside: check: Load panicked: %v", p)
+			}
+		}()
+		return k.cfg.Load(ctx, key)
+	}()
+	switch {
+	case err == nil:
+		return v, true, true
+	case errors.Is(err, ErrNotFound) || k.c.ownNotFound != nil && errors.Is(err, k.c.ownNotFound):
+		return v, false, true
+	}
+	k.skipped.Add(1)
+	return v, false, false
+}
+
+// entry reads key's entry from Redis as it is, without loading or leasing;
+// raw is nil when there is none.
+func (k *checker[T]) entry(key string) (envelope.Envelope, []byte, error) {
+	ctx, cancel := k.c.store.opContext(context.Background())
+	defer cancel()
+	s, err := k.c.store.rdb.Get(ctx, k.c.keys.entry(key)).Result()
+	if errors.Is(err, redis.Nil) {
+		return envelope.Envelope{}, nil, nil
+	}
+	if err != nil {
+		return envelope.Envelope{}, nil, err
+	}
+	raw := []byte(s)
+	e, err := envelope.Decode(raw, nil, nil)
+	if err != nil || e.TypeID != k.c.typeID {
+		return envelope.Envelope{}, nil, nil // not servable: nothing cached
+	}
+	return e, raw, nil
+}
+
+// served returns what the cache serves for key now, L1 first, without
+// loading: the value and whether there is one.
+func (k *checker[T]) served(key string) (v T, ok bool) {
+	if k.c.l1 != nil {
+		if v, ok := k.c.l1.Get(key); ok {
+			return v, true
+		}
+	}
+	e, raw, err := k.entry(key)
+	if err != nil || raw == nil || e.Negative() {
+		return v, false
+	}
+	return v, k.c.codec.Unmarshal(e.Payload, &v) == nil
+}
+
+// same compares two values as the checker's configuration says.
+func (k *checker[T]) same(a, b T) bool {
+	if k.cfg.Equal != nil {
+		return k.cfg.Equal(a, b)
+	}
+	ea, erra := k.canonical(a)
+	eb, errb := k.canonical(b)
+	return erra == nil && errb == nil && bytes.Equal(ea, eb)
+}
+
+// canonical encodes v so that equal values encode alike: with the default
+// codec, map keys sorted (Go randomises map order).
+func (k *checker[T]) canonical(v T) ([]byte, error) {
+	if _, ok := k.c.codec.(msgpackCodec); !ok {
+		return k.c.codec.Marshal(v)
+	}
+	var b bytes.Buffer
+	enc := msgpack.NewEncoder(&b)
+	enc.SetSortMapKeys(true)
+	err := enc.Encode(v)
+	return b.Bytes(), err
+}
+
+func (k *checker[T]) stats() CheckStats {
+	s := CheckStats{
+		Hits:    CheckWindow{Window: k.cfg.Recheck, Checked: k.hits.checked.Load(), Inconsistent: k.hits.inconsistent.Load()},
+		Loads:   k.loads.Load(),
+		Skipped: k.skipped.Load(),
+	}
+	for i := range s.Invalidations {
+		s.Invalidations[i] = CheckWindow{Window: k.cfg.Windows[i], Checked: k.windows[i].checked.Load(), Inconsistent: k.windows[i].inconsistent.Load()}
+	}
+	return s
+}
+
+// checkTarget is a checker as the Store sees it, by cache name: the
+// invalidations it applies are sampled there.
+type checkTarget interface {
+	sampleInvalidation(keys []string, changedMs int64)
+}
+
+// sampleChanges hands the key changes just applied to the checkers of
+// their caches.
+func (s *Store) sampleChanges(changes []Change, changedMs int64) {
+	for _, ch := range changes {
+		if len(ch.Keys) == 0 {
+			continue
+		}
+		if t, ok := s.checks.Load(ch.Cache); ok {
+			t.(checkTarget).sampleInvalidation(ch.Keys, changedMs)
+		}
+	}
+}
