@@ -16,7 +16,7 @@ import (
 // documents, and under which the whole real-Redis suite runs.
 const aclCommands = "+get +mget +set +setnx +setrange +del +unlink +exists +pexpire +type +hget +hset +hmget " +
 	"+eval +evalsha +time +scan +publish +subscribe +spublish +ssubscribe +ping " +
-	"+zadd +zrem +zrangebyscore +zremrangebyscore +sadd +smembers"
+	"+zadd +zrem +zrangebyscore +zremrangebyscore +sadd +smembers +pttl"
 
 // aclRule limits a user to keys under prefix, its channels and aclCommands.
 func aclRule(prefix string) string {
@@ -94,7 +94,10 @@ func exerciseAllPaths(t *testing.T, rdb redis.UniversalClient, prefix string) {
 			_, err := c.Get(ctx, "9", func(context.Context) (string, error) { return "", aside.ErrNotFound })
 			return nil2(err)
 		}},
+		{"inspect", func() error { _, err := c.Inspect(ctx, "1"); return err }},
+		{"inspect by name", func() error { _, err := store.Inspect(ctx, c.Name(), "1", 0); return err }},
 		{"purge", func() error { _, err := c.Purge(ctx); return err }},
+		{"purge by name", func() error { _, err := store.Purge(ctx, c.Name()); return err }},
 		{"get after it", func() error { _, err := c.Get(ctx, "1", load); return err }},
 	}
 	for _, st := range steps {

@@ -142,6 +142,19 @@ func (c *Cache[T]) MarkStale(ctx context.Context, keys ...string) error {
 // invalidation is [Cache.Invalidate], [Store.InvalidateTags] or a version
 // bump: a Purge costs a scan of the keyspace, twice.
 func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
+	return c.store.purge(ctx, c.name, c.hooks)
+}
+
+// Purge is [Cache.Purge] for the cache named cache, without a [Cache] of
+// its type: for an operator's tool (cmd/aside).
+func (s *Store) Purge(ctx context.Context, cache string) (deleted int, err error) {
+	if err := validName("cache name", cache); err != nil {
+		return 0, err
+	}
+	return s.purge(ctx, cache, s.hooks)
+}
+
+func (s *Store) purge(ctx context.Context, name string, hooks seams) (deleted int, err error) {
 	// Two passes. A load that began before Purge holds a lease; its fill
 	// may land while the first pass runs, in a part of the keyspace the
 	// scan has passed (SCAN returns what exists for the whole scan, not
@@ -152,19 +165,19 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 	// first pass began is a load that began after Purge was called.
 	var n atomic.Int64
 	passes := 2
-	if variantOn(c.hooks, vPurgeOnePass) {
+	if variantOn(hooks, vPurgeOnePass) {
 		passes = 1
 	}
 	for range passes {
-		if err = c.purgePass(ctx, &n); err != nil {
+		if err = s.purgePass(ctx, name, hooks, &n); err != nil {
 			break
 		}
 	}
 	// Told after the deletions: a Store that hears it and re-reads finds
 	// nothing old left.
-	octx, cancel := c.store.opContext(ctx)
+	octx, cancel := s.opContext(ctx)
 	defer cancel()
-	acks, perr := c.store.bus.WriteAndTell(octx, func(redis.Pipeliner) {}, bus.Message{Kind: bus.KindCache, Cache: c.name})
+	acks, perr := s.bus.WriteAndTell(octx, func(redis.Pipeliner) {}, bus.Message{Kind: bus.KindCache, Cache: name})
 	if perr == nil {
 		perr = acks.Wait(ctx)
 	}
@@ -179,8 +192,8 @@ func (c *Cache[T]) Purge(ctx context.Context) (deleted int, err error) {
 
 // purgePass scans every master once and unlinks the cache's keys (entries
 // and leases), counting them in n.
-func (c *Cache[T]) purgePass(ctx context.Context, n *atomic.Int64) error {
-	match := pattern(c.store.prefix, c.name)
+func (s *Store) purgePass(ctx context.Context, name string, hooks seams, n *atomic.Int64) error {
+	match := pattern(s.prefix, name)
 	purge := func(ctx context.Context, node redis.UniversalClient) error {
 		var cursor uint64
 		for {
@@ -188,7 +201,7 @@ func (c *Cache[T]) purgePass(ctx context.Context, n *atomic.Int64) error {
 			if err != nil {
 				return err
 			}
-			reach(c.hooks, pAfterPurgeScan, "")
+			reach(hooks, pAfterPurgeScan, "")
 			if len(keys) > 0 {
 				// One UNLINK per key: a batch spans many Cluster slots.
 				if _, err := node.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -206,11 +219,11 @@ func (c *Cache[T]) purgePass(ctx context.Context, n *atomic.Int64) error {
 			}
 		}
 	}
-	switch rdb := c.store.rdb.(type) {
+	switch rdb := s.rdb.(type) {
 	case *redis.ClusterClient:
 		return rdb.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return purge(ctx, node) })
 	case *redis.Ring:
 		return rdb.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error { return purge(ctx, node) })
 	}
-	return purge(ctx, c.store.rdb)
+	return purge(ctx, s.rdb)
 }
