@@ -52,9 +52,12 @@ var (
 	acksDesc       = desc("invalidation_acks_awaited_total", "Acknowledgements those invalidations waited for.")
 	silentDesc     = desc("invalidation_silent_stores_total", "Awaited Stores that did not acknowledge: the invalidation waited for their lease to end.")
 	waitSecDesc    = desc("invalidation_wait_seconds_total", "Time invalidations spent waiting for acknowledgements.")
+	checksDesc     = desc("checks_total", "Consistency checks (aside.WithCheck) by check (hit, invalidation), window (how long after the sample the entry was looked at) and result (consistent, inconsistent).", "check", "window", "result")
+	checkLoadsDesc = desc("check_loads_total", "Loader calls the consistency checker made.")
+	checkSkipDesc  = desc("check_skipped_total", "Consistency-check samples dropped: over the budget, the queue full, or the source unreadable.")
 	allDescriptors = []*prometheus.Desc{readsDesc, loadsDesc, loadErrDesc, loadSecDesc, latencyDesc, savedDesc,
 		redisErrDesc, timeoutDesc, problemsDesc, degradedDesc, bytesDesc, leaseDesc, breakerDesc,
-		l1ServingDesc, resetsDesc, invWaitsDesc, acksDesc, silentDesc, waitSecDesc}
+		l1ServingDesc, resetsDesc, invWaitsDesc, acksDesc, silentDesc, waitSecDesc, checksDesc, checkLoadsDesc, checkSkipDesc}
 )
 
 // Describe sends the descriptors of every metric.
@@ -111,5 +114,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(acksDesc, float64(co.AcksAwaited))
 		counter(silentDesc, float64(co.SilentStores))
 		counter(waitSecDesc, co.WaitTime.Seconds())
+		if ck := s.Check; ck.Hits.Window != 0 { // the checker is on
+			windows := func(check string, w aside.CheckWindow) {
+				counter(checksDesc, float64(w.Checked-w.Inconsistent), check, w.Window.String(), "consistent")
+				counter(checksDesc, float64(w.Inconsistent), check, w.Window.String(), "inconsistent")
+			}
+			windows("hit", ck.Hits)
+			for _, w := range ck.Invalidations {
+				windows("invalidation", w)
+			}
+			counter(checkLoadsDesc, float64(ck.Loads))
+			counter(checkSkipDesc, float64(ck.Skipped))
+		}
 	}
 }
