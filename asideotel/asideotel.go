@@ -63,6 +63,9 @@ func Register(meter metric.Meter, sources ...Source) (metric.Registration, error
 	acksAwaited := counter("aside.invalidation.acks_awaited", "{ack}", "Acknowledgements those invalidations waited for.")
 	silent := counter("aside.invalidation.silent_stores", "{store}", "Awaited Stores that did not acknowledge: the invalidation waited for their lease to end.")
 	waitTime := fcounter("aside.invalidation.wait_time", "s", "Time invalidations spent waiting for acknowledgements.")
+	checks := counter("aside.checks", "{check}", "Consistency checks (aside.WithCheck) by check (hit, invalidation), window and result (consistent, inconsistent).")
+	checkLoads := counter("aside.check.loads", "{call}", "Loader calls the consistency checker made.")
+	checkSkipped := counter("aside.check.skipped", "{sample}", "Consistency-check samples dropped: over the budget, the queue full, or the source unreadable.")
 	for _, err := range errs {
 		if err != nil {
 			return nil, err
@@ -109,8 +112,22 @@ func Register(meter metric.Meter, sources ...Source) (metric.Registration, error
 			o.ObserveInt64(acksAwaited, int64(co.AcksAwaited), attrs)
 			o.ObserveInt64(silent, int64(co.SilentStores), attrs)
 			o.ObserveFloat64(waitTime, co.WaitTime.Seconds(), attrs)
+			if ck := s.Check; ck.Hits.Window != 0 { // the checker is on
+				window := func(check string, w aside.CheckWindow) {
+					for result, n := range map[string]uint64{"consistent": w.Checked - w.Inconsistent, "inconsistent": w.Inconsistent} {
+						o.ObserveInt64(checks, int64(n), metric.WithAttributes(append(append([]attribute.KeyValue{}, base...),
+							attribute.String("check", check), attribute.String("window", w.Window.String()), attribute.String("result", result))...))
+					}
+				}
+				window("hit", ck.Hits)
+				for _, w := range ck.Invalidations {
+					window("invalidation", w)
+				}
+				o.ObserveInt64(checkLoads, int64(ck.Loads), attrs)
+				o.ObserveInt64(checkSkipped, int64(ck.Skipped), attrs)
+			}
 		}
 		return nil
 	}, reads, loads, loadErrors, loadTime, latency, saved, redisErrors, timeouts, problems, degraded, written, leases, breaker,
-		l1Serving, streamResets, invWaits, acksAwaited, silent, waitTime)
+		l1Serving, streamResets, invWaits, acksAwaited, silent, waitTime, checks, checkLoads, checkSkipped)
 }
