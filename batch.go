@@ -93,9 +93,8 @@ func (c *Cache[T]) getMany(ctx context.Context, keys []string, load BatchLoader[
 		seen[k] = true
 		if c.l1 != nil {
 			if v, ok := c.l1.Get(k); ok {
-				c.stats.l1Hits.Add(1)
-				if c.check != nil {
-					c.check.sampleL1Hit(k, v)
+				if n := c.stats.l1Hits.Add(1); c.check != nil && c.check.sampleL1Hit(n) {
+					c.check.checkL1Hit(k, v)
 				}
 				out[k] = v
 				if outcomes != nil {

@@ -438,3 +438,62 @@ func BenchmarkL1(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCheck measures what the consistency checker costs a hit: off,
+// and sampling 1 % of hits (the samples beyond its budget are dropped at
+// the queue, as in production), on an L1 hit (16 goroutines per core) and
+// on a Redis hit (one goroutine).
+func BenchmarkCheck(b *testing.B) {
+	addr := benchAddr(b)
+	ctx := context.Background()
+	load := func(context.Context) (benchUser, error) { return sampleUser, nil }
+	check := aside.WithCheck(aside.Check[benchUser]{Load: func(context.Context, string) (benchUser, error) { return sampleUser, nil }, Hits: 0.01})
+	for _, tier := range []string{"l1", "redis"} {
+		for _, rate := range []string{"off", "1%"} {
+			b.Run("tier="+tier+"/check="+rate, func(b *testing.B) {
+				store, err := aside.NewStore(newClient(b, addr), aside.WithPrefix(uniquePrefix()))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer store.Close()
+				var opts []aside.Option
+				if tier == "l1" {
+					opts = append(opts, aside.WithL1(10_000, time.Minute))
+				}
+				if rate != "off" {
+					opts = append(opts, check)
+				}
+				c, err := aside.New[benchUser](store, "user", opts...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for deadline := time.Now().Add(waitFor); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+					if _, err := c.Get(ctx, "hot", load); err != nil {
+						b.Fatal(err)
+					}
+					if st := c.Stats(); tier == "redis" && st.Hits > 0 || st.L1Hits > 0 {
+						break
+					}
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				if tier == "redis" {
+					for b.Loop() {
+						if _, err := c.Get(ctx, "hot", load); err != nil {
+							b.Fatal(err)
+						}
+					}
+					return
+				}
+				b.SetParallelism(8)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if _, err := c.Get(ctx, "hot", load); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			})
+		}
+	}
+}

@@ -114,8 +114,15 @@ type checker[T any] struct {
 	hits             checkCounts
 	windows          [3]checkCounts
 	loads, skipped   atomic.Uint64
-	budget           float64   // loader calls available (a second's worth at most); the goroutine's only
-	budgetAt         time.Time // when budget was last refilled
+	// Admission of hit samples (admit): the theoretical arrival time of
+	// the next one, in nanoseconds since epoch — a token bucket in one
+	// atomic, so that samples beyond the budget are dropped where they are
+	// taken and the checker's goroutine sees no more than it may check.
+	epoch           time.Time
+	admitted        atomic.Int64
+	interval, burst int64
+	budget          float64   // loader calls available (a second's worth at most); the goroutine's only
+	budgetAt        time.Time // when budget was last refilled
 }
 
 type checkTask[T any] struct {
@@ -158,8 +165,10 @@ func newChecker[T any](c *Cache[T], cfg Check[T]) (*checker[T], error) {
 			return nil, fmt.Errorf("aside: WithCheck: Windows must be positive and increasing, got %v", cfg.Windows)
 		}
 	}
+	interval := int64(float64(time.Second) / cfg.LoadsPerSecond)
 	return &checker[T]{c: c, cfg: cfg, hitRate: threshold(cfg.Hits), invRate: threshold(cfg.Invalidations),
-		tasks: make(chan checkTask[T], checkQueue), budget: max(cfg.LoadsPerSecond, 1)}, nil
+		tasks: make(chan checkTask[T], checkQueue), budget: max(cfg.LoadsPerSecond, 1),
+		epoch: time.Now(), interval: interval, burst: max(int64(time.Second)-interval, 0)}, nil
 }
 
 // threshold turns a rate into the bound a uniform uint64 is sampled under.
@@ -174,19 +183,52 @@ func sampled(rate uint64) bool {
 	return rate != 0 && (rate == math.MaxUint64 || rand.Uint64() < rate)
 }
 
-// sampleL1Hit and sampleRedisHit are called on a hit, sampled or not: the
-// sampled-out path is one random number. An L1 value is shared read-only,
-// so it is kept as it is; a Redis hit's payload is copied (the caller owns
-// the value it returns, and may change it).
-func (k *checker[T]) sampleL1Hit(key string, v T) {
-	if sampled(k.hitRate) {
-		k.enqueue(checkTask[T]{key: key, hit: true, value: v, decoded: true})
+// sampleL1Hit and sampleRedisHit are called on every hit (sampleL1Hit
+// reports whether to check it). An L1 hit costs
+// tens of nanoseconds, and even a random number would add several: it is
+// sampled by its count n, which the hit increments anyway, through a Weyl
+// sequence (n·φ mod 1 is equidistributed and has no period, so hits that
+// cycle over a few keys are sampled evenly across them). An L1 value is
+// shared read-only, so it is kept as it is.
+func (k *checker[T]) sampleL1Hit(n uint64) bool {
+	return (n*weyl < k.hitRate || k.hitRate == math.MaxUint64) && k.admit()
+}
+
+// checkL1Hit queues the check of an L1 hit that sampleL1Hit sampled: apart
+// so that a hit that is not sampled does not pass (copy) its value.
+func (k *checker[T]) checkL1Hit(key string, v T) {
+	k.enqueue(checkTask[T]{key: key, hit: true, value: v, decoded: true})
+}
+
+// weyl is 2⁶⁴/φ, odd: n·weyl mod 2⁶⁴ is n·φ mod 1 in fixed point.
+const weyl = 0x9E3779B97F4A7C15
+
+// sampleRedisHit samples by a random number (a Redis hit costs tens of
+// microseconds) and copies the payload: the caller owns the value it
+// returns, and may change it.
+func (k *checker[T]) sampleRedisHit(key string, payload []byte) {
+	if sampled(k.hitRate) && k.admit() {
+		k.enqueue(checkTask[T]{key: key, hit: true, payload: bytes.Clone(payload)})
 	}
 }
 
-func (k *checker[T]) sampleRedisHit(key string, payload []byte) {
-	if sampled(k.hitRate) {
-		k.enqueue(checkTask[T]{key: key, hit: true, payload: bytes.Clone(payload)})
+// admit reports whether a hit sample is within the budget (a second's
+// worth of LoadsPerSecond at once, then LoadsPerSecond a second); one that
+// is not is counted as skipped. Hits can be sampled far faster than the
+// checker loads: sent on, they would keep its goroutine — a core — busy
+// dropping them.
+func (k *checker[T]) admit() bool {
+	now := int64(time.Since(k.epoch))
+	for {
+		prev := k.admitted.Load()
+		next := max(prev, now)
+		if next-now > k.burst {
+			k.skipped.Add(1)
+			return false
+		}
+		if k.admitted.CompareAndSwap(prev, next+k.interval) {
+			return true
+		}
 	}
 }
 

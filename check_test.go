@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
 
 	"github.com/asidecache/aside"
 )
@@ -225,4 +228,50 @@ func (s *checkSource) batch(ctx context.Context, keys []string) (map[string]row,
 		out[k], _ = s.load(ctx, k)
 	}
 	return out, nil
+}
+
+// TestCheckSampledOutAllocatesNothing: with the checker on, a hit it does
+// not sample allocates what it would without it — nothing from L1.
+func TestCheckSampledOutAllocatesNothing(t *testing.T) {
+	srv := miniredis.RunT(t)
+	store, _ := (&backend{name: "miniredis", addr: srv.Addr(), mini: srv}).newStore(t)
+	ctx := context.Background()
+	allocs := map[string]float64{}
+	src := &checkSource{rows: map[string]int{"k": 1}}
+	never := aside.WithCheck(aside.Check[row]{Load: src.load, Hits: 1e-15}) // on, and (practically) never sampling
+	l1 := aside.WithL1(10, time.Minute)
+	for _, c := range []struct {
+		name string
+		opts []aside.Option
+	}{{"l1", []aside.Option{l1, never}}, {"redis", []aside.Option{never}}, {"redis-unchecked", nil}} {
+		cache, err := aside.New[row](store, "items-"+c.name, c.opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		load := src.loader("k")
+		get := func() {
+			if _, err := cache.Get(ctx, "k", load); err != nil {
+				t.Fatal(err)
+			}
+		}
+		get()
+		settled(t, store)
+		// A strict L1 serves once the Store's bus is up and its lease held.
+		for deadline := time.Now().Add(waitFor); c.name == "l1" && cache.Stats().L1Hits == 0; get() {
+			if time.Now().After(deadline) {
+				t.Fatal("L1 never served")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		get()
+		// The least of five: AllocsPerRun counts the process's allocations,
+		// the Store's background work (heartbeats) included.
+		allocs[c.name] = math.Inf(1)
+		for range 5 {
+			allocs[c.name] = min(allocs[c.name], testing.AllocsPerRun(200, get))
+		}
+	}
+	if allocs["l1"] != 0 || allocs["redis"] != allocs["redis-unchecked"] {
+		t.Errorf("allocations per hit: %v; want 0 from L1 and as many from Redis as without the checker", allocs)
+	}
 }
