@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -18,16 +20,19 @@ type breakage struct {
 	// leases shows where readers wait on each other's keys) instead of the
 	// small, racy setup the safety breakages need.
 	full bool
+	// seen: aside's own consistency checker (aside.WithCheck, sampling 5 %
+	// of hits and every invalidation here) must report inconsistencies too.
+	seen bool
 }
 
 var breakages = []breakage{
 	{"leases off: a fill ignores a revoked lease", "seams.go",
-		variantOn, brokenVariantOn("vUnconditionalFill"), "kill-writer", false},
+		variantOn, brokenVariantOn("vUnconditionalFill"), "kill-writer", false, true},
 	{"leases outlive their loads: not renewed, not given back", "seams.go",
-		variantOn, brokenVariantOn("vLongLeases", "vKeepOwedLeases"), "old-snapshot,blackhole", true},
+		variantOn, brokenVariantOn("vLongLeases", "vKeepOwedLeases"), "old-snapshot,blackhole", true, false},
 	{"replay queue dropped", "replay.go",
-		"func (q *replayQueue) add(ops []pendingOp) {", "func (q *replayQueue) add(ops []pendingOp) {\n\tops = nil", "stall", false},
-	{"strict L1 off", "internal/bus/bus.go", "strict: !cfg.Relaxed,", "strict: false,", "stop-reader,pubsub", false},
+		"func (q *replayQueue) add(ops []pendingOp) {", "func (q *replayQueue) add(ops []pendingOp) {\n\tops = nil", "stall", false, false},
+	{"strict L1 off", "internal/bus/bus.go", "strict: !cfg.Relaxed,", "strict: false,", "stop-reader,pubsub", false, false},
 }
 
 // variantOn is the library's switch of its test variants (seams.go); a
@@ -57,6 +62,7 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 				if b.full {
 					args = []string{"-d", "20s", "-every", "2s"}
 				}
+				args = append(args, "-check-hits", "0.05", "-check-invalidations", "1")
 				cmd := exec.Command(bin, append(args, "-faults", b.faults, "-db", db)...)
 				cmd.Stdout, cmd.Stderr = &out, os.Stderr
 				err := cmd.Run()
@@ -65,7 +71,7 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, line := range strings.Split(out.String(), "\n") {
-					if strings.HasPrefix(line, "| **total**") {
+					if strings.HasPrefix(line, "| **total**") || strings.HasPrefix(line, "aside's consistency checker") {
 						t.Logf("run %d: %s", try, line)
 					}
 				}
@@ -76,6 +82,11 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 					continue
 				case exit.ExitCode() != 1:
 					t.Fatalf("the run itself failed (exit %d):\n%s", exit.ExitCode(), out.String())
+				}
+				if found := checkerFound(out.String()); b.seen && found == 0 {
+					t.Fatalf("the run's checker saw %q, aside's consistency checker found nothing:\n%s", b.name, out.String())
+				} else {
+					t.Logf("aside's consistency checker confirmed %d inconsistencies", found)
 				}
 				return // exit 1: a guarantee broke, as it must
 			}
@@ -120,4 +131,17 @@ func buildBroken(t *testing.T, b breakage) string {
 		t.Fatalf("build with %q: %v\n%s", b.name, err, out)
 	}
 	return bin
+}
+
+var checkerRe = regexp.MustCompile(`hits checked \d+, inconsistent (\d+); invalidations checked after .*?, inconsistent (\d+) / (\d+) / (\d+);`)
+
+// checkerFound sums the inconsistencies aside's checker reported in a run.
+func checkerFound(report string) int {
+	m := checkerRe.FindStringSubmatch(report)
+	n := 0
+	for _, s := range m[1:] {
+		v, _ := strconv.Atoi(s)
+		n += v
+	}
+	return n
 }

@@ -48,9 +48,12 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the run's directory: the workers' records (JSON lines) and Redis' log")
 	loadWork := flag.Duration("load-work", 0, "time each load spends after its query (more work per load: longer races with writers)")
 	outbox := flag.Bool("outbox", true, "writers record their invalidations in the write's transaction (asidepg) and run its relay; on PostgreSQL only")
+	checkHits := flag.Float64("check-hits", 0.01, "the fraction of hits aside's consistency checker (aside.WithCheck) samples in every worker")
+	checkInvals := flag.Float64("check-invalidations", 0.2, "the fraction of invalidations it follows")
 	flag.Parse()
 	cfg := config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken,
-		faults: *faultIDs, loadWork: *loadWork, keep: *keep, cluster: *cluster, outbox: *outbox && *dbURL != "memory"}
+		faults: *faultIDs, loadWork: *loadWork, keep: *keep, cluster: *cluster, outbox: *outbox && *dbURL != "memory",
+		checkHits: *checkHits, checkInvals: *checkInvals}
 	if *role != "" {
 		if err := runWorker(*role, *id, *redisAddr, *table, *out, cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "chaos worker:", err)
@@ -94,6 +97,7 @@ type config struct {
 	keep                   bool          // keep the run's directory
 	cluster                bool          // a Redis Cluster instead of a single node
 	outbox                 bool          // writes go through the asidepg outbox
+	checkHits, checkInvals float64       // aside.WithCheck's sampling in the workers
 }
 
 // result is what the checker found.
@@ -143,7 +147,8 @@ func (r *run) spawn(role string) (*proc, error) {
 	p := &proc{role: role, id: r.next, out: filepath.Join(r.dir, fmt.Sprintf("%s-%d.jsonl", role, r.next))}
 	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", r.addr(p.id), "-cluster="+strconv.FormatBool(r.cfg.cluster), "-db", r.cfg.dbURL,
 		"-table", r.table, "-out", p.out, "-keys", strconv.Itoa(r.cfg.keys), "-broken="+strconv.FormatBool(r.cfg.broken),
-		"-load-work", r.cfg.loadWork.String(), "-outbox="+strconv.FormatBool(r.cfg.outbox))
+		"-load-work", r.cfg.loadWork.String(), "-outbox="+strconv.FormatBool(r.cfg.outbox),
+		"-check-hits", fmt.Sprint(r.cfg.checkHits), "-check-invalidations", fmt.Sprint(r.cfg.checkInvals))
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
@@ -306,7 +311,7 @@ func orchestrate(cfg config, w io.Writer) (result, error) {
 // leftStale peeks every key of every cache through a fresh Store after the
 // run and counts entries older than the source: what a fault left behind.
 func leftStale(ctx context.Context, r *run, src source) (int, error) {
-	c, err := openCaches(r.addr(0), r.cluster != nil)
+	c, err := openCaches(r.addr(0), r.cluster != nil, nil)
 	if err != nil {
 		return 0, err
 	}

@@ -96,7 +96,7 @@ func (b *outboxWatch) drain(ctx context.Context, r *run, d time.Duration) (int, 
 	if b == nil {
 		return 0, nil
 	}
-	c, err := openCaches(r.addr(0), r.cluster != nil)
+	c, err := openCaches(r.addr(0), r.cluster != nil, nil)
 	if err != nil {
 		return 0, err
 	}

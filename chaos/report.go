@@ -80,6 +80,7 @@ func report(w io.Writer, cfg config, res result, per map[string]*verdict, window
 			fmt.Fprintf(w, "- %d × %s\n", n, msg)
 		}
 	}
+	checkerLine(w, cfg, total, events)
 	fmt.Fprintf(w, "\nWorkers stopped cleanly: %d; with invalidations left in their replay queue after Close: %d.\n", stopped, res.undrained)
 	fmt.Fprintf(w, "\nLiveness: reads slower than %v outside the faults slow by design (a lease holder killed or paused, a Cluster master lost): %d; waiters whose budget ran out outside those faults (a lease nobody would fill): %d.\n",
 		liveBound, total.TooSlow, total.LostWaits)
@@ -174,4 +175,59 @@ func livenessTable(w io.Writer, per map[string]*verdict, windows []window, event
 		fmt.Fprintf(w, "| %s | %.0f ms | %d | %d of %d | %.0f | %s |\n", n, v.MaxMs, v.TooSlow, v.LostWaits, v.WaitedOut, rate(n), ratio)
 	}
 	fmt.Fprintln(w)
+}
+
+// checkerLine reports aside's own consistency checker (aside.WithCheck in
+// every worker) beside this run's checker of record: the last counts of
+// each worker, summed, and the inconsistencies it confirmed by cache.
+func checkerLine(w io.Writer, cfg config, total verdict, events []event) {
+	last := map[int]*checkCounts{}
+	byCache := map[string]int{}
+	for _, e := range events {
+		switch {
+		case e.T == "k" && e.Check != nil:
+			last[e.Worker] = e.Check
+		case e.T == "x":
+			byCache[e.Cache]++
+		}
+	}
+	var sum checkCounts
+	for _, k := range last {
+		sum.Hits += k.Hits
+		sum.HitsInconsistent += k.HitsInconsistent
+		for i := range sum.Invals {
+			sum.Invals[i] += k.Invals[i]
+			sum.InvalsInconsistent[i] += k.InvalsInconsistent[i]
+			sum.Windows[i] = max(sum.Windows[i], k.Windows[i])
+		}
+		sum.Loads += k.Loads
+		sum.Skipped += k.Skipped
+	}
+	fmt.Fprintf(w, "\naside's consistency checker (aside.WithCheck in every worker: %g of hits, %g of invalidations, 5 loads/s per cache): "+
+		"hits checked %d, inconsistent %d; invalidations checked after %v / %v / %v: %d / %d / %d, inconsistent %d / %d / %d; its loads %d, samples skipped %d. "+
+		"The run's checker of record: %d stale reads of %d (%s), aside's checker %d of its %d hits (%s)",
+		cfg.checkHits, cfg.checkInvals, sum.Hits, sum.HitsInconsistent, sum.Windows[0], sum.Windows[1], sum.Windows[2],
+		sum.Invals[0], sum.Invals[1], sum.Invals[2], sum.InvalsInconsistent[0], sum.InvalsInconsistent[1], sum.InvalsInconsistent[2],
+		sum.Loads, sum.Skipped, total.Stale, total.Reads, percent(total.Stale, total.Reads), sum.HitsInconsistent, sum.Hits, percent(int(sum.HitsInconsistent), int(sum.Hits)))
+	if total.Excused > 0 {
+		fmt.Fprintf(w, " (+ %d excused: Redis lost acknowledged writes — aside's checker counts what they leave)", total.Excused)
+	}
+	fmt.Fprintln(w, ".")
+	if len(byCache) > 0 {
+		names := make([]string, 0, len(byCache))
+		for n := range byCache {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(w, "- inconsistencies confirmed in %s: %d\n", n, byCache[n])
+		}
+	}
+}
+
+func percent(n, of int) string {
+	if of == 0 {
+		return "none checked"
+	}
+	return fmt.Sprintf("%.3f %%", 100*float64(n)/float64(of))
 }

@@ -41,6 +41,35 @@ type event struct {
 	Err    string `json:"err,omitempty"`
 	Heap   int64  `json:"h,omitempty"` // "m" samples: heap in use, bytes
 	Gor    int    `json:"g,omitempty"` // and goroutines
+	// "k" events: aside's own consistency checker's counts so far, over
+	// the worker's caches.
+	Check *checkCounts `json:"ck,omitempty"`
+}
+
+// checkCounts sums aside.CheckStats over a worker's caches.
+type checkCounts struct {
+	Hits, HitsInconsistent     int64
+	Invals, InvalsInconsistent [3]int64
+	Loads, Skipped             int64
+	Windows                    [3]time.Duration
+}
+
+// checkerCounts reads the checker's counts of every cache.
+func (c *caches) checkerCounts() *checkCounts {
+	var k checkCounts
+	for _, cache := range []*aside.Cache[row]{c.plain, c.tagged, c.l1, c.stale} {
+		s := cache.Stats().Check
+		k.Hits += int64(s.Hits.Checked)
+		k.HitsInconsistent += int64(s.Hits.Inconsistent)
+		for i, w := range s.Invalidations {
+			k.Invals[i] += int64(w.Checked)
+			k.InvalsInconsistent[i] += int64(w.Inconsistent)
+			k.Windows[i] = w.Window
+		}
+		k.Loads += int64(s.Loads)
+		k.Skipped += int64(s.Skipped)
+	}
+	return &k
 }
 
 // recorder writes events as JSON lines; a SIGKILLed worker loses only what
@@ -146,7 +175,25 @@ func bucket(id int) string { return "bucket:" + strconv.Itoa(id%buckets) }
 
 func key(id int) string { return aside.Key(strconv.Itoa(id)) }
 
-func openCaches(redisAddr string, cluster bool, opts ...aside.StoreOption) (*caches, error) {
+// checkWith is the consistency checker every worker runs (aside.WithCheck):
+// windows inside the run's 3 s TTL, a budget of 5 loads a second per cache.
+func checkWith(src source, hits, invals float64) aside.Option {
+	return aside.WithCheck(aside.Check[row]{
+		Load: func(ctx context.Context, key string) (row, error) {
+			id, err := strconv.Atoi(key)
+			if err != nil {
+				return row{}, err
+			}
+			return src.load(ctx, id)
+		},
+		Hits: hits, Invalidations: invals, LoadsPerSecond: 5,
+		Windows: [3]time.Duration{time.Second, 2 * time.Second, 3 * time.Second},
+	})
+}
+
+// openCaches opens the mix; extra options (the checker's) go to every cache.
+func openCaches(redisAddr string, cluster bool, extra []aside.Option, opts ...aside.StoreOption) (*caches, error) {
+	with := func(o ...aside.Option) []aside.Option { return append(o, extra...) }
 	var rdb redis.UniversalClient
 	if cluster {
 		rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(redisAddr, ","), ContextTimeoutEnabled: true,
@@ -164,16 +211,16 @@ func openCaches(redisAddr string, cluster bool, opts ...aside.StoreOption) (*cac
 		return nil, err
 	}
 	c := &caches{store: store}
-	if c.plain, err = aside.New[row](store, "plain", aside.WithProfile("short")); err != nil {
+	if c.plain, err = aside.New[row](store, "plain", with(aside.WithProfile("short"))...); err != nil {
 		return nil, err
 	}
-	if c.tagged, err = aside.New[row](store, "tagged", aside.WithProfile("short")); err != nil {
+	if c.tagged, err = aside.New[row](store, "tagged", with(aside.WithProfile("short"))...); err != nil {
 		return nil, err
 	}
-	if c.l1, err = aside.New[row](store, "l1", aside.WithProfile("short"), aside.WithL1(1000, time.Second)); err != nil {
+	if c.l1, err = aside.New[row](store, "l1", with(aside.WithProfile("short"), aside.WithL1(1000, time.Second))...); err != nil {
 		return nil, err
 	}
-	if c.stale, err = aside.New[row](store, "swr", aside.WithProfile("swr")); err != nil {
+	if c.stale, err = aside.New[row](store, "swr", with(aside.WithProfile("swr"))...); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -188,6 +235,9 @@ func breakerEvents(rec *recorder, id int) aside.Observer {
 		switch e.Kind {
 		case aside.EventBreakerOpen, aside.EventBreakerClosed:
 			rec.add(event{T: "b", Worker: id, End: now, Tier: e.Kind.String()})
+		case aside.EventInconsistent: // aside's own checker, beside the run's
+			k, _ := strconv.Atoi(e.Key)
+			rec.add(event{T: "x", Worker: id, Cache: e.Cache, Key: k, End: now, Err: fmt.Sprint(e.Err)})
 		case aside.EventRedisError:
 			if l := last.Load(); now-l > int64(100*time.Millisecond) && last.CompareAndSwap(l, now) {
 				rec.add(event{T: "b", Worker: id, End: now, Tier: e.Kind.String(), Err: fmt.Sprint(e.Err)})
@@ -212,7 +262,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	}
 	defer rec.f.Close()
 	defer rec.flush()
-	c, err := openCaches(redisAddr, cfg.cluster, aside.WithObserver(breakerEvents(rec, id)))
+	c, err := openCaches(redisAddr, cfg.cluster, []aside.Option{checkWith(src, cfg.checkHits, cfg.checkInvals)}, aside.WithObserver(breakerEvents(rec, id)))
 	if err != nil {
 		return err
 	}
@@ -229,6 +279,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 				var m runtime.MemStats
 				runtime.ReadMemStats(&m)
 				rec.add(event{T: "m", Worker: id, End: time.Now().UnixNano(), Heap: int64(m.HeapInuse), Gor: runtime.NumGoroutine()})
+				rec.add(event{T: "k", Worker: id, End: time.Now().UnixNano(), Check: c.checkerCounts()})
 			}
 			rec.flush()
 		}
@@ -294,6 +345,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	// A worker stopped cleanly drains its replay queue: Close replays it.
 	closed = true
 	err = c.store.Close()
+	rec.add(event{T: "k", Worker: id, End: time.Now().UnixNano(), Check: c.checkerCounts()})
 	pending, _ := c.store.Pending()
 	e := event{T: "q", Worker: id, End: time.Now().UnixNano(), V: int64(pending)}
 	if err != nil {
