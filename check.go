@@ -368,10 +368,13 @@ func (k *checker[T]) checkInvalidation(t checkTask[T]) (checkTask[T], bool) {
 	return next, next.window < len(k.cfg.Windows)
 }
 
+// inconsistent reports and counts a confirmed inconsistency: the event
+// first, then the counts, checked last — a reader that sees a check counted
+// sees its event and its verdict.
 func (k *checker[T]) inconsistent(counts *checkCounts, key string, err error) {
-	counts.checked.Add(1)
-	counts.inconsistent.Add(1)
 	k.c.store.emit(Event{Kind: EventInconsistent, Cache: k.c.name, Key: key, Err: err})
+	counts.inconsistent.Add(1)
+	counts.checked.Add(1)
 }
 
 // reload reads key from the source within the budget; ok is false when it
