@@ -323,7 +323,11 @@ func (k *checker[T]) checkHit(t checkTask[T]) (checkTask[T], bool) {
 		t.again, t.due, t.value, t.decoded, t.payload = true, time.Now().Add(k.cfg.Recheck), served, true, nil
 		return t, true
 	}
-	now, cached := k.served(t.key)
+	now, cached, err := k.served(t.key)
+	if err != nil {
+		k.skipped.Add(1)
+		return t, false
+	}
 	if cached && k.same(now, served) {
 		k.inconsistent(&k.hits, t.key, fmt.Errorf("aside: check: a hit served a value the source no longer holds, and still serves it %v later", k.cfg.Recheck))
 		return t, false
@@ -347,6 +351,13 @@ func (k *checker[T]) checkInvalidation(t checkTask[T]) (checkTask[T], bool) {
 		k.skipped.Add(1)
 		return next, next.window < len(k.cfg.Windows)
 	case raw == nil || e.Stale() || e.CreatedMs > t.changedMs: // the same millisecond: a suspect
+		counts.checked.Add(1)
+		return next, next.window < len(k.cfg.Windows)
+	}
+	if current, err := k.tagsCurrent(e); err != nil {
+		k.skipped.Add(1)
+		return next, next.window < len(k.cfg.Windows)
+	} else if !current { // a tag invalidated or marked stale since: not served as it is
 		counts.checked.Add(1)
 		return next, next.window < len(k.cfg.Windows)
 	}
@@ -411,9 +422,36 @@ func (k *checker[T]) reload(key string) (v T, found, ok bool) {
 	return v, false, false
 }
 
+// tagsCurrent reports whether every tag the entry recorded still has the
+// token it recorded: only then is the entry served as it is.
+func (k *checker[T]) tagsCurrent(e envelope.Envelope) (bool, error) {
+	if len(e.Tags) == 0 {
+		return true, nil
+	}
+	names := make([]string, len(e.Tags))
+	for i, t := range e.Tags {
+		names[i] = t.Name
+	}
+	current, err := k.c.store.fetchTokens(context.Background(), names)
+	if err != nil {
+		return false, err
+	}
+	for i, t := range e.Tags {
+		if current[i] != t.Token {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 // entry reads key's entry from Redis as it is, without loading or leasing;
-// raw is nil when there is none.
+// raw is nil when there is none. While the Store's breaker is open it does
+// not try: the check is skipped (a backlog of checks, each waiting out the
+// op timeout, would otherwise outlast the outage).
 func (k *checker[T]) entry(key string) (envelope.Envelope, []byte, error) {
+	if st := k.c.store.BreakerState(); st != BreakerClosed {
+		return envelope.Envelope{}, nil, fmt.Errorf("aside: check: Redis not in use (breaker %v)", st)
+	}
 	ctx, cancel := k.c.store.opContext(context.Background())
 	defer cancel()
 	s, err := k.c.store.rdb.Get(ctx, k.c.keys.entry(key)).Result()
@@ -432,18 +470,23 @@ func (k *checker[T]) entry(key string) (envelope.Envelope, []byte, error) {
 }
 
 // served returns what the cache serves for key now, L1 first, without
-// loading: the value and whether there is one.
-func (k *checker[T]) served(key string) (v T, ok bool) {
+// loading: the value and whether there is one; err when Redis could not
+// tell.
+func (k *checker[T]) served(key string) (v T, ok bool, err error) {
 	if k.c.l1 != nil {
 		if v, ok := k.c.l1.Get(key); ok {
-			return v, true
+			return v, true, nil
 		}
 	}
 	e, raw, err := k.entry(key)
 	if err != nil || raw == nil || e.Negative() {
-		return v, false
+		return v, false, err
 	}
-	return v, k.c.codec.Unmarshal(e.Payload, &v) == nil
+	current, err := k.tagsCurrent(e)
+	if err != nil || !current {
+		return v, false, err
+	}
+	return v, k.c.codec.Unmarshal(e.Payload, &v) == nil, nil
 }
 
 // same compares two values as the checker's configuration says.

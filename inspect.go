@@ -22,6 +22,7 @@ type EntryInfo struct {
 	Key      string
 	RedisKey string
 	Found    bool // an entry is stored; the fields below describe it
+	Format   byte // the envelope's format (0xA1)
 	// Flags are the entry's: "s2" (payload compressed), "negative" (a cached
 	// not-found), "stale" (marked stale).
 	Flags       []string
@@ -143,6 +144,9 @@ func (s *Store) inspect(ctx context.Context, cache string, version int, key stri
 	}
 	e, err := envelope.Decode(raw, nil, nil)
 	info.Found, info.Size, info.TTL = true, len(raw), ttl.Val()
+	if len(raw) > 0 {
+		info.Format = raw[0]
+	}
 	if err != nil {
 		info.ValueError = err.Error()
 		return info, envelope.Envelope{}, nil

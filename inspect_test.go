@@ -39,7 +39,7 @@ func TestInspect(t *testing.T) {
 		if !info.Found || info.Value != big || info.Version != 3 || info.Cache != "items" || info.RedisKey != aside.EntryKey(c, "big") {
 			t.Fatalf("inspect: %+v", info)
 		}
-		if len(info.Flags) != 1 || info.Flags[0] != "s2" || info.Size >= info.PayloadSize {
+		if info.Format != 0xA1 || len(info.Flags) != 1 || info.Flags[0] != "s2" || info.Size >= info.PayloadSize {
 			t.Errorf("flags %v, %d bytes stored of a %d-byte payload: want it compressed", info.Flags, info.Size, info.PayloadSize)
 		}
 		if info.Created.Before(before.Add(-time.Second)) || !info.FreshUntil.After(info.Created) || info.LoadTime < 2*time.Millisecond || info.TTL <= 0 || info.Lease != 0 {

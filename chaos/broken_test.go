@@ -21,7 +21,8 @@ type breakage struct {
 	// small, racy setup the safety breakages need.
 	full bool
 	// seen: aside's own consistency checker (aside.WithCheck, sampling 5 %
-	// of hits and every invalidation here) must report inconsistencies too.
+	// of hits and every invalidation here, 50 loads a second per cache)
+	// must report inconsistencies too.
 	seen bool
 }
 
@@ -62,7 +63,7 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 				if b.full {
 					args = []string{"-d", "20s", "-every", "2s"}
 				}
-				args = append(args, "-check-hits", "0.05", "-check-invalidations", "1")
+				args = append(args, "-check-hits", "0.05", "-check-invalidations", "1", "-check-budget", "50")
 				cmd := exec.Command(bin, append(args, "-faults", b.faults, "-db", db)...)
 				cmd.Stdout, cmd.Stderr = &out, os.Stderr
 				err := cmd.Run()

@@ -50,10 +50,11 @@ func main() {
 	outbox := flag.Bool("outbox", true, "writers record their invalidations in the write's transaction (asidepg) and run its relay; on PostgreSQL only")
 	checkHits := flag.Float64("check-hits", 0.01, "the fraction of hits aside's consistency checker (aside.WithCheck) samples in every worker")
 	checkInvals := flag.Float64("check-invalidations", 0.2, "the fraction of invalidations it follows")
+	checkBudget := flag.Float64("check-budget", 5, "its loader calls a second, per cache and worker")
 	flag.Parse()
 	cfg := config{dur: *dur, readers: *readers, writers: *writers, keys: *keys, every: *every, dbURL: *dbURL, broken: *broken,
 		faults: *faultIDs, loadWork: *loadWork, keep: *keep, cluster: *cluster, outbox: *outbox && *dbURL != "memory",
-		checkHits: *checkHits, checkInvals: *checkInvals}
+		checkHits: *checkHits, checkInvals: *checkInvals, checkBudget: *checkBudget}
 	if *role != "" {
 		if err := runWorker(*role, *id, *redisAddr, *table, *out, cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "chaos worker:", err)
@@ -98,6 +99,7 @@ type config struct {
 	cluster                bool          // a Redis Cluster instead of a single node
 	outbox                 bool          // writes go through the asidepg outbox
 	checkHits, checkInvals float64       // aside.WithCheck's sampling in the workers
+	checkBudget            float64       // and its loads a second, per cache
 }
 
 // result is what the checker found.
@@ -148,7 +150,8 @@ func (r *run) spawn(role string) (*proc, error) {
 	p.cmd = exec.Command(r.self, "-role", role, "-id", strconv.Itoa(p.id), "-redis", r.addr(p.id), "-cluster="+strconv.FormatBool(r.cfg.cluster), "-db", r.cfg.dbURL,
 		"-table", r.table, "-out", p.out, "-keys", strconv.Itoa(r.cfg.keys), "-broken="+strconv.FormatBool(r.cfg.broken),
 		"-load-work", r.cfg.loadWork.String(), "-outbox="+strconv.FormatBool(r.cfg.outbox),
-		"-check-hits", fmt.Sprint(r.cfg.checkHits), "-check-invalidations", fmt.Sprint(r.cfg.checkInvals))
+		"-check-hits", fmt.Sprint(r.cfg.checkHits), "-check-invalidations", fmt.Sprint(r.cfg.checkInvals),
+		"-check-budget", fmt.Sprint(r.cfg.checkBudget))
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, err

@@ -80,7 +80,7 @@ func report(w io.Writer, cfg config, res result, per map[string]*verdict, window
 			fmt.Fprintf(w, "- %d × %s\n", n, msg)
 		}
 	}
-	checkerLine(w, cfg, total, events)
+	checkerLine(w, cfg, total, events, windows)
 	fmt.Fprintf(w, "\nWorkers stopped cleanly: %d; with invalidations left in their replay queue after Close: %d.\n", stopped, res.undrained)
 	fmt.Fprintf(w, "\nLiveness: reads slower than %v outside the faults slow by design (a lease holder killed or paused, a Cluster master lost): %d; waiters whose budget ran out outside those faults (a lease nobody would fill): %d.\n",
 		liveBound, total.TooSlow, total.LostWaits)
@@ -180,15 +180,25 @@ func livenessTable(w io.Writer, per map[string]*verdict, windows []window, event
 // checkerLine reports aside's own consistency checker (aside.WithCheck in
 // every worker) beside this run's checker of record: the last counts of
 // each worker, summed, and the inconsistencies it confirmed by cache.
-func checkerLine(w io.Writer, cfg config, total verdict, events []event) {
+func checkerLine(w io.Writer, cfg config, total verdict, events []event, windows []window) {
 	last := map[int]*checkCounts{}
-	byCache := map[string]int{}
+	byCache, byWindow := map[string]int{}, map[string]int{}
 	for _, e := range events {
 		switch {
 		case e.T == "k" && e.Check != nil:
 			last[e.Worker] = e.Check
 		case e.T == "x":
 			byCache[e.Cache]++
+			// Confirmed up to 2 s (its last window) after what caused it:
+			// counted to the latest fault that began before and had not
+			// ended 3 s earlier.
+			name := "steady"
+			for _, win := range windows {
+				if e.End >= win.Start && e.End <= win.End+int64(3*time.Second) {
+					name = win.Name
+				}
+			}
+			byWindow[name]++
 		}
 	}
 	var sum checkCounts
@@ -203,24 +213,27 @@ func checkerLine(w io.Writer, cfg config, total verdict, events []event) {
 		sum.Loads += k.Loads
 		sum.Skipped += k.Skipped
 	}
-	fmt.Fprintf(w, "\naside's consistency checker (aside.WithCheck in every worker: %g of hits, %g of invalidations, 5 loads/s per cache): "+
+	fmt.Fprintf(w, "\naside's consistency checker (aside.WithCheck in every worker: %g of hits, rechecked after 100 ms, %g of invalidations, %g loads/s per cache): "+
 		"hits checked %d, inconsistent %d; invalidations checked after %v / %v / %v: %d / %d / %d, inconsistent %d / %d / %d; its loads %d, samples skipped %d. "+
 		"The run's checker of record: %d stale reads of %d (%s), aside's checker %d of its %d hits (%s)",
-		cfg.checkHits, cfg.checkInvals, sum.Hits, sum.HitsInconsistent, sum.Windows[0], sum.Windows[1], sum.Windows[2],
+		cfg.checkHits, cfg.checkInvals, cfg.checkBudget, sum.Hits, sum.HitsInconsistent, sum.Windows[0], sum.Windows[1], sum.Windows[2],
 		sum.Invals[0], sum.Invals[1], sum.Invals[2], sum.InvalsInconsistent[0], sum.InvalsInconsistent[1], sum.InvalsInconsistent[2],
 		sum.Loads, sum.Skipped, total.Stale, total.Reads, percent(total.Stale, total.Reads), sum.HitsInconsistent, sum.Hits, percent(int(sum.HitsInconsistent), int(sum.Hits)))
 	if total.Excused > 0 {
 		fmt.Fprintf(w, " (+ %d excused: Redis lost acknowledged writes — aside's checker counts what they leave)", total.Excused)
 	}
 	fmt.Fprintln(w, ".")
-	if len(byCache) > 0 {
-		names := make([]string, 0, len(byCache))
-		for n := range byCache {
+	for _, m := range []struct {
+		what   string
+		counts map[string]int
+	}{{"in cache", byCache}, {"during or just after", byWindow}} {
+		names := make([]string, 0, len(m.counts))
+		for n := range m.counts {
 			names = append(names, n)
 		}
 		sort.Strings(names)
 		for _, n := range names {
-			fmt.Fprintf(w, "- inconsistencies confirmed in %s: %d\n", n, byCache[n])
+			fmt.Fprintf(w, "- inconsistencies confirmed %s %s: %d\n", m.what, n, m.counts[n])
 		}
 	}
 }

@@ -175,9 +175,12 @@ func bucket(id int) string { return "bucket:" + strconv.Itoa(id%buckets) }
 
 func key(id int) string { return aside.Key(strconv.Itoa(id)) }
 
-// checkWith is the consistency checker every worker runs (aside.WithCheck):
-// windows inside the run's 3 s TTL, a budget of 5 loads a second per cache.
-func checkWith(src source, hits, invals float64) aside.Option {
+// checkWith is the consistency checker every worker runs (aside.WithCheck).
+// Its windows and recheck are shorter than the defaults (1 s, 10 s, 60 s;
+// 1 s): rows here change every few hundred milliseconds, and a stale entry
+// the next write replaces within a second would never be seen a second
+// later. The run's TTL is 3 s.
+func checkWith(src source, cfg config) aside.Option {
 	return aside.WithCheck(aside.Check[row]{
 		Load: func(ctx context.Context, key string) (row, error) {
 			id, err := strconv.Atoi(key)
@@ -186,8 +189,8 @@ func checkWith(src source, hits, invals float64) aside.Option {
 			}
 			return src.load(ctx, id)
 		},
-		Hits: hits, Invalidations: invals, LoadsPerSecond: 5,
-		Windows: [3]time.Duration{time.Second, 2 * time.Second, 3 * time.Second},
+		Hits: cfg.checkHits, Invalidations: cfg.checkInvals, LoadsPerSecond: cfg.checkBudget,
+		Windows: [3]time.Duration{100 * time.Millisecond, time.Second, 2 * time.Second}, Recheck: 100 * time.Millisecond,
 	})
 }
 
@@ -262,7 +265,7 @@ func runWorker(role string, id int, redisAddr, table, out string, cfg config) er
 	}
 	defer rec.f.Close()
 	defer rec.flush()
-	c, err := openCaches(redisAddr, cfg.cluster, []aside.Option{checkWith(src, cfg.checkHits, cfg.checkInvals)}, aside.WithObserver(breakerEvents(rec, id)))
+	c, err := openCaches(redisAddr, cfg.cluster, []aside.Option{checkWith(src, cfg)}, aside.WithObserver(breakerEvents(rec, id)))
 	if err != nil {
 		return err
 	}

@@ -36,7 +36,7 @@ func inspect(ctx context.Context, e *env, args []string) error {
 		return nil
 	}
 	now := time.Now()
-	fmt.Fprintf(w, "flags     %s\n", orNone(strings.Join(info.Flags, ",")))
+	fmt.Fprintf(w, "format    %02x, flags %s, type %08x\n", info.Format, orNone(strings.Join(info.Flags, ",")), info.TypeID)
 	fmt.Fprintf(w, "created   %s (%v ago; its load took %v)\n", info.Created.Format(time.RFC3339Nano), now.Sub(info.Created).Round(time.Millisecond), info.LoadTime)
 	fresh := "fresh"
 	if !now.Before(info.FreshUntil) {
@@ -76,7 +76,7 @@ func entryJSON(info aside.EntryInfo) map[string]any {
 		tags[i] = map[string]string{"name": t.Name, "state": t.State, "token": t.Token, "current": t.Current}
 	}
 	for k, v := range map[string]any{
-		"flags": append([]string{}, info.Flags...), "type_id": fmt.Sprintf("%08x", info.TypeID),
+		"flags": append([]string{}, info.Flags...), "format": fmt.Sprintf("%02x", info.Format), "type_id": fmt.Sprintf("%08x", info.TypeID),
 		"created": info.Created, "fresh_until": info.FreshUntil, "load_ms": float64(info.LoadTime.Microseconds()) / 1000,
 		"ttl_ms": info.TTL.Milliseconds(), "size": info.Size, "payload_size": info.PayloadSize, "tags": tags,
 		"value": info.Value, "value_error": info.ValueError,
