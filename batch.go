@@ -93,7 +93,7 @@ func (c *Cache[T]) getMany(ctx context.Context, keys []string, load BatchLoader[
 		seen[k] = true
 		if c.l1 != nil {
 			if v, ok := c.l1.Get(k); ok {
-				if n := c.stats.l1Hits.Add(1); c.check != nil && c.check.sampleL1Hit(n) {
+				if n := c.stats.l1Hits.add(); c.check != nil && c.check.sampleL1Hit(n) {
 					c.check.checkL1Hit(k, v)
 				}
 				out[k] = v

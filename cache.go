@@ -202,7 +202,7 @@ func (c *Cache[T]) Get(ctx context.Context, key string, load Loader[T], opts ...
 		// The L1 hit, the path that costs nanoseconds: nothing else first.
 		// (An L1 miss looks once more below, on its way to Redis.)
 		if v, ok := c.l1.Get(key); ok {
-			if n := c.stats.l1Hits.Add(1); c.check != nil && c.check.sampleL1Hit(n) {
+			if n := c.stats.l1Hits.add(); c.check != nil && c.check.sampleL1Hit(n) {
 				c.check.checkL1Hit(key, v)
 			}
 			return v, nil
@@ -272,7 +272,7 @@ func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err e
 	}
 	if c.l1 != nil {
 		if v, ok := c.l1.Get(key); ok {
-			if n := c.stats.l1Hits.Add(1); c.check != nil && c.check.sampleL1Hit(n) {
+			if n := c.stats.l1Hits.add(); c.check != nil && c.check.sampleL1Hit(n) {
 				c.check.checkL1Hit(key, v)
 			}
 			return nil, v, nil

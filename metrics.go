@@ -3,6 +3,7 @@ package aside
 import (
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // Stats is a snapshot of one cache's counters since it was created. Taking
@@ -85,7 +86,8 @@ func (s *Store) Coherence() CoherenceStats {
 
 type counters struct {
 	hits, staleServed, negativeHits, misses atomic.Uint64
-	tagMisses, l1Hits, waited               atomic.Uint64
+	tagMisses, waited                       atomic.Uint64
+	l1Hits                                  stripedCounter
 	leaseWaits, waitTimeouts, fillsRefused  atomic.Uint64
 	sharedScripts                           atomic.Uint64
 	refreshes, loads, loadErrors, loadNanos atomic.Uint64
@@ -93,6 +95,35 @@ type counters struct {
 	oversize, skipped                       atomic.Uint64
 	bytesWritten, redisTimeouts             atomic.Uint64
 	loadEWMA                                atomic.Int64 // nanoseconds
+}
+
+// stripedCounter counts L1 hits in stripes, each on a cache line of its
+// own. An L1 hit reads shared memory only, except its count: with one
+// counter, every core's hits wrote one cache line, and on 2 cores an L1
+// hit measured 57–61 ns against 45–50 without counting (BenchmarkL1). A
+// stripe is picked by the address of the caller's stack, which differs
+// between goroutines — and so between the cores running them — and costs
+// nothing to read; a goroutine whose stack moved just counts elsewhere.
+type stripedCounter struct {
+	stripes [16]struct {
+		n atomic.Uint64
+		_ [56]byte
+	}
+}
+
+// add counts one and returns the stripe's new count: a sequence of its own,
+// which the consistency checker samples hits by.
+func (s *stripedCounter) add() uint64 {
+	var here byte
+	stack := uint64(uintptr(unsafe.Pointer(&here))) >> 13 // goroutine stacks are 8 KiB apart at least
+	return s.stripes[(stack*0x9E3779B97F4A7C15)>>60].n.Add(1)
+}
+
+func (s *stripedCounter) load() (n uint64) {
+	for i := range s.stripes {
+		n += s.stripes[i].n.Load()
+	}
+	return n
 }
 
 // observeLoad folds one load's duration into the counters and the recent
@@ -112,13 +143,13 @@ func (c *counters) observeLoad(d time.Duration) {
 }
 
 func (c *counters) snapshot() Stats {
-	answered := c.l1Hits.Load() + c.hits.Load() + c.staleServed.Load() + c.negativeHits.Load()
+	answered := c.l1Hits.load() + c.hits.Load() + c.staleServed.Load() + c.negativeHits.Load()
 	ewma := time.Duration(c.loadEWMA.Load())
 	return Stats{
 		LoadLatency:   ewma,
 		TimeSaved:     time.Duration(answered) * ewma,
 		RedisTimeouts: c.redisTimeouts.Load(),
-		L1Hits:        c.l1Hits.Load(),
+		L1Hits:        c.l1Hits.load(),
 		Hits:          c.hits.Load(),
 		StaleServed:   c.staleServed.Load(),
 		NegativeHits:  c.negativeHits.Load(),

@@ -7,6 +7,7 @@ require (
 	github.com/asidecache/aside/asidepg v0.0.0
 	github.com/go-redis/cache/v9 v9.0.0
 	github.com/jackc/pgx/v5 v5.13.0
+	github.com/maypok86/otter/v2 v2.4.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/tsenart/vegeta/v12 v12.13.0
 	github.com/viccon/sturdyc v1.1.5

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	rcache "github.com/go-redis/cache/v9"
+	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/viccon/sturdyc"
 	"github.com/vmihailenco/msgpack/v5"
@@ -121,6 +122,22 @@ func sturdy() subject {
 	}}
 }
 
+// otterSubject is otter v2 (W-TinyLFU, in memory only): an in-process
+// cache's lookup, the limit an L1 hit is measured against.
+func otterSubject() subject {
+	c := otter.Must(&otter.Options[string, user]{MaximumSize: 10_000, ExpiryCalculator: otter.ExpiryWriting[string, user](time.Minute)})
+	return subject{name: "otter v2 (memory only)", get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
+		if v, ok := c.GetIfPresent(key); ok {
+			return v, nil
+		}
+		v, err := load()
+		if err == nil {
+			c.Set(key, v)
+		}
+		return v, err
+	}}
+}
+
 // subjects returns every subject, each with a client of its own, so that
 // one's connection pool (or its failures) never affects another.
 func subjects(a string) []subject {
@@ -136,5 +153,6 @@ func subjects(a string) []subject {
 		goRedisCache("go-redis/cache + local", newClient(a), true),
 		cacheAside(cscName, newCSCClient(a), prefix+":csc:"),
 		sturdy(),
+		otterSubject(),
 	}
 }
