@@ -58,11 +58,12 @@ type Tier[T any] struct {
 // already paid a Redis round trip.
 type l1Shard[T any] struct {
 	mu sync.Mutex // serializes fills and clears
-	m  atomic.Pointer[map[string]*l1Entry[T]]
+	m  atomic.Pointer[map[uint64]*l1Entry[T]]
 	_  [48]byte // a cache line of its own: no false sharing between shards
 }
 
 type l1Entry[T any] struct {
+	key      string // the map is keyed by its hash: one hash per hit, not two
 	v        T
 	expires  int64 // on the clock of local.clock
 	keyGen   uint64
@@ -90,7 +91,7 @@ func New[T any](cfg Config) *Tier[T] {
 	l := &Tier[T]{shards: make([]l1Shard[T], n), perShard: max(1, (cfg.Entries+n-1)/n), ttl: cfg.TTL, bus: cfg.Bus,
 		now: cfg.Now, realClock: cfg.RealClock}
 	for i := range l.shards {
-		l.shards[i].m.Store(&map[string]*l1Entry[T]{})
+		l.shards[i].m.Store(&map[uint64]*l1Entry[T]{})
 	}
 	return l
 }
@@ -116,8 +117,8 @@ func (l *Tier[T]) Get(key string) (T, bool) {
 		return zero, false
 	}
 	h := l.slot(key)
-	e := (*l.shard(h).m.Load())[key]
-	if e == nil || !l.valid(e, h) {
+	e := (*l.shard(h).m.Load())[h]
+	if e == nil || e.key != key || !l.valid(e, h) {
 		return zero, false
 	}
 	mono := l.bus.Mono()
@@ -163,7 +164,7 @@ func (l *Tier[T]) Set(key string, v T, n Note, freshUntil time.Time, tags []enve
 		life = fresh
 	}
 	expires := l.clock(l.bus.Mono()) + int64(life)
-	e := &l1Entry[T]{v: v, expires: expires, keyGen: n.keyGen, epoch: n.epoch, busEpoch: n.bus.Epoch}
+	e := &l1Entry[T]{key: key, v: v, expires: expires, keyGen: n.keyGen, epoch: n.epoch, busEpoch: n.bus.Epoch}
 	if len(tags) > 0 {
 		e.tagSlots, e.tagGens = make([]uint16, len(tags)), make([]uint64, len(tags))
 		if !bus.TagGens(l.bus, n.bus, tags, tagName, e.tagSlots, e.tagGens) {
@@ -177,14 +178,14 @@ func (l *Tier[T]) Set(key string, v T, n Note, freshUntil time.Time, tags []enve
 	sh := l.shard(h)
 	sh.mu.Lock()
 	old := *sh.m.Load()
-	m := make(map[string]*l1Entry[T], len(old)+1)
+	m := make(map[uint64]*l1Entry[T], len(old)+1)
 	for k, v := range old {
 		m[k] = v
 	}
-	if _, exists := m[key]; !exists && len(m) >= l.perShard {
+	if _, exists := m[h]; !exists && len(m) >= l.perShard {
 		evictOne(m)
 	}
-	m[key] = e
+	m[h] = e // a key whose 64-bit hash another has takes its place: a miss for that one, never its value
 	sh.m.Store(&m)
 	sh.mu.Unlock()
 	// The generations may have moved while we inserted; valid() on every
@@ -194,8 +195,8 @@ func (l *Tier[T]) Set(key string, v T, n Note, freshUntil time.Time, tags []enve
 // evictOne removes one entry, sampled CLOCK: among a few entries (map
 // iteration starts at a random bucket), the first not used since it was
 // last sampled; failing that, the one expiring first.
-func evictOne[T any](m map[string]*l1Entry[T]) {
-	var victim string
+func evictOne[T any](m map[uint64]*l1Entry[T]) {
+	var victim uint64
 	var soonest int64
 	n := 0
 	for k, e := range m {
@@ -232,7 +233,7 @@ func (l *Tier[T]) Clear() {
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
-		sh.m.Store(&map[string]*l1Entry[T]{})
+		sh.m.Store(&map[uint64]*l1Entry[T]{})
 		sh.mu.Unlock()
 	}
 }
