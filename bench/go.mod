@@ -3,6 +3,7 @@ module github.com/asidecache/aside/bench
 go 1.26.0
 
 require (
+	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/asidecache/aside v0.0.0
 	github.com/asidecache/aside/asidepg v0.0.0
 	github.com/go-redis/cache/v9 v9.0.0
@@ -15,7 +16,6 @@ require (
 )
 
 require (
-	github.com/alicebob/miniredis/v2 v2.40.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/influxdata/tdigest v0.0.1 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
