@@ -22,8 +22,10 @@ const (
 	hitGoroutines = 8 // per GOMAXPROCS
 )
 
-func hits(ctx context.Context, subs []subject) {
-	fmt.Println("## Hit")
+func hits(ctx context.Context, subs []subject) { hitTable(ctx, "Hit", subs) }
+
+func hitTable(ctx context.Context, title string, subs []subject) {
+	fmt.Println("## " + title)
 	fmt.Println()
 	fmt.Printf("| subject | 1 goroutine | allocs/op | × floor | %d goroutines, %d keys | × floor |\n", hitGoroutines*runtime.GOMAXPROCS(0), hitKeys)
 	fmt.Println("|---|---|---|---|---|---|")

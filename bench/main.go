@@ -41,7 +41,7 @@ var (
 	rate        = flag.Int("rate", 1000, "coherence: invalidations per second")
 	link        = flag.Duration("link", 250*time.Microsecond, "the delay a proxy adds to each request for the miss table over a slower link")
 	serve       = flag.Bool("serve-link", false, "run the delaying proxy only (the bench starts it as a process of its own)")
-	cluster     = flag.String("cluster", "", "coherence: also on this Redis Cluster (comma-separated loopback addresses)")
+	cluster     = flag.String("cluster", "", `also on a Redis Cluster: comma-separated loopback addresses, or "start" for one of its own (scripts/redis-cluster.sh); the hit table (-only paths) and coherence`)
 	liveRate    = flag.Int("live-rate", 1000, "liveness: requests per second")
 	liveDur     = flag.Duration("live-d", 8*time.Second, "liveness: length of each run")
 	liveFaults  = flag.String("live-faults", "none,stall,cpu", "liveness: faults, comma-separated (none, stall, cpu)")
@@ -96,6 +96,7 @@ func main() {
 		misses(ctx, missTitle, subs)
 		linkMisses(ctx)
 		batch(ctx)
+		clusterHits(ctx)
 		return
 	case "stampede":
 		stampede(ctx)

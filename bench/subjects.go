@@ -50,14 +50,14 @@ type subject struct {
 	close func()
 }
 
-func floor(rdb *redis.Client) subject {
+func floor(rdb redis.UniversalClient) subject {
 	return cacheAside("floor (GET/SET + msgpack)", rdb, prefix+":floor:")
 }
 
 // cacheAside is hand-written cache-aside over rdb: GET, else load and SET.
 // Over a plain client it is the floor; over a client with go-redis's
 // client-side cache it is that cache's peer row.
-func cacheAside(name string, rdb *redis.Client, space string) subject {
+func cacheAside(name string, rdb redis.UniversalClient, space string) subject {
 	return subject{name: name, get: func(ctx context.Context, key string, load func() (user, error)) (user, error) {
 		var u user
 		b, err := rdb.Get(ctx, space+key).Bytes()
@@ -87,7 +87,7 @@ const floorAgain = "floor again (a second client: the noise)"
 
 const cscName = "go-redis client-side cache (GET/SET, RESP3)"
 
-func asideSubject(name string, rdb *redis.Client, tagged bool, opts ...aside.Option) subject {
+func asideSubject(name string, rdb redis.UniversalClient, tagged bool, opts ...aside.Option) subject {
 	store, err := aside.NewStore(rdb, aside.WithPrefix(prefix+strings.NewReplacer(" ", "", "+", "", ",", "").Replace(name)))
 	must(err)
 	c, err := aside.New[user](store, "user", opts...)
@@ -101,7 +101,7 @@ func asideSubject(name string, rdb *redis.Client, tagged bool, opts ...aside.Opt
 	}}
 }
 
-func goRedisCache(name string, rdb *redis.Client, local bool) subject {
+func goRedisCache(name string, rdb redis.UniversalClient, local bool) subject {
 	o := &rcache.Options{Redis: rdb}
 	if local {
 		o.LocalCache = rcache.NewTinyLFU(10_000, time.Minute)
@@ -136,6 +136,24 @@ func otterSubject() subject {
 		}
 		return v, err
 	}}
+}
+
+// newClusterClient is newClient for a Redis Cluster.
+func newClusterClient(addrs []string) *redis.ClusterClient {
+	return redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, DisableIdentity: true, ContextTimeoutEnabled: true,
+		MaxRetries: -1, DialTimeout: 100 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
+}
+
+// clusterSubjects are the Redis subjects on a Cluster, each with a client
+// of its own (go-redis' client-side cache is for one node only).
+func clusterSubjects(addrs []string) []subject {
+	return []subject{
+		floor(newClusterClient(addrs)),
+		cacheAside(floorAgain, newClusterClient(addrs), prefix+":floor2:"),
+		asideSubject("aside", newClusterClient(addrs), false),
+		asideSubject("aside + 2 tags", newClusterClient(addrs), true),
+		goRedisCache("go-redis/cache", newClusterClient(addrs), false),
+	}
 }
 
 // subjects returns every subject, each with a client of its own, so that
