@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -92,17 +91,12 @@ func (s *Store) Inspect(ctx context.Context, cache, key string, version int) (En
 	}
 	if version == 0 {
 		octx, cancel := s.opContext(ctx)
-		found, err := s.rdb.SMembers(octx, versionsKey(s.prefix, cache)).Result()
+		inUse, err := s.versionsInUse(octx, []string{cache})
 		cancel()
 		if err != nil {
 			return EntryInfo{}, opErr("inspect", fmt.Errorf("%w: %w", ErrUnavailable, err))
 		}
-		version = 1
-		for _, f := range found {
-			if v, err := strconv.Atoi(f); err == nil && v > version {
-				version = v
-			}
-		}
+		version = slices.Max(append(inUse[cache], 1)) // 1 when none is recorded
 	}
 	info, e, err := s.inspect(ctx, cache, version, key)
 	if err != nil || !info.Found || e.Negative() {
