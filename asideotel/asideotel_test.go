@@ -32,18 +32,7 @@ func TestInstrumentsReadBackRealValues(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	reader := sdkmetric.NewManualReader()
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	defer provider.Shutdown(ctx)
-	reg, err := asideotel.Register(provider.Meter("test"), products)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reg.Unregister()
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
+	rm := collect(t, products)
 	got := map[string]int64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
@@ -91,18 +80,7 @@ func TestCheckerMetrics(t *testing.T) {
 			t.Fatalf("the checker checked %+v of 2 hits", products.Stats().Check.Hits)
 		}
 	}
-	reader := sdkmetric.NewManualReader()
-	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	defer provider.Shutdown(ctx)
-	reg, err := asideotel.Register(provider.Meter("test"), products)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reg.Unregister()
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(ctx, &rm); err != nil {
-		t.Fatal(err)
-	}
+	rm := collect(t, products)
 	got := map[string]int64{}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
@@ -120,4 +98,24 @@ func TestCheckerMetrics(t *testing.T) {
 		got["aside.checks/invalidation/1m0s/consistent"] != 0 || got["aside.check.loads///"] != 2 {
 		t.Errorf("read back %v; want 2 consistent hits checked with 2 loads", got)
 	}
+}
+
+// collect registers the instruments of sources on a meter of its own and
+// reads them once.
+func collect(t *testing.T, sources ...asideotel.Source) metricdata.ResourceMetrics {
+	t.Helper()
+	ctx := context.Background()
+	reader := sdkmetric.NewManualReader()
+	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer provider.Shutdown(ctx)
+	reg, err := asideotel.Register(provider.Meter("test"), sources...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Unregister()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	return rm
 }
