@@ -169,10 +169,10 @@ func newChecker[T any](c *Cache[T], cfg Check[T]) (*checker[T], error) {
 
 // threshold turns a rate into the bound a uniform uint64 is sampled under.
 func threshold(rate float64) uint64 {
-	if rate >= 1 {
-		return math.MaxUint64
+	if v := rate * (1 << 64); rate < 1 && v < 1<<64 { // a rate just under 1 can round up to 2⁶⁴
+		return uint64(v)
 	}
-	return uint64(rate * (1 << 64))
+	return math.MaxUint64
 }
 
 func sampled(rate uint64) bool {
