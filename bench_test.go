@@ -2,9 +2,12 @@ package aside_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -67,71 +70,88 @@ func benchCacheOn(b *testing.B, rdb redis.UniversalClient) *aside.Cache[benchUse
 
 // BenchmarkHit compares a cache hit with the floor: a hand-written go-redis
 // GET plus msgpack decode, with no protection at all. Both run in one
-// process against one Redis, so their ratio is meaningful on a noisy machine.
+// process against one Redis — and, with a Cluster at hand, against a
+// 3-master Cluster — so their ratio is meaningful on a noisy machine.
 func BenchmarkHit(b *testing.B) {
-	addr := benchAddr(b)
 	ctx := context.Background()
-	b.Run("floor", func(b *testing.B) {
-		rdb := newClient(b, addr)
-		key := uniquePrefix() + ":floor"
-		raw, _ := msgpack.Marshal(sampleUser)
-		rdb.Set(ctx, key, raw, time.Hour)
-		b.ReportAllocs()
-		b.ResetTimer()
-		for b.Loop() {
-			data, err := rdb.Get(ctx, key).Bytes()
-			if err != nil {
-				b.Fatal(err)
+	for _, top := range benchTopologies(b) {
+		b.Run("on="+top.name+"/subject=floor", func(b *testing.B) {
+			rdb := top.client(b)
+			key := uniquePrefix() + ":floor"
+			raw, _ := msgpack.Marshal(sampleUser)
+			rdb.Set(ctx, key, raw, time.Hour)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				data, err := rdb.Get(ctx, key).Bytes()
+				if err != nil {
+					b.Fatal(err)
+				}
+				var u benchUser
+				if err := msgpack.Unmarshal(data, &u); err != nil {
+					b.Fatal(err)
+				}
 			}
-			var u benchUser
-			if err := msgpack.Unmarshal(data, &u); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("aside", func(b *testing.B) {
-		c := newBenchCache(b, addr)
-		load := func(context.Context) (benchUser, error) { return sampleUser, nil }
-		if _, err := c.Get(ctx, "hot", load); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		b.ResetTimer()
-		for b.Loop() {
+		})
+		b.Run("on="+top.name+"/subject=aside", func(b *testing.B) {
+			c := benchCacheOn(b, top.client(b))
+			load := func(context.Context) (benchUser, error) { return sampleUser, nil }
 			if _, err := c.Get(ctx, "hot", load); err != nil {
 				b.Fatal(err)
 			}
-		}
-	})
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := c.Get(ctx, "hot", load); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// benchTopology is a kind of deployment the benchmarks run on.
+type benchTopology struct {
+	name   string
+	client func(b *testing.B) redis.UniversalClient
+}
+
+// benchTopologies returns one node (the real Redis, else a miniredis) and,
+// when the suite has one (ASIDE_CLUSTER_ADDRS, or ASIDE_LONG to start it),
+// a 3-master Cluster.
+func benchTopologies(b *testing.B) []benchTopology {
+	addr := benchAddr(b)
+	tops := []benchTopology{{"node", func(b *testing.B) redis.UniversalClient { return newClient(b, addr) }}}
+	if len(clusterAddrs) > 0 {
+		tops = append(tops, benchTopology{"cluster", func(b *testing.B) redis.UniversalClient {
+			return (&backend{cluster: clusterAddrs}).client(b)
+		}})
+	}
+	return tops
 }
 
 // BenchmarkParallelHit measures hit throughput with every core busy: 8
-// goroutines per core over 64 warm keys, each subject with and without
-// go-redis's automatic pipeliner (experimental in go-redis v9.22+), which
-// batches concurrent callers' commands.
+// goroutines per core over 64 warm keys, on one node and (with a Cluster
+// at hand: ASIDE_CLUSTER_ADDRS, or ASIDE_LONG to start one) on a 3-master
+// Cluster; on the node each subject also runs with go-redis's automatic
+// pipeliner (experimental in go-redis v9.22+), which batches concurrent
+// callers' commands.
 func BenchmarkParallelHit(b *testing.B) {
-	addr := benchAddr(b)
 	ctx := context.Background()
 	const keys = 64
-	for _, auto := range []bool{false, true} {
-		client := func(b *testing.B) redis.UniversalClient {
-			rdb := newClient(b, addr)
-			if !auto {
-				return rdb
-			}
-			ap, err := rdb.AutoPipeline()
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { _ = ap.Close() })
-			return ap
+	tops := benchTopologies(b)
+	ap := benchTopology{"node+autopipeline", func(b *testing.B) redis.UniversalClient {
+		ap, err := tops[0].client(b).(*redis.Client).AutoPipeline()
+		if err != nil {
+			b.Fatal(err)
 		}
-		suffix := ""
-		if auto {
-			suffix = "+autopipeline"
-		}
-		b.Run("floor"+suffix, func(b *testing.B) {
-			rdb := client(b)
+		b.Cleanup(func() { _ = ap.Close() })
+		return ap
+	}}
+	tops = slices.Insert(tops, 1, ap)
+	for _, top := range tops {
+		b.Run("on="+top.name+"/subject=floor", func(b *testing.B) {
+			rdb := top.client(b)
 			prefix := uniquePrefix() + ":floor:"
 			raw, _ := msgpack.Marshal(sampleUser)
 			for k := range keys {
@@ -140,8 +160,9 @@ func BenchmarkParallelHit(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.ResetTimer()
+			var next atomic.Int64 // each goroutine starts on a key of its own, as in a service
 			b.RunParallel(func(pb *testing.PB) {
-				for i := 0; pb.Next(); i++ {
+				for i := int(next.Add(7)); pb.Next(); i++ {
 					data, err := rdb.Get(ctx, prefix+strconv.Itoa(i%keys)).Bytes()
 					var u benchUser
 					if err == nil {
@@ -154,8 +175,8 @@ func BenchmarkParallelHit(b *testing.B) {
 				}
 			})
 		})
-		b.Run("aside"+suffix, func(b *testing.B) {
-			c := benchCacheOn(b, client(b))
+		b.Run("on="+top.name+"/subject=aside", func(b *testing.B) {
+			c := benchCacheOn(b, top.client(b))
 			load := func(context.Context) (benchUser, error) { return sampleUser, nil }
 			for k := range keys {
 				if _, err := c.Get(ctx, strconv.Itoa(k), load); err != nil {
@@ -165,8 +186,9 @@ func BenchmarkParallelHit(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.ResetTimer()
+			var next atomic.Int64 // each goroutine starts on a key of its own, as in a service
 			b.RunParallel(func(pb *testing.PB) {
-				for i := 0; pb.Next(); i++ {
+				for i := int(next.Add(7)); pb.Next(); i++ {
 					if _, err := c.Get(ctx, strconv.Itoa(i%keys), load); err != nil {
 						b.Error(err) // not Fatal: this goroutine is not the benchmark's
 						return
@@ -331,11 +353,18 @@ func BenchmarkInvalidateTag100k(b *testing.B) {
 }
 
 // BenchmarkGetMany100 compares GetMany of 100 cached keys (one pipelined
-// round trip) with 100 sequential Gets, in one run, for the ~1 KB struct and
-// for a small one (a price), since decoding dominates a batch of big values.
+// round trip) with 100 sequential Gets and with the floor — the same reads
+// by hand: one MGET on a node; on a Cluster, where an MGET cannot span
+// slots, one pipeline of GETs per master, the masters in parallel — each
+// with its values decoded, in one run, for the ~1 KB struct and for a small
+// one (a price), since decoding dominates a batch of big values.
 func BenchmarkGetMany100(b *testing.B) {
-	b.Run("value=1KB", func(b *testing.B) { benchGetMany(b, sampleUser) })
-	b.Run("value=small", func(b *testing.B) { benchGetMany(b, price{SKU: "sku-42", Cents: 1999, Currency: "EUR"}) })
+	for _, top := range benchTopologies(b) {
+		b.Run("on="+top.name+"/value=1KB", func(b *testing.B) { benchGetMany(b, top.client(b), sampleUser) })
+		b.Run("on="+top.name+"/value=small", func(b *testing.B) {
+			benchGetMany(b, top.client(b), price{SKU: "sku-42", Cents: 1999, Currency: "EUR"})
+		})
+	}
 }
 
 type price struct {
@@ -344,18 +373,22 @@ type price struct {
 	Currency string
 }
 
-func benchGetMany[T any](b *testing.B, sample T) {
+func benchGetMany[T any](b *testing.B, rdb redis.UniversalClient, sample T) {
 	ctx := context.Background()
-	rdb := newClient(b, benchAddr(b))
 	store, err := aside.NewStore(rdb, aside.WithPrefix(uniquePrefix()))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer store.Close()
 	c, _ := aside.New[T](store, "v")
-	keys := make([]string, 100)
+	keys, rawKeys := make([]string, 100), make([]string, 100)
+	raw, _ := msgpack.Marshal(sample)
 	for i := range keys {
 		keys[i] = strconv.Itoa(i)
+		rawKeys[i] = uniquePrefix() + ":raw:" + keys[i]
+		if err := rdb.Set(ctx, rawKeys[i], raw, time.Hour).Err(); err != nil {
+			b.Fatal(err)
+		}
 	}
 	load := func(_ context.Context, ks []string) (map[string]T, error) {
 		out := make(map[string]T, len(ks))
@@ -367,8 +400,24 @@ func benchGetMany[T any](b *testing.B, sample T) {
 	if _, err := c.GetMany(ctx, keys, load); err != nil {
 		b.Fatal(err)
 	}
+	if err := store.Wait(ctx); err != nil { // the fills have landed
+		b.Fatal(err)
+	}
 	one := func(context.Context) (T, error) { return sample, nil }
-	b.Run("GetMany", func(b *testing.B) {
+	b.Run("subject=floor", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			vals, err := readByHand(ctx, rdb, rawKeys)
+			for _, v := range vals {
+				var t T
+				err = errors.Join(err, msgpack.Unmarshal([]byte(v), &t))
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("subject=GetMany", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			if m, err := c.GetMany(ctx, keys, load); err != nil || len(m) != 100 {
@@ -376,7 +425,7 @@ func benchGetMany[T any](b *testing.B, sample T) {
 			}
 		}
 	})
-	b.Run("100xGet", func(b *testing.B) {
+	b.Run("subject=100xGet", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			for _, k := range keys {
@@ -386,6 +435,51 @@ func benchGetMany[T any](b *testing.B, sample T) {
 			}
 		}
 	})
+}
+
+// readByHand reads keys as a careful hand-written client would: one MGET
+// on a node; on a Cluster, one pipeline of GETs per master, the masters in
+// parallel.
+func readByHand(ctx context.Context, rdb redis.UniversalClient, keys []string) ([]string, error) {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		res, err := rdb.MGet(ctx, keys...).Result()
+		vals := make([]string, 0, len(res))
+		for _, v := range res {
+			s, _ := v.(string)
+			vals = append(vals, s)
+		}
+		return vals, err
+	}
+	byMaster := map[*redis.Client][]string{}
+	for _, k := range keys {
+		m, err := cc.MasterForKey(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		byMaster[m] = append(byMaster[m], k)
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	vals, errs := make([]string, 0, len(keys)), []error{}
+	for m, ks := range byMaster {
+		wg.Go(func() {
+			p := m.Pipeline()
+			cmds := make([]*redis.StringCmd, len(ks))
+			for i, k := range ks {
+				cmds[i] = p.Get(ctx, k)
+			}
+			_, err := p.Exec(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			errs = append(errs, err)
+			for _, c := range cmds {
+				vals = append(vals, c.Val())
+			}
+		})
+	}
+	wg.Wait()
+	return vals, errors.Join(errs...)
 }
 
 // BenchmarkL1 compares a hit with L1 on and off, in one run.

@@ -530,31 +530,73 @@ func (h stallHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 // while readers of every master's keys go on. Reads of the other masters'
 // keys stay fast — a coalesced batch waits for one master, never for the
 // stalled one's keys — and the breaker stays closed: the other masters
-// answer the check, so their keys stay on Redis. Its broken variant puts
-// the reads of every master in one batch and checks with one PING.
+// answer the check, so their keys stay on Redis. The same for a Ring's
+// shard. Its broken variant puts the reads of every master in one batch
+// (and on a Cluster checks with one PING).
 func TestT27StalledMasterCostsItsSlotsOnly(t *testing.T) {
-	requireCluster(t)
-	expectBroken(t, "the other masters' reads are not held by a stalled master", func(broken bool) bool {
-		slow, reads, opened := stalledMaster(t, broken)
-		t.Logf("broken=%v: %d of %d reads of the other masters' keys were held (took 90 %% of the op timeout or more), breaker opened %v", broken, slow, reads, opened)
-		// A read held by the stalled master waits out that master's call,
-		// the op timeout (200 ms here, no stall tolerance): one that takes
-		// 90 % of it was held. A pause of the whole process (a GC under the
-		// race detector in the full suite) delays every reader at once by
-		// less: the full suite saw one read per reader goroutine over 50 ms
-		// when the bound was half of a 100 ms op timeout. A stray one or two
-		// may; a shared batch holds one in every batch a stalled read joins.
-		return slow <= 2 && !opened
+	check := func(t *testing.T, newClient func() (redis.UniversalClient, func(key string) *redis.Client)) {
+		expectBroken(t, "the other masters' reads are not held by a stalled master", func(broken bool) bool {
+			rdb, nodeOf := newClient()
+			defer rdb.Close()
+			slow, reads, opened := stalledMaster(t, rdb, nodeOf, broken)
+			t.Logf("broken=%v: %d of %d reads of the other masters' keys were held (took 90 %% of the op timeout or more), breaker opened %v", broken, slow, reads, opened)
+			// A read held by the stalled master waits out that master's call,
+			// the op timeout (200 ms here, no stall tolerance): one that takes
+			// 90 % of it was held. A pause of the whole process (a GC under the
+			// race detector in the full suite) delays every reader at once by
+			// less: the full suite saw one read per reader goroutine over 50 ms
+			// when the bound was half of a 100 ms op timeout. A stray one or two
+			// may; a shared batch holds one in every batch a stalled read joins.
+			return slow <= 2 && !opened
+		})
+	}
+	forEachSharded(t, check)
+}
+
+// forEachSharded runs check on a Cluster and on a two-shard Ring, with
+// newClient making a client and a function that finds a key's node: its
+// master, its shard. The Ring's own heartbeat would, after a while, move a
+// stalled or hung shard's keys to the other: kept out of the tests' way,
+// which is aside's work for the time before it does.
+func forEachSharded(t *testing.T, check func(t *testing.T, newClient func() (redis.UniversalClient, func(key string) *redis.Client))) {
+	t.Run("cluster", func(t *testing.T) {
+		requireCluster(t)
+		check(t, func() (redis.UniversalClient, func(string) *redis.Client) {
+			rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: clusterAddrs, DisableIdentity: true, ContextTimeoutEnabled: true,
+				MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
+			return rdb, func(key string) *redis.Client {
+				m, err := rdb.MasterForKey(bgCtx, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return m
+			}
+		})
+	})
+	t.Run("ring", func(t *testing.T) {
+		addrs := startRingShards(t)
+		check(t, func() (redis.UniversalClient, func(string) *redis.Client) {
+			rdb := redis.NewRing(&redis.RingOptions{Addrs: addrs, ContextTimeoutEnabled: true, MaxRetries: -1, HeartbeatFrequency: time.Hour,
+				DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second, DisableIdentity: true})
+			return rdb, func(key string) *redis.Client {
+				s, err := rdb.GetShardClientForKey(key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+		})
 	})
 }
 
-func stalledMaster(t *testing.T, broken bool) (slow, reads int, opened bool) {
+// stalledMaster stalls the master (the shard) of one of 48 keys while 12
+// goroutines read, half its keys and half the others', and returns how many
+// reads of the others' keys were held, of how many, and whether the Store's
+// breaker opened.
+func stalledMaster(t *testing.T, rdb redis.UniversalClient, nodeOf func(key string) *redis.Client, broken bool) (slow, reads int, opened bool) {
 	const op = 200 * time.Millisecond
 	var stalled atomic.Bool
-	stalledAddr := ""
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: clusterAddrs, DisableIdentity: true, ContextTimeoutEnabled: true,
-		MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
-	defer rdb.Close()
+	var stalledNode *redis.Client
 	keys := make([]string, 48)
 	for i := range keys {
 		keys[i] = "k" + strconv.Itoa(i)
@@ -587,14 +629,11 @@ func stalledMaster(t *testing.T, broken bool) (slow, reads int, opened bool) {
 	// The master of the first key stalls; the others' keys are read meanwhile.
 	var own, others []string
 	for _, k := range keys {
-		m, err := rdb.MasterForKey(bgCtx, aside.EntryKey(c, k))
-		if err != nil {
-			t.Fatal(err)
+		m := nodeOf(aside.EntryKey(c, k))
+		if stalledNode == nil {
+			stalledNode = m
 		}
-		if stalledAddr == "" {
-			stalledAddr = m.Options().Addr
-		}
-		if m.Options().Addr == stalledAddr {
+		if m == stalledNode {
 			own = append(own, k)
 		} else {
 			others = append(others, k)
@@ -603,12 +642,7 @@ func stalledMaster(t *testing.T, broken bool) (slow, reads int, opened bool) {
 	if len(own) == 0 || len(others) == 0 {
 		t.Fatalf("keys on the stalled master %d, on the others %d", len(own), len(others))
 	}
-	_ = rdb.ForEachMaster(bgCtx, func(ctx context.Context, m *redis.Client) error {
-		if m.Options().Addr == stalledAddr {
-			m.AddHook(stallHook{addr: stalledAddr, stalled: &stalled})
-		}
-		return nil
-	})
+	stalledNode.AddHook(stallHook{addr: stalledNode.Options().Addr, stalled: &stalled})
 	stalled.Store(true)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -667,37 +701,7 @@ func TestT28HungMasterCutOffAlone(t *testing.T) {
 			})
 		})
 	}
-	t.Run("cluster", func(t *testing.T) {
-		requireCluster(t)
-		check(t, func() (redis.UniversalClient, func(string) *redis.Client) {
-			rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: clusterAddrs, DisableIdentity: true, ContextTimeoutEnabled: true,
-				MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
-			return rdb, func(key string) *redis.Client {
-				m, err := rdb.MasterForKey(bgCtx, key)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return m
-			}
-		})
-	})
-	t.Run("ring", func(t *testing.T) {
-		addrs := startRingShards(t)
-		check(t, func() (redis.UniversalClient, func(string) *redis.Client) {
-			// The Ring's own heartbeat would, after a while, move the hung
-			// shard's keys to the other: kept out of this test's way, which
-			// is aside's breaker for the time before it does.
-			rdb := redis.NewRing(&redis.RingOptions{Addrs: addrs, ContextTimeoutEnabled: true, MaxRetries: -1, HeartbeatFrequency: time.Hour,
-				DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second, DisableIdentity: true})
-			return rdb, func(key string) *redis.Client {
-				s, err := rdb.GetShardClientForKey(key)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return s
-			}
-		})
-	})
+	forEachSharded(t, check)
 }
 
 type hungOutcome struct {

@@ -32,9 +32,10 @@ func clusterAddrs() (addrs []string, stop func(), err error) {
 	return strings.Split(strings.TrimSpace(string(out)), ","), stop, nil
 }
 
-// clusterHits is the hit table again on a 3-master Cluster (-cluster): the
-// Redis subjects only, each on a ClusterClient of its own.
-func clusterHits(ctx context.Context) {
+// clusterPaths is the paths again on a 3-master Cluster (-cluster): the
+// hit, miss and batch tables, the Redis subjects only, each on a
+// ClusterClient of its own.
+func clusterPaths(ctx context.Context) {
 	if *cluster == "" {
 		return
 	}
@@ -53,4 +54,8 @@ func clusterHits(ctx context.Context) {
 		}
 	}()
 	hitTable(ctx, "Hit, on a 3-master Cluster", subs)
+	misses(ctx, "Miss + fill, on a 3-master Cluster (instant loader, a new key each time)", subs)
+	cc := newClusterClient(addrs)
+	defer cc.Close()
+	batch(ctx, "100 keys across slots, all cached, on a 3-master Cluster", cc)
 }

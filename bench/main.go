@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -26,10 +25,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/viccon/sturdyc"
-	"github.com/vmihailenco/msgpack/v5"
-
-	"github.com/asidecache/aside"
 )
 
 var (
@@ -41,7 +36,7 @@ var (
 	rate        = flag.Int("rate", 1000, "coherence: invalidations per second")
 	link        = flag.Duration("link", 250*time.Microsecond, "the delay a proxy adds to each request for the miss table over a slower link")
 	serve       = flag.Bool("serve-link", false, "run the delaying proxy only (the bench starts it as a process of its own)")
-	cluster     = flag.String("cluster", "", `also on a Redis Cluster: comma-separated loopback addresses, or "start" for one of its own (scripts/redis-cluster.sh); the hit table (-only paths) and coherence`)
+	cluster     = flag.String("cluster", "", `also on a Redis Cluster: comma-separated loopback addresses, or "start" for one of its own (scripts/redis-cluster.sh); the paths (-only paths: hit, miss and batch tables) and coherence`)
 	liveRate    = flag.Int("live-rate", 1000, "liveness: requests per second")
 	liveDur     = flag.Duration("live-d", 8*time.Second, "liveness: length of each run")
 	liveFaults  = flag.String("live-faults", "none,stall,cpu", "liveness: faults, comma-separated (none, stall, cpu)")
@@ -95,8 +90,8 @@ func main() {
 		hits(ctx, subs)
 		misses(ctx, missTitle, subs)
 		linkMisses(ctx)
-		batch(ctx)
-		clusterHits(ctx)
+		batch(ctx, "100 keys, all cached", newClient(*addr))
+		clusterPaths(ctx)
 		return
 	case "stampede":
 		stampede(ctx)
@@ -120,7 +115,7 @@ func main() {
 	hits(ctx, subs)
 	misses(ctx, missTitle, subs)
 	linkMisses(ctx)
-	batch(ctx)
+	batch(ctx, "100 keys, all cached", newClient(*addr))
 	stampede(ctx)
 	freshness(ctx, freshWindow())
 	redisDown(ctx)
@@ -180,83 +175,6 @@ func misses(ctx context.Context, title string, subs []subject) {
 	rs := measureAll(fns)
 	for i, name := range names {
 		fmt.Printf("| %s | %s | %d | %s |\n", name, dur(rs[i].nsPerOp), rs[i].allocs, ratio(rs[i], rs[0]))
-	}
-	fmt.Println()
-}
-
-func batch(ctx context.Context) {
-	rdb := newClient(*addr)
-	store, err := aside.NewStore(rdb, aside.WithPrefix(prefix+"batch"))
-	must(err)
-	defer store.Close()
-	c, err := aside.New[user](store, "user")
-	must(err)
-	keys := make([]string, 100)
-	for i := range keys {
-		keys[i] = strconv.Itoa(i)
-	}
-	loadMany := func(_ context.Context, ks []string) (map[string]user, error) {
-		out := make(map[string]user, len(ks))
-		for _, k := range ks {
-			out[k] = sample
-		}
-		return out, nil
-	}
-	_, err = c.GetMany(ctx, keys, loadMany)
-	must(err)
-	must(store.Wait(ctx)) // the fills have landed: what follows reads hits
-	raw, _ := msgpack.Marshal(sample)
-	rawKeys := make([]string, 100)
-	for i := range rawKeys {
-		rawKeys[i] = prefix + ":mget:" + keys[i]
-		rdb.Set(ctx, rawKeys[i], raw, time.Minute)
-	}
-	sc := sturdyc.New[user](10_000, 16, time.Minute, 10)
-	keyFn := sc.BatchKeyFn("user")
-	_, _ = sc.GetOrFetchBatch(ctx, keys, keyFn, loadMany)
-	rows := []struct {
-		name string
-		fn   func() error
-	}{
-		{"floor: MGET + 100 decodes", func() error {
-			vals, err := rdb.MGet(ctx, rawKeys...).Result()
-			for _, v := range vals {
-				var u user
-				if s, ok := v.(string); ok {
-					err = errors.Join(err, msgpack.Unmarshal([]byte(s), &u))
-				}
-			}
-			return err
-		}},
-		{"aside GetMany", func() error { _, err := c.GetMany(ctx, keys, loadMany); return err }},
-		{"aside: 100 × Get", func() error {
-			for _, k := range keys {
-				if _, err := c.Get(ctx, k, func(context.Context) (user, error) { return sample, nil }); err != nil {
-					return err
-				}
-			}
-			return nil
-		}},
-		{"sturdyc GetOrFetchBatch (memory)", func() error { _, err := sc.GetOrFetchBatch(ctx, keys, keyFn, loadMany); return err }},
-	}
-	fmt.Println("## 100 keys, all cached")
-	fmt.Println()
-	fmt.Println("| subject | per 100 keys | allocs/op | × floor |")
-	fmt.Println("|---|---|---|---|")
-	var fns []func(b *testing.B)
-	for _, r := range rows {
-		fns = append(fns, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := r.fn(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-	results := measureAll(fns)
-	for i, r := range rows {
-		fmt.Printf("| %s | %s | %d | %s |\n", r.name, dur(results[i].nsPerOp), results[i].allocs, ratio(results[i], results[0]))
 	}
 	fmt.Println()
 }
