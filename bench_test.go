@@ -116,15 +116,24 @@ type benchTopology struct {
 	client func(b *testing.B) redis.UniversalClient
 }
 
-// benchTopologies returns one node (the real Redis, else a miniredis) and,
+// benchTopologies returns one node (the real Redis, else a miniredis);
 // when the suite has one (ASIDE_CLUSTER_ADDRS, or ASIDE_LONG to start it),
-// a 3-master Cluster.
+// a 3-master Cluster; and with ASIDE_LONG, a two-shard Ring.
 func benchTopologies(b *testing.B) []benchTopology {
 	addr := benchAddr(b)
 	tops := []benchTopology{{"node", func(b *testing.B) redis.UniversalClient { return newClient(b, addr) }}}
 	if len(clusterAddrs) > 0 {
 		tops = append(tops, benchTopology{"cluster", func(b *testing.B) redis.UniversalClient {
 			return (&backend{cluster: clusterAddrs}).client(b)
+		}})
+	}
+	if longRun && realAddr != "" {
+		shards := startRingShards(b)
+		tops = append(tops, benchTopology{"ring", func(b *testing.B) redis.UniversalClient {
+			rdb := redis.NewRing(&redis.RingOptions{Addrs: shards, ContextTimeoutEnabled: true, MaxRetries: -1,
+				DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second, DisableIdentity: true})
+			b.Cleanup(func() { _ = rdb.Close() })
+			return rdb
 		}})
 	}
 	return tops

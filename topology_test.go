@@ -36,7 +36,7 @@ func startRing(t *testing.T) func(t testing.TB) redis.UniversalClient {
 
 // startRingShards starts the two redis-servers of a Ring, stopped when t
 // ends, and returns their addresses by shard name.
-func startRingShards(t *testing.T) map[string]string {
+func startRingShards(t testing.TB) map[string]string {
 	requireLong(t)
 	requireReal(t)
 	addrs := map[string]string{}

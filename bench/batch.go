@@ -1,8 +1,9 @@
 package main
 
 // The batch table: 100 cached keys read at once, against the floor of the
-// same reads by hand — one MGET on a node, one pipeline per master (the
-// masters in parallel) on a Cluster, where an MGET cannot span slots.
+// same reads by hand — one MGET on a node, one pipeline per master (per
+// shard, the nodes in parallel) on a Cluster (a Ring), where an MGET cannot
+// span nodes.
 
 import (
 	"context"
@@ -51,10 +52,16 @@ func batch(ctx context.Context, title string, rdb redis.UniversalClient) {
 		fn   func() error
 	}
 	var rows []row
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		rows = append(rows, row{"floor: a pipeline of GETs per master by hand, in parallel, + 100 decodes",
-			func() error { return perMasterByHand(ctx, cc, rawKeys) }})
-	} else {
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		rows = append(rows, row{"floor: a pipeline of GETs per master by hand, in parallel, + 100 decodes", func() error {
+			return perNodeByHand(ctx, rawKeys, func(k string) (*redis.Client, error) { return c.MasterForKey(ctx, k) })
+		}})
+	case *redis.Ring:
+		rows = append(rows, row{"floor: a pipeline of GETs per shard by hand, in parallel, + 100 decodes", func() error {
+			return perNodeByHand(ctx, rawKeys, c.GetShardClientForKey)
+		}})
+	default:
 		rows = append(rows, row{"floor: MGET + 100 decodes", func() error {
 			vals, err := rdb.MGet(ctx, rawKeys...).Result()
 			return errors.Join(err, decodeAll(vals))
@@ -101,24 +108,25 @@ func batch(ctx context.Context, title string, rdb redis.UniversalClient) {
 	fmt.Println()
 }
 
-// perMasterByHand reads keys as a careful hand-written client would on a
-// Cluster: grouped by master, one pipeline of GETs per master, the masters
-// in parallel, then every value decoded.
-func perMasterByHand(ctx context.Context, cc *redis.ClusterClient, keys []string) error {
-	byMaster := map[*redis.Client][]string{}
+// perNodeByHand reads keys as a careful hand-written client would on a
+// Cluster or a Ring: grouped by node (nodeFor: a key's master, its shard),
+// one pipeline of GETs per node, the nodes in parallel, then every value
+// decoded.
+func perNodeByHand(ctx context.Context, keys []string, nodeFor func(key string) (*redis.Client, error)) error {
+	byNode := map[*redis.Client][]string{}
 	for _, k := range keys {
-		m, err := cc.MasterForKey(ctx, k)
+		n, err := nodeFor(k)
 		if err != nil {
 			return err
 		}
-		byMaster[m] = append(byMaster[m], k)
+		byNode[n] = append(byNode[n], k)
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
-	for m, ks := range byMaster {
+	for n, ks := range byNode {
 		wg.Go(func() {
-			p := m.Pipeline()
+			p := n.Pipeline()
 			cmds := make([]*redis.StringCmd, len(ks))
 			for i, k := range ks {
 				cmds[i] = p.Get(ctx, k)

@@ -37,6 +37,7 @@ var (
 	link        = flag.Duration("link", 250*time.Microsecond, "the delay a proxy adds to each request for the miss table over a slower link")
 	serve       = flag.Bool("serve-link", false, "run the delaying proxy only (the bench starts it as a process of its own)")
 	cluster     = flag.String("cluster", "", `also on a Redis Cluster: comma-separated loopback addresses, or "start" for one of its own (scripts/redis-cluster.sh); the paths (-only paths: hit, miss and batch tables) and coherence`)
+	ring        = flag.String("ring", "", `also on a Redis Ring: comma-separated loopback addresses of its shards, or "start" for three redis-servers of its own; the paths (-only paths)`)
 	liveRate    = flag.Int("live-rate", 1000, "liveness: requests per second")
 	liveDur     = flag.Duration("live-d", 8*time.Second, "liveness: length of each run")
 	liveFaults  = flag.String("live-faults", "none,stall,cpu", "liveness: faults, comma-separated (none, stall, cpu)")
@@ -92,6 +93,7 @@ func main() {
 		linkMisses(ctx)
 		batch(ctx, "100 keys, all cached", newClient(*addr))
 		clusterPaths(ctx)
+		ringPaths(ctx)
 		return
 	case "stampede":
 		stampede(ctx)

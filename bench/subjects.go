@@ -144,16 +144,23 @@ func newClusterClient(addrs []string) *redis.ClusterClient {
 		MaxRetries: -1, DialTimeout: 100 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
 }
 
-// clusterSubjects are the Redis subjects on a Cluster, each with a client
-// of its own (go-redis' client-side cache is for one node only).
-func clusterSubjects(addrs []string) []subject {
+// shardedSubjects are the Redis subjects on a Cluster or a Ring, each with
+// a client of its own made by newClient (go-redis' client-side cache is for
+// one node only).
+func shardedSubjects(newClient func() redis.UniversalClient) []subject {
 	return []subject{
-		floor(newClusterClient(addrs)),
-		cacheAside(floorAgain, newClusterClient(addrs), prefix+":floor2:"),
-		asideSubject("aside", newClusterClient(addrs), false),
-		asideSubject("aside + 2 tags", newClusterClient(addrs), true),
-		goRedisCache("go-redis/cache", newClusterClient(addrs), false),
+		floor(newClient()),
+		cacheAside(floorAgain, newClient(), prefix+":floor2:"),
+		asideSubject("aside", newClient(), false),
+		asideSubject("aside + 2 tags", newClient(), true),
+		goRedisCache("go-redis/cache", newClient(), false),
 	}
+}
+
+// newRing is a Ring over shards (by name), with the clients' settings.
+func newRing(shards map[string]string) *redis.Ring {
+	return redis.NewRing(&redis.RingOptions{Addrs: shards, DisableIdentity: true, ContextTimeoutEnabled: true,
+		MaxRetries: -1, DialTimeout: 100 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
 }
 
 // subjects returns every subject, each with a client of its own, so that
