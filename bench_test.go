@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -169,10 +170,11 @@ func BenchmarkParallelHit(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.ResetTimer()
-			var next atomic.Int64 // each goroutine starts on a key of its own, as in a service
+			var seed atomic.Uint64 // every request picks its key at random (hits.go in bench/ says why)
 			b.RunParallel(func(pb *testing.PB) {
-				for i := int(next.Add(7)); pb.Next(); i++ {
-					data, err := rdb.Get(ctx, prefix+strconv.Itoa(i%keys)).Bytes()
+				r := rand.New(rand.NewPCG(seed.Add(1), 0))
+				for pb.Next() {
+					data, err := rdb.Get(ctx, prefix+strconv.Itoa(r.IntN(keys))).Bytes()
 					var u benchUser
 					if err == nil {
 						err = msgpack.Unmarshal(data, &u)
@@ -195,10 +197,11 @@ func BenchmarkParallelHit(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.ResetTimer()
-			var next atomic.Int64 // each goroutine starts on a key of its own, as in a service
+			var seed atomic.Uint64
 			b.RunParallel(func(pb *testing.PB) {
-				for i := int(next.Add(7)); pb.Next(); i++ {
-					if _, err := c.Get(ctx, strconv.Itoa(i%keys), load); err != nil {
+				r := rand.New(rand.NewPCG(seed.Add(1), 0))
+				for pb.Next() {
+					if _, err := c.Get(ctx, strconv.Itoa(r.IntN(keys)), load); err != nil {
 						b.Error(err) // not Fatal: this goroutine is not the benchmark's
 						return
 					}
