@@ -186,31 +186,39 @@ func BenchmarkParallelHit(b *testing.B) {
 				}
 			})
 		})
-		b.Run("on="+top.name+"/subject=aside", func(b *testing.B) {
-			c := benchCacheOn(b, top.client(b))
-			load := func(context.Context) (benchUser, error) { return sampleUser, nil }
-			for k := range keys {
-				if _, err := c.Get(ctx, strconv.Itoa(k), load); err != nil {
-					b.Fatal(err)
-				}
+		for _, tags := range []int{0, 2} {
+			subject := "aside"
+			var opts []aside.CallOption
+			if tags > 0 {
+				subject = "aside+2tags" // every read names the same two tags, as a tenant's and a region's
+				opts = append(opts, aside.Tags("team:7", "region:eu"))
 			}
-			b.ReportAllocs()
-			b.SetParallelism(8)
-			b.ResetTimer()
-			var seed atomic.Uint64
-			b.RunParallel(func(pb *testing.PB) {
-				r := rand.New(rand.NewPCG(seed.Add(1), 0))
-				for pb.Next() {
-					if _, err := c.Get(ctx, strconv.Itoa(r.IntN(keys)), load); err != nil {
-						b.Error(err) // not Fatal: this goroutine is not the benchmark's
-						return
+			b.Run("on="+top.name+"/subject="+subject, func(b *testing.B) {
+				c := benchCacheOn(b, top.client(b))
+				load := func(context.Context) (benchUser, error) { return sampleUser, nil }
+				for k := range keys {
+					if _, err := c.Get(ctx, strconv.Itoa(k), load, opts...); err != nil {
+						b.Fatal(err)
 					}
 				}
+				b.ReportAllocs()
+				b.SetParallelism(8)
+				b.ResetTimer()
+				var seed atomic.Uint64
+				b.RunParallel(func(pb *testing.PB) {
+					r := rand.New(rand.NewPCG(seed.Add(1), 0))
+					for pb.Next() {
+						if _, err := c.Get(ctx, strconv.Itoa(r.IntN(keys)), load, opts...); err != nil {
+							b.Error(err) // not Fatal: this goroutine is not the benchmark's
+							return
+						}
+					}
+				})
+				if s := c.Stats(); s.Misses > keys {
+					b.Errorf("%d misses: the hits were not hits", s.Misses)
+				}
 			})
-			if s := c.Stats(); s.Misses > keys {
-				b.Errorf("%d misses: the hits were not hits", s.Misses)
-			}
-		})
+		}
 	}
 }
 

@@ -224,16 +224,24 @@ func (s *Store) sendBatch(b *readBatch) {
 		co.sent = b
 		co.mu.Unlock()
 	}
-	b.vals, b.errs = make([]string, len(b.keys)), make([]error, len(b.keys))
+	keys, at := distinct(b.keys)
+	vals, errs := make([]string, len(keys)), make([]error, len(keys))
 	octx, cancel := s.detachedOpContext(context.Background())
 	if variantOn(s.hooks, vBatchOnCaller) {
 		octx, cancel = s.opContext(b.first)
 	}
 	co.onWire.Add(1)
-	s.fetch(octx, b.keys, b.vals, b.errs)
+	s.fetch(octx, keys, vals, errs)
 	co.onWire.Add(-1)
 	cancel()
-	afterBatchRead(s.hooks, b.keys)
+	b.vals, b.errs = vals, errs
+	if at != nil {
+		b.vals, b.errs = make([]string, len(b.keys)), make([]error, len(b.keys))
+		for i, j := range at {
+			b.vals[i], b.errs[i] = vals[j], errs[j]
+		}
+	}
+	afterBatchRead(s.hooks, keys)
 	if broken {
 		co.mu.Lock()
 		if co.sent == b {
@@ -242,6 +250,46 @@ func (s *Store) sendBatch(b *readBatch) {
 		co.mu.Unlock()
 	}
 	close(b.done)
+}
+
+// distinct returns a batch's keys without repeats — readers of one key,
+// tagged reads naming the same tags: each is read once — and, when some
+// repeat, where each of keys is among them (nil when none does: keys
+// itself is returned).
+func distinct(keys []string) ([]string, []int) {
+	var uniq []string
+	var at []int // nil until a key repeats: until then keys[:i] are distinct
+	var first map[string]int
+	if len(keys) > 16 { // a search per key costs more than a map from here on
+		first = make(map[string]int, len(keys))
+	}
+	for i, k := range keys {
+		p := -1 // the position of k's first occurrence in keys[:i]
+		if first == nil {
+			p = slices.Index(keys[:i], k)
+		} else if q, ok := first[k]; ok {
+			p = q
+		} else {
+			first[k] = i
+		}
+		switch {
+		case p < 0 && at != nil:
+			at[i] = len(uniq)
+			uniq = append(uniq, k)
+		case p >= 0 && at == nil: // the first repeat
+			uniq, at = slices.Clone(keys[:i]), make([]int, len(keys))
+			for x := range i {
+				at[x] = x
+			}
+			at[i] = p
+		case p >= 0:
+			at[i] = at[p]
+		}
+	}
+	if at == nil {
+		return keys, nil
+	}
+	return uniq, at
 }
 
 // wait returns the answers to the batch's n reads from the i-th, or the

@@ -25,7 +25,7 @@ type testHooks struct {
 	// tests can drive the batch path; before a batch's own goroutine claims
 	// it to send it (readers gather meanwhile, up to batchReaders: the one
 	// that fills it sends it); once its answer is in, before its readers
-	// take it.
+	// take it, with the keys it read (each once).
 	BatchEveryRead   bool
 	BeforeBatchClaim func()
 	AfterBatchRead   func(keys []string)
