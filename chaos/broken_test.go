@@ -61,7 +61,11 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 				var out bytes.Buffer
 				args := []string{"-d", "15s", "-every", "2s", "-workers", "3", "-writers", "1", "-keys", "20", "-load-work", "3ms"}
 				if b.full {
-					args = []string{"-d", "20s", "-every", "2s"}
+					// Loads that take 20 ms hold leases often enough that
+					// the snapshots Redis is restored from carry some: with
+					// loads of a query alone, the broken leases' run met
+					// none in a third of its runs (0–4 slow reads in the others).
+					args = []string{"-d", "20s", "-every", "2s", "-load-work", "20ms"}
 				}
 				args = append(args, "-check-hits", "0.05", "-check-invalidations", "1", "-check-budget", "50")
 				cmd := exec.Command(bin, append(args, "-faults", b.faults, "-db", db)...)
@@ -72,7 +76,8 @@ func TestBrokenLibraryFailsTheRun(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, line := range strings.Split(out.String(), "\n") {
-					if strings.HasPrefix(line, "| **total**") || strings.HasPrefix(line, "aside's consistency checker") {
+					if strings.HasPrefix(line, "| **total**") || strings.HasPrefix(line, "aside's consistency checker") ||
+						strings.HasPrefix(line, "Liveness:") || strings.HasPrefix(line, "Duplicate loads") {
 						t.Logf("run %d: %s", try, line)
 					}
 				}
