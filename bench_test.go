@@ -374,8 +374,8 @@ func BenchmarkInvalidateTag100k(b *testing.B) {
 
 // BenchmarkGetMany100 compares GetMany of 100 cached keys (one pipelined
 // round trip) with 100 sequential Gets and with the floor — the same reads
-// by hand: one MGET on a node; on a Cluster, where an MGET cannot span
-// slots, one pipeline of GETs per master, the masters in parallel — each
+// by hand: one MGET on a node; on a Cluster or a Ring, where an MGET cannot
+// span nodes, one pipeline of GETs per node, the nodes in parallel — each
 // with its values decoded, in one run, for the ~1 KB struct and for a small
 // one (a price), since decoding dominates a batch of big values.
 func BenchmarkGetMany100(b *testing.B) {
@@ -458,11 +458,16 @@ func benchGetMany[T any](b *testing.B, rdb redis.UniversalClient, sample T) {
 }
 
 // readByHand reads keys as a careful hand-written client would: one MGET
-// on a node; on a Cluster, one pipeline of GETs per master, the masters in
-// parallel.
+// on a node; on a Cluster (a Ring), one pipeline of GETs per master (per
+// shard), the nodes in parallel.
 func readByHand(ctx context.Context, rdb redis.UniversalClient, keys []string) ([]string, error) {
-	cc, ok := rdb.(*redis.ClusterClient)
-	if !ok {
+	var nodeFor func(key string) (*redis.Client, error)
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		nodeFor = func(key string) (*redis.Client, error) { return c.MasterForKey(ctx, key) }
+	case *redis.Ring:
+		nodeFor = c.GetShardClientForKey
+	default:
 		res, err := rdb.MGet(ctx, keys...).Result()
 		vals := make([]string, 0, len(res))
 		for _, v := range res {
@@ -473,7 +478,7 @@ func readByHand(ctx context.Context, rdb redis.UniversalClient, keys []string) (
 	}
 	byMaster := map[*redis.Client][]string{}
 	for _, k := range keys {
-		m, err := cc.MasterForKey(ctx, k)
+		m, err := nodeFor(k)
 		if err != nil {
 			return nil, err
 		}

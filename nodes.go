@@ -27,7 +27,7 @@ import (
 // caller that finds a node's probe due sends it, on a context of the
 // Store's, and uses the node if it answered.
 func (s *Store) nodesDown(ctx context.Context, keys ...string) bool {
-	if s.nodes == nil || variantOn(s.hooks, vNoNodeBreakers) {
+	if !s.nodesWatched() {
 		return false
 	}
 	for _, k := range keys {
@@ -62,25 +62,43 @@ func (s *Store) recordNodes(octx context.Context, keys []string, errs func(i int
 	if s.nodes == nil {
 		return
 	}
+	answered := func(err error) bool { return err == nil || errors.Is(err, redis.Nil) || !isOutage(err) }
+	if s.nodes.Quiet() { // every breaker is clean: only a failure changes anything
+		i := 0
+		for i < len(keys) && answered(errs(i)) {
+			i++
+		}
+		if i == len(keys) {
+			return
+		}
+	}
 	for i, k := range keys {
 		err := errs(i)
 		switch {
-		case err == nil || errors.Is(err, redis.Nil) || !isOutage(err):
+		case answered(err):
 			if b := s.nodes.Of(octx, k); b != nil {
 				b.Success()
 			}
 		case !cutShort(octx, err):
 			if b := s.nodes.Of(octx, k); b != nil {
-				b.Failure(false)
+				s.nodes.Failure(b)
 			}
 		}
 	}
+	s.nodes.Settle()
+}
+
+// nodesWatched reports whether a read must look up its keys' nodes: on a
+// Cluster or a Ring, once a node's breaker has recorded a failure, until
+// every breaker is clean again.
+func (s *Store) nodesWatched() bool {
+	return s.nodes != nil && !s.nodes.Quiet() && !variantOn(s.hooks, vNoNodeBreakers)
 }
 
 // nodesUp returns the calls whose keys live on nodes taken for up, and
 // serves the others from their loaders.
 func (c *Cache[T]) nodesUp(ctx context.Context, calls []*call[T], src source[T]) []*call[T] {
-	if c.store.nodes == nil {
+	if !c.store.nodesWatched() {
 		return calls
 	}
 	var up, down []*call[T]
@@ -105,9 +123,10 @@ func (c *Cache[T]) nodesUp(ctx context.Context, calls []*call[T], src source[T])
 }
 
 // onDownNode reports whether cl reads a key on a node taken for down; on
-// one Redis it costs a nil check (no key list is built).
+// one Redis, and while every node's breaker is clean, it costs a check of
+// two counters (no key list is built).
 func (c *Cache[T]) onDownNode(ctx context.Context, cl *call[T]) bool {
-	return c.store.nodes != nil && c.store.nodesDown(ctx, c.keysOf(cl)...)
+	return c.store.nodesWatched() && c.store.nodesDown(ctx, c.keysOf(cl)...)
 }
 
 // keysOf returns the Redis keys a read of cl reads: its entry's and its

@@ -107,6 +107,10 @@ func (b *Breaker) Allow() (use, probe bool) {
 	return false, false // half-open: the probe is in flight
 }
 
+// Clean reports whether the breaker is closed with no failure counted: a
+// success would change nothing.
+func (b *Breaker) Clean() bool { return b.State() == Closed && b.failures.Load() == 0 }
+
 // Success records a call that Redis answered (a value, a miss, or an error
 // reply about that one command).
 func (b *Breaker) Success() {

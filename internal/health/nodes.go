@@ -16,6 +16,40 @@ type Nodes struct {
 
 	mu     sync.Mutex                       // serialises additions to byAddr
 	byAddr atomic.Pointer[map[string]*Node] // copied on write: read on every read of a key
+
+	// unrest counts the failures recorded in the nodes' breakers; settled
+	// is its value when every breaker was last seen clean. While the two
+	// are equal no node is down and a success changes nothing, so reads
+	// skip looking up their keys' nodes (Quiet): on a Cluster that look-up
+	// was 8 % of a GetMany of 100 keys.
+	unrest, settled atomic.Uint64
+}
+
+// Quiet reports whether every node's breaker was clean (closed, no failure
+// counted) when last looked at, and none has recorded a failure since.
+func (h *Nodes) Quiet() bool { return h.unrest.Load() == h.settled.Load() }
+
+// Failure records an outage of n's node.
+func (h *Nodes) Failure(n *Node) {
+	n.Breaker.Failure(false)
+	// After the breaker's own count: a Settle that loaded unrest before
+	// this sees the failure in its scan or leaves unrest ahead of settled.
+	h.unrest.Add(1)
+}
+
+// Settle marks the nodes quiet when every breaker is clean; a caller
+// calls it after recording successes while they are not.
+func (h *Nodes) Settle() {
+	u := h.unrest.Load()
+	if u == h.settled.Load() {
+		return
+	}
+	for _, n := range *h.byAddr.Load() {
+		if !n.Clean() {
+			return
+		}
+	}
+	h.settled.Store(u) // if another Settle stored a later count, Quiet is false until the next: only slower
 }
 
 // Node is the breaker of one node, and the client that probes it.
