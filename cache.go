@@ -295,7 +295,7 @@ func (c *Cache[T]) start(key string, opts []CallOption) (cl *call[T], v T, err e
 
 // fillL1 keeps a call's answer in L1 when it may: see [call].
 func (c *Cache[T]) fillL1(cl *call[T]) {
-	if cl.err != nil || !cl.l1OK {
+	if c.l1 == nil || cl.err != nil || !cl.l1OK {
 		return
 	}
 	c.keepInL1(cl.key, cl.v, cl.note, cl.freshUntil, cl.entryTags, cl.tags)

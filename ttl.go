@@ -159,13 +159,23 @@ func (p Profile) waitBudget() time.Duration {
 	return p.LoadTimeout
 }
 
+// maxXFetchDraw bounds −ln(U) for U = 1 − rand.Float64(): U ≥ 2⁻⁵³.
+const maxXFetchDraw = 37
+
 // shouldRefreshEarly is XFetch (Vattani et al., VLDB 2015): refresh when
 // now − δ·β·ln(U) ≥ expiry, with δ the duration of the last load and U
 // uniform in (0, 1]. The probability is tiny far from expiry and reaches 1
 // at it, so one reader refreshes slightly early instead of all readers
 // missing at once.
+//
+// −ln(U) is at most 53·ln 2 < 37 (U ≥ 2⁻⁵³), so an entry fresh for longer
+// than 37·δ·β cannot be refreshed early: answered without the random draw
+// and the logarithm, which every hit paid (2 % of a GetMany of 100 hits).
 func (p Profile) shouldRefreshEarly(now, freshUntil time.Time, lastLoad time.Duration) bool {
 	if p.EarlyRefresh <= 0 || lastLoad <= 0 {
+		return false
+	}
+	if float64(freshUntil.Sub(now)) > maxXFetchDraw*float64(lastLoad)*p.EarlyRefresh {
 		return false
 	}
 	u := 1 - rand.Float64() // (0, 1]
