@@ -33,9 +33,9 @@ import (
 // sent alone is.
 //
 // Counting the batches on the wire too was measured (BenchmarkParallelHit,
-// 16 goroutines, 8 interleaved runs): counting only the reads sent alone
+// 16 goroutines, 10 interleaved runs): counting only the reads sent alone
 // let a read go alone beside batches in flight — a round trip for one hit —
-// and cost 10 % of the throughput on one node. The batch's own goroutine
+// and cost 8 % of the time per hit, on one node and on a Cluster alike. The batch's own goroutine
 // costs a start and a wake-up per batch (5–10 % on a Cluster), and is kept:
 // with the first reader sending its batch, that reader could no longer
 // stop waiting when its context ends.

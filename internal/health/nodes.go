@@ -29,7 +29,8 @@ type Nodes struct {
 // counted) when last looked at, and none has recorded a failure since.
 func (h *Nodes) Quiet() bool { return h.unrest.Load() == h.settled.Load() }
 
-// Failure records an outage of n's node.
+// Failure records an outage of n's node — through the nodes, not n's own
+// breaker, so that Quiet learns of it.
 func (h *Nodes) Failure(n *Node) {
 	n.Breaker.Failure(false)
 	// After the breaker's own count: a Settle that loaded unrest before
