@@ -255,41 +255,44 @@ func (s *Store) sendBatch(b *readBatch) {
 // distinct returns a batch's keys without repeats — readers of one key,
 // tagged reads naming the same tags: each is read once — and, when some
 // repeat, where each of keys is among them (nil when none does: keys
-// itself is returned).
+// itself is returned, and nothing is allocated for a batch of a few).
 func distinct(keys []string) ([]string, []int) {
-	var uniq []string
-	var at []int // nil until a key repeats: until then keys[:i] are distinct
-	var first map[string]int
-	if len(keys) > 16 { // a search per key costs more than a map from here on
-		first = make(map[string]int, len(keys))
-	}
-	for i, k := range keys {
-		p := -1 // the position of k's first occurrence in keys[:i]
-		if first == nil {
-			p = slices.Index(keys[:i], k)
-		} else if q, ok := first[k]; ok {
-			p = q
-		} else {
-			first[k] = i
-		}
-		switch {
-		case p < 0 && at != nil:
-			at[i] = len(uniq)
-			uniq = append(uniq, k)
-		case p >= 0 && at == nil: // the first repeat
-			uniq, at = slices.Clone(keys[:i]), make([]int, len(keys))
-			for x := range i {
-				at[x] = x
-			}
-			at[i] = p
-		case p >= 0:
-			at[i] = at[p]
-		}
-	}
-	if at == nil {
+	if !repeats(keys) {
 		return keys, nil
 	}
+	first := make(map[string]int, len(keys)) // a key's index among the distinct
+	uniq, at := make([]string, 0, len(keys)), make([]int, len(keys))
+	for i, k := range keys {
+		j, seen := first[k]
+		if !seen {
+			j = len(uniq)
+			first[k] = j
+			uniq = append(uniq, k)
+		}
+		at[i] = j
+	}
 	return uniq, at
+}
+
+// repeats reports whether a key occurs twice in keys: searched among a
+// few, mapped beyond (a search per key costs more than a map from there).
+func repeats(keys []string) bool {
+	if len(keys) <= 16 {
+		for i, k := range keys {
+			if slices.Contains(keys[:i], k) {
+				return true
+			}
+		}
+		return false
+	}
+	seen := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		if _, ok := seen[k]; ok {
+			return true
+		}
+		seen[k] = struct{}{}
+	}
+	return false
 }
 
 // wait returns the answers to the batch's n reads from the i-th, or the
