@@ -29,41 +29,59 @@ const childEnv = "ASIDE_TEST_CHILD" // "addr,user,password,prefix,broken"
 // to end (it cannot acknowledge) and returns; then SIGCONT, and the reader,
 // asked at once, must answer 2. The reader applies what it hears 200 ms
 // late (a hook), so that only its lease check can keep it from the old
-// value. Broken variant: the L1 hit skips the lease check.
+// value. Broken variant: the L1 hit skips the lease check. In about one run
+// in ten the broken reader still answers 2 — on waking, something other
+// than the lease (its stream in doubt) took L1 out first — so the broken
+// variant gets three runs, and must serve the old value in one of them.
 func TestT18PausedProcess(t *testing.T) {
 	requireLong(t)
 	requireReal(t)
 	expectBroken(t, "a paused process serves nothing older than an invalidation that returned while it was stopped", func(broken bool) bool {
-		prefix := uniquePrefix()
-		store, _ := (&backend{addr: realAddr}).newStore(t, aside.WithPrefix(prefix))
-		c := newCache[int](t, store)
-		if err := c.Set(bgCtx, "k", 1); err != nil {
-			t.Fatal(err)
+		tries := 1
+		if broken {
+			tries = 3
 		}
-		child := startChild(t, prefix, broken)
-		child.get(t) // fills its L1
-		if got := child.get(t); got != "1 l1" {
-			t.Fatalf("the reader answered %q, want 1 from L1", got)
+		for range tries {
+			if !pausedReaderAnswersNew(t, broken) {
+				return false
+			}
 		}
-		if err := child.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-			t.Fatal(err)
-		}
-		t0 := time.Now()
-		err := c.Set(bgCtx, "k", 2)
-		waited := time.Since(t0)
-		if cerr := child.cmd.Process.Signal(syscall.SIGCONT); cerr != nil {
-			t.Fatal(cerr)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := child.get(t)
-		t.Logf("broken=%v: Set waited %v for the stopped reader; after SIGCONT the reader answered %q", broken, waited, got)
-		if waited > 1300*time.Millisecond {
-			t.Errorf("Set waited %v for a stopped reader; its lease bounds the wait to about 1.05 s", waited)
-		}
-		return strings.HasPrefix(got, "2 ")
+		return true
 	})
+}
+
+// pausedReaderAnswersNew runs TestT18PausedProcess's scenario once and
+// reports whether the reader, resumed, answered the new value.
+func pausedReaderAnswersNew(t *testing.T, broken bool) bool {
+	prefix := uniquePrefix()
+	store, _ := (&backend{addr: realAddr}).newStore(t, aside.WithPrefix(prefix))
+	c := newCache[int](t, store)
+	if err := c.Set(bgCtx, "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	child := startChild(t, prefix, broken)
+	child.get(t) // fills its L1
+	if got := child.get(t); got != "1 l1" {
+		t.Fatalf("the reader answered %q, want 1 from L1", got)
+	}
+	if err := child.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	err := c.Set(bgCtx, "k", 2)
+	waited := time.Since(t0)
+	if cerr := child.cmd.Process.Signal(syscall.SIGCONT); cerr != nil {
+		t.Fatal(cerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := child.get(t)
+	t.Logf("broken=%v: Set waited %v for the stopped reader; after SIGCONT the reader answered %q", broken, waited, got)
+	if waited > 1300*time.Millisecond {
+		t.Errorf("Set waited %v for a stopped reader; its lease bounds the wait to about 1.05 s", waited)
+	}
+	return strings.HasPrefix(got, "2 ")
 }
 
 type childProc struct {
